@@ -1,0 +1,42 @@
+# sdt-ray: `make demo` and `make test` set up a fresh clone on their own.
+PYTHON      ?= python3
+VENV        ?= .venv
+# CPU machines take the torch wheel that ships on disk; GPU users override, e.g.
+#   make setup TORCH_SPEC="torch==2.13.0" TORCH_INDEX="--index-url https://download.pytorch.org/whl/cu128"
+TORCH_SPEC  ?= torch==2.13.0
+TORCH_INDEX ?=
+DEB_PACKAGES ?=
+PYTEST_ARGS ?=
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip --disable-pip-version-check
+
+.PHONY: setup test test-fast demo bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	@if [ -n "$(DEB_PACKAGES)" ]; then \
+	  missing=$$(for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	  if [ -n "$$missing" ]; then apt-get update -qq && apt-get install -y -qq $$missing; fi; fi
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q "$(TORCH_SPEC)" $(TORCH_INDEX)
+	$(PIP) install -q -c constraints.txt -e '.[test]'
+	touch $@
+
+# The whole suite; pytest's own exit status (5 = no tests ran) fails the target.
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Skips the end-to-end runs on real data.
+test-fast: setup
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# The main job on the bundled demo corpus, local Ray, no flags.
+demo: setup
+	$(BIN)/sdt-ray demo
+
+bench: setup
+	$(BIN)/python -m sdt_ray.bench --output bench-output
+
+clean:
+	rm -rf $(VENV) demo-output bench-output .pytest_cache

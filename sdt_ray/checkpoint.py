@@ -1,0 +1,80 @@
+"""A trained model on disk: `config.json` (the ModelConfig and label names) and
+`model.safetensors`. `load_checkpoint` rebuilds the model from config.json alone."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs as pafs
+import torch
+from safetensors.torch import load_file, save_file
+
+from .config import ModelConfig
+from .errors import ConfigError
+from .model import SDT
+from .storage import is_remote, resolve
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class LoadedModel:
+    model: SDT
+    config: ModelConfig
+    labels: list[str]
+    meta: dict[str, Any]  # training provenance: recipe, data, metrics
+    model_id: str  # sha256 of the weights file, first 16 hex digits
+
+
+def state_dict_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+
+
+def save_checkpoint(
+    directory: str | Path, state: dict[str, torch.Tensor], config: ModelConfig, meta: dict[str, Any] | None = None
+) -> None:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(directory / WEIGHTS_FILE))
+    document = {
+        "format_version": FORMAT_VERSION,
+        "model": config.to_dict(),
+        "labels": list(config.class_names),
+        "meta": meta or {},
+    }
+    (directory / CONFIG_FILE).write_text(json.dumps(document, indent=2, sort_keys=True))
+
+
+def read_config(directory: str | Path) -> tuple[ModelConfig, dict[str, Any]]:
+    path = Path(directory) / CONFIG_FILE
+    if not path.exists():
+        raise ConfigError(f"{directory}: not a checkpoint (no {CONFIG_FILE})")
+    document = json.loads(path.read_text())
+    return ModelConfig.from_dict(document["model"]), document
+
+
+def load_checkpoint(uri: str | Path, device: str = "cpu") -> LoadedModel:
+    """Load from a local folder or an s3:// prefix (copied to a temp folder first)."""
+    uri = str(uri)
+    if is_remote(uri):
+        with tempfile.TemporaryDirectory() as tmp:
+            fs, path = resolve(uri)
+            pafs.copy_files(path, tmp, source_filesystem=fs)
+            return load_checkpoint(tmp, device)
+    config, document = read_config(uri)
+    weights = Path(uri) / WEIGHTS_FILE
+    model = SDT(config)
+    try:
+        model.load_state_dict(load_file(str(weights), device=device))
+    except (RuntimeError, FileNotFoundError) as exc:
+        raise ConfigError(f"{uri}: weights do not fit config.json ({exc})") from None
+    model.to(device).eval()
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
+    return LoadedModel(model, config, list(document.get("labels") or config.class_names), document.get("meta", {}), digest)

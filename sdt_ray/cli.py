@@ -1,0 +1,201 @@
+"""`sdt-ray`: thin typer commands. Each parses flags, builds a config and calls
+one function; errors meant for the user print as one line and exit 2."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import typer
+
+from .errors import SdtError
+
+app = typer.Typer(
+    help="Emotion recognition in conversations with SDT, on Ray. "
+    "Typical flow: import -> extract -> train -> evaluate.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+import_app = typer.Typer(help="Turn a public corpus (CSV) into an utterances table (Parquet).", no_args_is_help=True)
+app.add_typer(import_app, name="import")
+
+ADDRESS_HELP = "Ray cluster address (ray://HOST:10001 or auto); default: start a local Ray."
+
+
+def user_errors(command: Callable) -> Callable:
+    """Print SdtError (bad input, bad config) as one clear line, exit code 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except SdtError as exc:
+            typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _log(message: str) -> None:
+    typer.echo(message, err=False)
+
+
+@import_app.command("meld")
+@user_errors
+def import_meld(
+    source_dir: Path = typer.Argument(..., help="Folder with train/dev/test_sent_emo.csv."),
+    output: str = typer.Argument(..., help="Utterances Parquet file to write (local path or s3://)."),
+    limit_dialogues: Optional[int] = typer.Option(None, help="Keep only the first N dialogues of each split."),
+) -> None:
+    """MELD (Poria et al., ACL 2019): one dialogue per Dialogue_ID and split."""
+    _import("meld", source_dir, output, limit_dialogues)
+
+
+@import_app.command("emorynlp")
+@user_errors
+def import_emorynlp(
+    source_dir: Path = typer.Argument(..., help="Folder with emorynlp_{train,dev,test}_final.csv."),
+    output: str = typer.Argument(..., help="Utterances Parquet file to write (local path or s3://)."),
+    limit_dialogues: Optional[int] = typer.Option(None, help="Keep only the first N dialogues of each split."),
+) -> None:
+    """EmoryNLP (Zahiri and Choi, 2018): one dialogue per (Season, Episode, Scene_ID)."""
+    _import("emorynlp", source_dir, output, limit_dialogues)
+
+
+def _import(corpus: str, source_dir: Path, output: str, limit_dialogues: Optional[int]) -> None:
+    from .importers import import_corpus
+    from .storage import write_table
+
+    table = import_corpus(corpus, source_dir, limit_dialogues)
+    write_table(table, output)
+    counts = table.group_by("split").aggregate([("dialogue_id", "count_distinct"), ([], "count_all")]).to_pylist()
+    summary = ", ".join(f"{r['split']} {r['count_all']} utterances / {r['dialogue_id_count_distinct']} dialogues" for r in counts)
+    _log(f"wrote {output}: {summary}")
+
+
+@app.command()
+@user_errors
+def extract(
+    input: str = typer.Option(..., "--input", help="Utterances table (Parquet file or folder; local or s3://)."),
+    output: str = typer.Option(..., "--output", help="Features folder to write (local or s3://)."),
+    modalities: str = typer.Option("text", help="Comma-separated subset of text,audio,visual."),
+    text_model: Optional[str] = typer.Option(
+        None, help="Text encoder: a local transformers folder, an id in your own HF cache, or 'minilm' (default, bundled)."
+    ),
+    text_max_length: int = typer.Option(128, help="Tokens per utterance; longer texts are truncated."),
+    batch_size: int = typer.Option(256, help="Utterances per batch handed to an encoder actor."),
+    actors: Optional[int] = typer.Option(None, help="Encoder actors; default: sized from the cluster's CPUs."),
+    cpus_per_actor: float = typer.Option(1.0, help="CPUs reserved per encoder actor (also its torch threads)."),
+    gpus_per_actor: float = typer.Option(0.0, help="GPUs per encoder actor (e.g. 1, or 0.5 to share a GPU)."),
+    overwrite: bool = typer.Option(False, help="Replace OUTPUT if it exists (otherwise refuse)."),
+    address: Optional[str] = typer.Option(None, help=ADDRESS_HELP),
+) -> None:
+    """Encode utterances into one fixed-size vector per modality, on Ray Data."""
+    from .pipelines import ExtractOptions
+    from .pipelines import extract as run_extract
+
+    options = ExtractOptions(
+        modalities=tuple(m.strip() for m in modalities.split(",") if m.strip()),
+        text_model=text_model,
+        text_max_length=text_max_length,
+        batch_size=batch_size,
+        actors=actors,
+        cpus_per_actor=cpus_per_actor,
+        gpus_per_actor=gpus_per_actor,
+        overwrite=overwrite,
+    )
+    started = time.time()
+    summary = run_extract(input, output, options, address=address, log=_log)
+    seconds = time.time() - started
+    errors = ", ".join(f"{k}: {v}" for k, v in summary.errors.items()) or "none"
+    _log(
+        f"wrote {summary.output}: {summary.rows_out} rows for {summary.rows_in} utterances "
+        f"({summary.rows_in / max(seconds, 1e-9):.0f} utterances/s); errors: {errors}"
+    )
+
+
+@app.command()
+@user_errors
+def train(
+    features: str = typer.Option(..., "--features", help="Features table from `sdt-ray extract`."),
+    output: str = typer.Option(..., "--output", help="RUN_DIR: metrics.jsonl, best/ checkpoint, Ray's checkpoints."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Recipe YAML (see jobs/); default: the laptop recipe."),
+    workers: Optional[int] = typer.Option(None, help="Ray Train workers (DDP ranks). Default: the recipe's (2)."),
+    gpu: bool = typer.Option(False, "--gpu", help="One GPU per worker."),
+    epochs: Optional[int] = typer.Option(None, help="Maximum epochs (early stopping may end sooner)."),
+    seed: Optional[int] = typer.Option(None, help="Seed for weights, shuffling and dropout."),
+    patience: Optional[int] = typer.Option(None, help="Stop after this many epochs without a dev weighted-F1 gain."),
+    resume: bool = typer.Option(False, help="Continue the run already in OUTPUT from its latest checkpoint."),
+    address: Optional[str] = typer.Option(None, help=ADDRESS_HELP),
+    verbose: bool = typer.Option(False, help="Show Ray's own logs and the workers' output."),
+) -> None:
+    """Train SDT with Ray Train (DDP), selecting the epoch on dev weighted F1."""
+    from .config import RecipeConfig, load_recipe
+    from .train import train as run_train
+
+    recipe = load_recipe(config) if config else RecipeConfig()
+    overrides = {"workers": workers, "epochs": epochs, "seed": seed, "patience": patience}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if gpu:
+        overrides["use_gpu"] = True
+    recipe = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, **overrides))
+    started = time.time()
+    result = run_train(features, output, recipe, resume=resume, address=address, log=_log, verbose=verbose)
+    split = recipe.train.select_on
+    best = result.best_metrics
+    _log(
+        f"best epoch {result.best_epoch + 1} of {result.epochs_run}: {split} weighted F1 "
+        f"{best.get(f'{split}_weighted_f1', float('nan')):.4f}, accuracy {best.get(f'{split}_accuracy', float('nan')):.4f}; "
+        f"checkpoint {result.best_dir} ({time.time() - started:.0f}s)"
+    )
+
+
+@app.command()
+@user_errors
+def evaluate(
+    checkpoint: str = typer.Option(..., "--checkpoint", help="Checkpoint folder, e.g. RUN_DIR/best (local or s3://)."),
+    features: str = typer.Option(..., "--features", help="Features table with the split to score."),
+    split: str = typer.Option("test", help="train, dev or test."),
+    output: str = typer.Option(..., "--output", help="EVAL_DIR: metrics.json and confusion_matrix.png."),
+) -> None:
+    """Score a checkpoint on one split: metrics.json, confusion_matrix.png and a table."""
+    from .evaluate import evaluate as run_evaluate
+    from .evaluate import format_report
+
+    result = run_evaluate(checkpoint, features, split, output)
+    if result.exclusions:
+        _log(f"excluded: {result.exclusions.describe()}")
+    _log(format_report(result.metrics))
+    _log(f"wrote {output}/metrics.json and {output}/confusion_matrix.png")
+
+
+@app.command()
+@user_errors
+def describe(
+    target: str = typer.Argument(..., help="A recipe YAML (jobs/*.yaml) or a checkpoint folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (keys include params_total, params_trainable)."),
+) -> None:
+    """Architecture summary: modalities, dims, heads, classes, speakers, parameter counts."""
+    from .describe import describe as run_describe
+    from .describe import format_description
+
+    info = run_describe(target)
+    _log(json.dumps(info) if as_json else format_description(info))
+
+
+def main() -> None:
+    # Quiet third-party start-up chatter unless the user asked for it.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never download at run time
+    app(prog_name="sdt-ray")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

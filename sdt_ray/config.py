@@ -1,0 +1,163 @@
+"""Frozen configuration dataclasses and their YAML/JSON round trip.
+
+`ModelConfig` is the checkpoint's shape contract: a checkpoint stores it as
+`config.json`, and `load_checkpoint` rebuilds the model from it alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+MODALITIES = ("text", "audio", "visual")  # canonical order, used everywhere
+SPEAKER_MODES = ("relative", "fixed")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shapes and switches of an SDT model (SDT_SPEC §1-§5).
+
+    `input_dims[i]` is the feature size of `modalities[i]`. Speakers are either
+    per-dialogue relative ids (first speaker seen is 0, ...) or a fixed table
+    (`speaker_names`, the reference's behaviour, kept for parity).
+    """
+
+    modalities: tuple[str, ...] = ("text",)
+    input_dims: tuple[int, ...] = ()  # empty in a recipe: taken from the features table
+    hidden: int = 128  # D
+    heads: int = 4
+    dropout: float = 0.5
+    n_classes: int = 7
+    class_names: tuple[str, ...] = ()
+    max_speakers: int = 9  # size of the speaker table; index max_speakers is padding
+    speaker_mode: str = "relative"
+    speaker_names: tuple[str, ...] = ()  # only for speaker_mode == "fixed"
+    temperature: float = 1.0  # distillation T, kept here so a checkpoint is self-describing
+    max_len: int = 512  # rows of the sinusoidal position table (utterances per dialogue)
+    frozen_identity_gates: bool = False  # the reference's MELD setting: gate(o) = o * sigmoid(o)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "modalities", tuple(self.modalities))
+        object.__setattr__(self, "input_dims", tuple(int(d) for d in self.input_dims))
+        object.__setattr__(self, "class_names", tuple(self.class_names))
+        object.__setattr__(self, "speaker_names", tuple(self.speaker_names))
+        if not self.modalities:
+            raise ValueError("modalities must be a non-empty subset of text, audio, visual")
+        unknown = [m for m in self.modalities if m not in MODALITIES]
+        if unknown:
+            raise ValueError(f"unknown modalities {unknown}; choose from {MODALITIES}")
+        if list(self.modalities) != [m for m in MODALITIES if m in self.modalities]:
+            raise ValueError(f"modalities must be unique and in the order {MODALITIES}")
+        if self.input_dims and len(self.input_dims) != len(self.modalities):
+            raise ValueError("input_dims must give one size per modality")
+        if self.hidden % self.heads:
+            raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
+        if self.class_names and len(self.class_names) != self.n_classes:
+            raise ValueError("class_names must have n_classes entries")
+        if self.speaker_mode not in SPEAKER_MODES:
+            raise ValueError(f"speaker_mode must be one of {SPEAKER_MODES}")
+        if self.speaker_mode == "fixed" and len(self.speaker_names) > self.max_speakers:
+            raise ValueError("speaker_names has more entries than max_speakers")
+
+    def input_dim(self, modality: str) -> int:
+        return self.input_dims[self.modalities.index(modality)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        return cls(**_known_fields(cls, data))
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Weights of the self-distillation loss (SDT_SPEC §6)."""
+
+    gamma_fused: float = 1.0  # γ1
+    gamma_students: float = 1.0  # γ2
+    gamma_kl: float = 1.0  # γ3
+    temperature: float = 1.0
+    detach_teacher: bool = False  # reference lets gradients reach the teacher through the KL
+    class_weights: tuple[float, ...] = ()  # empty: unweighted CE
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "LossConfig":
+        return cls(**_known_fields(cls, data))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and selection settings. Defaults are the laptop recipe
+    (MELD text through MiniLM on 2 CPU cores, about 10 minutes per seed)."""
+
+    epochs: int = 40
+    batch_size: int = 8  # dialogues per step, per worker
+    lr: float = 3e-4
+    weight_decay: float = 1e-5
+    patience: int = 8  # epochs without a dev weighted-F1 gain before stopping
+    min_epochs: int = 0
+    seed: int = 0
+    workers: int = 2
+    use_gpu: bool = False
+    select_on: str = "dev"  # "dev", or "test" for the paper's test-selected parity protocol
+    torch_threads: int = 1  # per worker: 2 workers x 1 thread fill 2 cores
+    max_failures: int = 0  # worker-group restarts from the latest checkpoint (Ray Train FailureConfig)
+
+
+@dataclass(frozen=True)
+class RecipeConfig:
+    """What a `jobs/*.yaml` recipe holds: a model, a loss and a training setup."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    name: str = "default"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "model": self.model.to_dict(),
+            "loss": {f.name: _plain(getattr(self.loss, f.name)) for f in fields(self.loss)},
+            "train": dataclasses.asdict(self.train),
+        }
+
+
+def load_recipe(path: str | Path) -> RecipeConfig:
+    """Read a recipe YAML (see `jobs/`); unknown keys are an error, not ignored."""
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    extra = set(data) - {"name", "model", "loss", "train", "description"}
+    if extra:
+        raise ValueError(f"{path}: unknown top-level keys {sorted(extra)}")
+    return RecipeConfig(
+        name=data.get("name", Path(path).stem),
+        model=ModelConfig(**_strict_fields(ModelConfig, data.get("model") or {}, path)),
+        loss=LossConfig(**_strict_fields(LossConfig, data.get("loss") or {}, path)),
+        train=TrainConfig(**_strict_fields(TrainConfig, data.get("train") or {}, path)),
+    )
+
+
+def dump_json(obj: dict[str, Any]) -> str:
+    return json.dumps(obj, indent=2, sort_keys=True)
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _known_fields(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in data.items() if k in names}
+
+
+def _strict_fields(cls: type, data: dict[str, Any], source: str | Path) -> dict[str, Any]:
+    names = {f.name for f in fields(cls)}
+    extra = set(data) - names
+    if extra:
+        raise ValueError(f"{source}: unknown {cls.__name__} keys {sorted(extra)}; known: {sorted(names)}")
+    return dict(data)

@@ -1,0 +1,92 @@
+"""One training epoch and one evaluation pass over any iterable of batches.
+
+No Ray and no I/O: train.py feeds these from Ray Data shards, evaluate.py from
+a local table, and the unit tests from lists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from .collate import Batch
+from .losses import IGNORE_LABEL, SelfDistillationLoss
+from .model import SDT, SDTOutput
+
+
+@dataclass
+class Predictions:
+    dialogue_ids: list[str]  # one per utterance
+    positions: np.ndarray  # (N,) utterance position within its dialogue
+    labels: np.ndarray  # (N,) true label index, IGNORE_LABEL where unlabelled
+    probabilities: np.ndarray  # (N, C) softmax of the fused logits
+    modality_weights: np.ndarray  # (N, M) gate weights α
+
+    @property
+    def predicted(self) -> np.ndarray:
+        return self.probabilities.argmax(axis=1)
+
+    def labelled(self) -> tuple[np.ndarray, np.ndarray]:
+        keep = self.labels != IGNORE_LABEL
+        return self.labels[keep], self.predicted[keep]
+
+
+def forward(model: nn.Module, batch: Batch) -> SDTOutput:
+    return model(batch.features, batch.speakers, batch.mask)
+
+
+def train_epoch(
+    model: nn.Module,
+    loss_fn: SelfDistillationLoss,
+    optimizer: torch.optim.Optimizer,
+    batches: Iterable[Batch],
+    device: torch.device | str = "cpu",
+) -> dict[str, float]:
+    """One pass; returns the mean loss parts, weighted by labelled utterances."""
+    model.train()
+    sums: dict[str, float] = {}
+    count = 0
+    for batch in batches:
+        batch = batch.to(device)
+        output = forward(model, batch)
+        parts = loss_fn(output.logits, output.modality_logits, batch.labels, batch.mask)
+        optimizer.zero_grad(set_to_none=True)
+        parts.total.backward()
+        optimizer.step()
+        n = int((batch.mask & (batch.labels != IGNORE_LABEL)).sum())
+        for key, value in parts.as_floats().items():
+            sums[key] = sums.get(key, 0.0) + value * n
+        count += n
+    return {f"loss_{k}": v / max(count, 1) for k, v in sums.items()}
+
+
+@torch.inference_mode()
+def predict(model: SDT | nn.Module, batches: Iterable[Batch], device: torch.device | str = "cpu") -> Predictions:
+    """Eval-mode pass; collects per-utterance probabilities for real utterances only."""
+    model.eval()
+    ids: list[str] = []
+    positions, labels, probs, weights = [], [], [], []
+    for batch in batches:
+        batch = batch.to(device)
+        output = forward(model, batch)
+        mask = batch.mask.cpu()
+        lengths = mask.sum(1).tolist()
+        for dialogue_id, n in zip(batch.dialogue_ids, lengths):
+            ids.extend([dialogue_id] * n)
+            positions.append(np.arange(n))
+        probs.append(torch.softmax(output.logits.float(), dim=-1).cpu()[mask].numpy())
+        weights.append(output.modality_weights.float().cpu()[mask].numpy())
+        labels.append(batch.labels.cpu()[mask].numpy())
+    if not ids:
+        return Predictions([], np.zeros(0, int), np.zeros(0, int), np.zeros((0, 0)), np.zeros((0, 0)))
+    return Predictions(
+        dialogue_ids=ids,
+        positions=np.concatenate(positions),
+        labels=np.concatenate(labels),
+        probabilities=np.concatenate(probs),
+        modality_weights=np.concatenate(weights),
+    )

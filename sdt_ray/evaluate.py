@@ -1,0 +1,71 @@
+"""Score a checkpoint on one split of a features table and write the figures.
+
+EVAL_DIR/metrics.json        accuracy, weighted/macro F1, per-class, confusion matrix
+EVAL_DIR/confusion_matrix.png
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+from . import storage
+from .checkpoint import load_checkpoint
+from .collate import batches
+from .dialogues import Exclusions, dialogue_rows, select_split, to_dialogues, usable_rows
+from .engine import predict
+from .metrics import classification_report
+from .plots import confusion_matrix_png
+from .schema import validate_features
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, Any]
+    exclusions: Exclusions
+    output: str
+
+
+def evaluate(checkpoint_uri: str, features_uri: str, split: str, output_uri: str, batch_size: int = 16) -> Evaluation:
+    loaded = load_checkpoint(checkpoint_uri)
+    config = loaded.config
+    table = storage.read_table(features_uri)
+    validate_features(table, features_uri, expected_dims=dict(zip(config.modalities, config.input_dims)))
+    table, exclusions = usable_rows(select_split(table, split, features_uri), config.modalities)
+    dialogues = to_dialogues(dialogue_rows(table, config, loaded.labels, features_uri), config)
+    predictions = predict(loaded.model, batches(dialogues, batch_size, config.max_speakers))
+    metrics = classification_report(*predictions.labelled(), loaded.labels)
+    metrics.update(
+        split=split,
+        checkpoint=checkpoint_uri,
+        model_id=loaded.model_id,
+        features=features_uri,
+        excluded=exclusions.counts,
+        selected_on=loaded.meta.get("recipe", {}).get("train", {}).get("select_on", "dev"),
+    )
+    _write(metrics, output_uri, f"{split}: acc {metrics['accuracy']:.3f}, weighted F1 {metrics['weighted_f1']:.3f}")
+    return Evaluation(metrics, exclusions, output_uri)
+
+
+def _write(metrics: dict[str, Any], output_uri: str, title: str) -> None:
+    storage.write_text(storage.join(output_uri, "metrics.json"), json.dumps(metrics, indent=2))
+    with tempfile.TemporaryDirectory() as tmp:
+        confusion_matrix_png(metrics["confusion_matrix"], metrics["labels"], os.path.join(tmp, "confusion_matrix.png"), title)
+        storage.upload_dir(tmp, output_uri)
+
+
+def format_report(metrics: dict[str, Any]) -> str:
+    """A terminal table: per-class precision/recall/F1/support, then the totals."""
+    width = max(len(label) for label in metrics["labels"]) + 2
+    lines = [f"{'label':<{width}}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}"]
+    for label in metrics["labels"]:
+        row = metrics["per_class"][label]
+        lines.append(f"{label:<{width}}{row['precision']:>10.4f}{row['recall']:>10.4f}{row['f1']:>10.4f}{row['support']:>10d}")
+    lines.append("")
+    lines.append(f"{'accuracy':<{width}}{metrics['accuracy']:>30.4f}{metrics['n_utterances']:>10d}")
+    lines.append(f"{'weighted F1':<{width}}{metrics['weighted_f1']:>30.4f}")
+    lines.append(f"{'macro F1':<{width}}{metrics['macro_f1']:>30.4f}")
+    return "\n".join(lines)

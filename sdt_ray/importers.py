@@ -1,0 +1,123 @@
+"""Turn public ERC corpora (CSV) into the utterances table.
+
+MELD:     {train,dev,test}_sent_emo.csv, a dialogue is Dialogue_ID within a split.
+EmoryNLP: emorynlp_{train,dev,test}_final.csv, a dialogue is (Season, Episode, Scene_ID),
+          and Speaker is a list written as a Python literal string.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+
+from .errors import InputError
+from .schema import UTTERANCES_SCHEMA, validate_utterances, with_labels
+
+MELD_LABELS = ["neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger"]  # SDT_SPEC §9 order
+EMORYNLP_LABELS = ["Joyful", "Mad", "Neutral", "Peaceful", "Powerful", "Sad", "Scared"]
+
+
+@dataclass(frozen=True)
+class Corpus:
+    name: str
+    files: dict[str, str]  # split -> file name
+    labels: list[str]
+
+
+MELD = Corpus("meld", {s: f"{s}_sent_emo.csv" for s in ("train", "dev", "test")}, MELD_LABELS)
+EMORYNLP = Corpus("emorynlp", {s: f"emorynlp_{s}_final.csv" for s in ("train", "dev", "test")}, EMORYNLP_LABELS)
+CORPORA = {c.name: c for c in (MELD, EMORYNLP)}
+
+
+def import_corpus(name: str, source_dir: str | Path, limit_dialogues: int | None = None) -> pa.Table:
+    """Read a corpus folder into the utterances table (labels recorded in the schema metadata).
+
+    limit_dialogues keeps the first N dialogues of each split (for demos and quick runs).
+    """
+    corpus = CORPORA[name]
+    frames = []
+    for split, file_name in corpus.files.items():
+        path = Path(source_dir) / file_name
+        if not path.exists():
+            raise InputError(f"{path}: not found; {name} needs {sorted(corpus.files.values())} in {source_dir}")
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+        frame = _READERS[name](raw, str(path))
+        frame["split"] = split
+        if limit_dialogues is not None:
+            keep = frame["dialogue_id"].drop_duplicates().head(limit_dialogues)
+            frame = frame[frame["dialogue_id"].isin(keep)]
+        frames.append(frame)
+    frame = pd.concat(frames, ignore_index=True)
+    unknown = sorted(set(frame["label"]) - set(corpus.labels))
+    if unknown:
+        raise InputError(f"{source_dir}: unknown {name} labels {unknown}; expected {corpus.labels}")
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    table = validate_utterances(table, str(source_dir))
+    return table.replace_schema_metadata(with_labels(UTTERANCES_SCHEMA, corpus.labels).metadata)
+
+
+def _read_meld(raw: pd.DataFrame, source: str) -> pd.DataFrame:
+    _require(raw, ["Utterance", "Speaker", "Emotion", "Dialogue_ID", "Utterance_ID"], source)
+    frame = pd.DataFrame(
+        {
+            "dialogue_id": "meld_" + raw["Dialogue_ID"].str.strip(),
+            "utterance_index": pd.to_numeric(raw["Utterance_ID"], errors="raise").astype("int32"),
+            "speaker": raw["Speaker"].str.strip(),
+            "text": raw["Utterance"].map(_clean_text),
+            "label": raw["Emotion"].str.strip(),
+        }
+    )
+    return frame.sort_values(["dialogue_id", "utterance_index"], kind="stable", key=_natural_key)
+
+
+def _read_emorynlp(raw: pd.DataFrame, source: str) -> pd.DataFrame:
+    _require(raw, ["Utterance", "Speaker", "Emotion", "Scene_ID", "Utterance_ID", "Season", "Episode"], source)
+    dialogue = "emorynlp_s" + raw["Season"].str.strip() + "_e" + raw["Episode"].str.strip() + "_c" + raw["Scene_ID"].str.strip()
+    frame = pd.DataFrame(
+        {
+            "dialogue_id": dialogue,
+            # Utterance_ID is 1-based in EmoryNLP; we store 0-based positions like MELD.
+            "utterance_index": (pd.to_numeric(raw["Utterance_ID"], errors="raise") - 1).astype("int32"),
+            "speaker": raw["Speaker"].map(_emorynlp_speaker),
+            "text": raw["Utterance"].map(_clean_text),
+            "label": raw["Emotion"].str.strip(),
+        }
+    )
+    return frame
+
+
+_READERS = {"meld": _read_meld, "emorynlp": _read_emorynlp}
+
+
+def _emorynlp_speaker(value: str) -> str:
+    """"['Monica Geller']" -> "Monica Geller"; several speakers are joined with ' & '."""
+    try:
+        names = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return value.strip()
+    if isinstance(names, (list, tuple)):
+        return " & ".join(str(n).strip() for n in names)
+    return str(names).strip()
+
+
+def _clean_text(value: str) -> str:
+    # MELD's CSV carries mojibake for curly quotes and dashes (cp1252 read as utf-8).
+    for bad, good in (("\u0092", "'"), ("\u0085", "..."), ("\u0097", "-"), ("\u0093", '"'), ("\u0094", '"')):
+        value = value.replace(bad, good)
+    return " ".join(value.split())
+
+
+def _natural_key(column: pd.Series) -> pd.Series:
+    if column.name == "dialogue_id":
+        return column.str.extract(r"(\d+)$")[0].astype("int64")
+    return column
+
+
+def _require(raw: pd.DataFrame, columns: list[str], source: str) -> None:
+    missing = [c for c in columns if c not in raw.columns]
+    if missing:
+        raise InputError(f"{source}: missing CSV columns {missing} (has: {list(raw.columns)})")

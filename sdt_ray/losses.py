@@ -1,0 +1,101 @@
+"""The self-distillation loss of SDT (SDT_SPEC §6), with masked reductions.
+
+    L = γ1·CE(fused, y) + γ2·Σ_m CE(student_m, y) + γ3·Σ_m KL(softmax(fused/T) ‖ softmax(student_m/T))
+
+Every term averages over real, labelled utterances only. There is no T² factor
+on the KL term, as in the reference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+IGNORE_LABEL = -1  # padding and unlabelled utterances
+
+
+@dataclass
+class LossParts:
+    total: torch.Tensor  # scalar, what backward() runs on
+    fused_ce: torch.Tensor  # scalar, before γ1
+    student_ce: torch.Tensor  # scalar, Σ over modalities, before γ2
+    distillation_kl: torch.Tensor  # scalar, Σ over modalities, before γ3
+
+    def as_floats(self) -> dict[str, float]:
+        return {k: float(v.detach()) for k, v in vars(self).items()}
+
+
+def masked_cross_entropy(
+    logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, class_weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Mean CE over masked positions; with class weights Σ w_y·CE / Σ w_y.
+
+    logits (N, C), labels (N,), mask (N,) bool.
+    """
+    safe_labels = labels.clamp(min=0)  # (N,) any index is fine where masked out
+    ce = F.cross_entropy(logits, safe_labels, reduction="none")  # (N,)
+    weights = mask.to(logits.dtype)  # (N,)
+    if class_weights is not None:
+        weights = weights * class_weights[safe_labels]
+    return (ce * weights).sum() / weights.sum().clamp(min=torch.finfo(logits.dtype).tiny)
+
+
+def masked_kl(
+    teacher_logits: torch.Tensor, student_logits: torch.Tensor, mask: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """KL(softmax(teacher/T) ‖ softmax(student/T)), summed over classes, mean over masked rows.
+
+    teacher_logits, student_logits (N, C), mask (N,) bool.
+    """
+    teacher_log_p = F.log_softmax(teacher_logits / temperature, dim=-1)  # (N, C)
+    student_log_p = F.log_softmax(student_logits / temperature, dim=-1)  # (N, C)
+    kl = (teacher_log_p.exp() * (teacher_log_p - student_log_p)).sum(dim=-1)  # (N,)
+    weights = mask.to(kl.dtype)
+    return (kl * weights).sum() / weights.sum().clamp(min=1.0)
+
+
+class SelfDistillationLoss(nn.Module):
+    def __init__(
+        self,
+        gamma_fused: float = 1.0,
+        gamma_students: float = 1.0,
+        gamma_kl: float = 1.0,
+        temperature: float = 1.0,
+        class_weights: torch.Tensor | None = None,
+        detach_teacher: bool = False,
+    ):
+        super().__init__()
+        self.gamma_fused = gamma_fused
+        self.gamma_students = gamma_students
+        self.gamma_kl = gamma_kl
+        self.temperature = temperature
+        self.detach_teacher = detach_teacher
+        self.register_buffer("class_weights", class_weights, persistent=False)
+
+    def forward(
+        self,
+        fused_logits: torch.Tensor,
+        student_logits: dict[str, torch.Tensor],
+        labels: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> LossParts:
+        """fused_logits (B, L, C); student_logits m -> (B, L, C); labels (B, L) with
+        IGNORE_LABEL where unlabelled; mask (B, L) bool, True for real utterances."""
+        C = fused_logits.shape[-1]
+        fused = fused_logits.reshape(-1, C)  # (N, C)
+        y = labels.reshape(-1)  # (N,)
+        keep = mask.reshape(-1) & (y != IGNORE_LABEL)  # (N,)
+        teacher = fused.detach() if self.detach_teacher else fused
+
+        fused_ce = masked_cross_entropy(fused, y, keep, self.class_weights)
+        zero = fused.new_zeros(())
+        student_ce, kl = zero, zero
+        for logits in student_logits.values():
+            student = logits.reshape(-1, C)  # (N, C)
+            student_ce = student_ce + masked_cross_entropy(student, y, keep, self.class_weights)
+            kl = kl + masked_kl(teacher, student, keep, self.temperature)
+        total = self.gamma_fused * fused_ce + self.gamma_students * student_ce + self.gamma_kl * kl
+        return LossParts(total=total, fused_ce=fused_ce, student_ce=student_ce, distillation_kl=kl)

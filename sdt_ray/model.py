@@ -1,0 +1,177 @@
+"""SDT (Ma et al., IEEE TMM 2023), pure PyTorch, as the authors' code computes it.
+
+Shapes: B dialogues, L utterances (padded), D hidden size, C classes, M modalities.
+See SDT_SPEC.md for the equations; section numbers below refer to it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+
+MASKED_SCORE = -1e10  # the reference fills padded keys with this, not -inf
+
+
+@dataclass
+class SDTOutput:
+    logits: torch.Tensor  # (B, L, C) fused teacher logits; argmax is the prediction
+    modality_logits: dict[str, torch.Tensor]  # modality -> (B, L, C) student logits
+    modality_weights: torch.Tensor  # (B, L, M) gate weights α, averaged over D; sums to 1 over M
+
+
+def sinusoid_table(max_len: int, dim: int) -> torch.Tensor:
+    """The original Transformer's position table: sin on even dims, cos on odd (§2.3)."""
+    position = torch.arange(max_len, dtype=torch.float32).unsqueeze(1)  # (max_len, 1)
+    div = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    table = torch.zeros(max_len, dim)
+    table[:, 0::2] = torch.sin(position * div)
+    table[:, 1::2] = torch.cos(position * div)[:, : dim // 2]
+    return table  # (max_len, D)
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention, query from the target, key/value from the source (§3)."""
+
+    def __init__(self, dim: int, heads: int, dropout: float):
+        super().__init__()
+        self.heads = heads
+        self.query = nn.Linear(dim, dim)
+        self.key = nn.Linear(dim, dim)
+        self.value = nn.Linear(dim, dim)
+        self.out = nn.Linear(dim, dim)
+        self.dropout = dropout
+
+    def forward(self, target: torch.Tensor, source: torch.Tensor, key_bias: torch.Tensor) -> torch.Tensor:
+        B, L, D = target.shape
+        H = self.heads
+        q = self.query(target).view(B, L, H, D // H).transpose(1, 2)  # (B, H, L, D/H)
+        k = self.key(source).view(B, L, H, D // H).transpose(1, 2)  # (B, H, L, D/H)
+        v = self.value(source).view(B, L, H, D // H).transpose(1, 2)  # (B, H, L, D/H)
+        # key_bias (B, 1, 1, L): 0 for real keys, MASKED_SCORE for padding.
+        ctx = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=key_bias, dropout_p=self.dropout if self.training else 0.0
+        )  # (B, H, L, D/H)
+        return self.out(ctx.transpose(1, 2).reshape(B, L, D))  # (B, L, D)
+
+
+class TransformerBlock(nn.Module):
+    """One-layer TransformerEncoder of the reference (§3): post-residual attention
+    with no LayerNorm on a first layer, then a pre-norm GELU feed-forward, d_ff = D."""
+
+    def __init__(self, dim: int, heads: int, dropout: float):
+        super().__init__()
+        self.attention = CrossAttention(dim, heads, dropout)
+        self.ff_norm = nn.LayerNorm(dim, eps=1e-6)
+        self.ff_in = nn.Linear(dim, dim)
+        self.ff_out = nn.Linear(dim, dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, target: torch.Tensor, source: torch.Tensor, key_bias: torch.Tensor) -> torch.Tensor:
+        y = self.drop(self.attention(target, source, key_bias)) + target  # (B, L, D)
+        hidden = self.drop(F.gelu(self.ff_in(self.ff_norm(y)), approximate="tanh"))  # (B, L, D)
+        return y + self.drop(self.ff_out(hidden))  # (B, L, D)
+
+
+class SDT(nn.Module):
+    """Intra- and inter-modal transformers, hierarchical gated fusion and
+    self-distillation heads, for any non-empty subset of {text, audio, visual}."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        if not config.input_dims:
+            raise ValueError("ModelConfig.input_dims must be set to build a model")
+        self.config = config
+        D, mods = config.hidden, config.modalities
+        self.projections = nn.ModuleDict(
+            {m: nn.Linear(config.input_dim(m), D, bias=False) for m in mods}
+        )  # Conv1d(kernel 1, no bias) in the reference: the same per-utterance map
+        self.speaker_embedding = nn.Embedding(config.max_speakers + 1, D, padding_idx=config.max_speakers)
+        self.register_buffer("positions", sinusoid_table(config.max_len, D), persistent=False)
+        self.embed_dropout = nn.Dropout(config.dropout)
+        # Block "a_to_t" reads audio (source) to update text (target); intra blocks first.
+        self.pairs = [(src, tgt) for tgt in mods for src in _intra_first(tgt, mods)]
+        self.blocks = nn.ModuleDict(
+            {_pair_name(s, t): TransformerBlock(D, config.heads, config.dropout) for s, t in self.pairs}
+        )
+        self.gates = nn.ModuleDict({_pair_name(s, t): nn.Linear(D, D, bias=False) for s, t in self.pairs})
+        if config.frozen_identity_gates:
+            for gate in self.gates.values():
+                nn.init.eye_(gate.weight)
+                gate.weight.requires_grad_(False)
+        self.reductions = nn.ModuleDict({m: nn.Linear(len(mods) * D, D) for m in mods})
+        # With one modality the softmax over M is identically 1: no fusion weights to learn.
+        self.fusion = nn.Linear(D, D, bias=False) if len(mods) > 1 else None
+        self.student_heads = nn.ModuleDict({m: nn.Linear(D, config.n_classes) for m in mods})
+        self.student_dropout = nn.Dropout(config.dropout)
+        self.teacher_head = nn.Linear(D, config.n_classes)
+
+    def forward(
+        self,
+        features: dict[str, torch.Tensor],
+        speakers: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> SDTOutput:
+        """features: modality -> (B, L, D_m); speakers: (B, L) long, padding = max_speakers;
+        mask: (B, L) bool, True for real utterances."""
+        cfg = self.config
+        B, L = mask.shape
+        if L > cfg.max_len:
+            raise ValueError(f"dialogue of {L} utterances exceeds max_len={cfg.max_len}; score it in windows")
+        missing = [m for m in cfg.modalities if m not in features]
+        if missing:
+            raise ValueError(f"model needs modalities {list(cfg.modalities)}; missing {missing}")
+        key_bias = torch.zeros(B, 1, 1, L, dtype=features[cfg.modalities[0]].dtype, device=mask.device)
+        key_bias = key_bias.masked_fill(~mask[:, None, None, :], MASKED_SCORE)  # (B, 1, 1, L)
+        context = self.positions[:L] + self.speaker_embedding(speakers)  # (B, L, D)
+        projected = {m: self.projections[m](features[m]) for m in cfg.modalities}  # m -> (B, L, D)
+
+        gated: dict[tuple[str, str], torch.Tensor] = {}
+        for src, tgt in self.pairs:
+            name = _pair_name(src, tgt)
+            target = self.embed_dropout(projected[tgt] + context)  # (B, L, D)
+            source = target if src == tgt else self.embed_dropout(projected[src] + context)
+            o = self.blocks[name](target, source, key_bias)  # (B, L, D)
+            gated[src, tgt] = torch.sigmoid(self.gates[name](o)) * o  # unimodal gate (§4)
+
+        reduced = [
+            self.reductions[tgt](torch.cat([gated[src, tgt] for src in _intra_first(tgt, cfg.modalities)], dim=-1))
+            for tgt in cfg.modalities
+        ]  # M x (B, L, D)
+        stacked = torch.stack(reduced, dim=2)  # (B, L, M, D)
+        if self.fusion is None:
+            alpha = torch.ones_like(stacked)  # (B, L, 1, D)
+        else:
+            alpha = torch.softmax(self.fusion(stacked), dim=2)  # (B, L, M, D), softmax over M per dim
+        fused = (alpha * stacked).sum(dim=2)  # (B, L, D)
+
+        modality_logits = {
+            m: self.student_heads[m](self.student_dropout(F.relu(reduced[i])))
+            for i, m in enumerate(cfg.modalities)
+        }  # m -> (B, L, C)
+        return SDTOutput(
+            logits=self.teacher_head(fused),  # (B, L, C)
+            modality_logits=modality_logits,
+            modality_weights=alpha.mean(dim=-1),  # (B, L, M)
+        )
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(total, trainable) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return total, trainable
+
+
+def _intra_first(target: str, modalities: tuple[str, ...]) -> list[str]:
+    """Sources feeding `target`: itself first, then the others in canonical order (§4)."""
+    return [target] + [m for m in modalities if m != target]
+
+
+def _pair_name(source: str, target: str) -> str:
+    return f"{source}_to_{target}"

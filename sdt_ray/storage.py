@@ -1,0 +1,96 @@
+"""URIs to filesystems: local paths, file:// and s3://.
+
+S3 goes through s3fs, so the endpoint, region and credentials come from the
+usual AWS environment variables (AWS_ENDPOINT_URL, AWS_DEFAULT_REGION,
+AWS_ACCESS_KEY_ID, ...), the same way on the driver and on Ray workers.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from .errors import InputError
+
+
+def is_remote(uri: str) -> bool:
+    return uri.startswith("s3://")
+
+
+def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path inside it) for a local path, file:// or s3:// URI."""
+    if uri.startswith("s3://"):
+        return s3_filesystem(), uri[len("s3://") :]
+    if uri.startswith("file://"):
+        uri = uri[len("file://") :]
+    return pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
+
+
+def s3_filesystem() -> pafs.FileSystem:
+    import s3fs  # imported here: local-only users never pay for botocore
+
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
+    fs = s3fs.S3FileSystem(endpoint_url=endpoint, client_kwargs={"region_name": region} if region else {})
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
+
+
+def exists(uri: str) -> bool:
+    fs, path = resolve(uri)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def read_table(uri: str) -> pa.Table:
+    """Read a Parquet file or a folder of Parquet files as one table."""
+    fs, path = resolve(uri)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        raise InputError(f"{uri}: no such file or folder")
+    try:
+        if info.type == pafs.FileType.File:
+            return pq.read_table(path, filesystem=fs)
+        dataset = pads.dataset(path, filesystem=fs, format="parquet", exclude_invalid_files=False)
+        table = dataset.to_table()
+        # Schema metadata (label order, encoder) lives in each file; keep the first file's.
+        first = sorted(dataset.files)[0] if dataset.files else None
+        if first is not None:
+            table = table.replace_schema_metadata(pq.read_schema(first, filesystem=fs).metadata)
+        return table
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InputError(f"{uri}: not a readable Parquet table ({exc})") from None
+
+
+def write_table(table: pa.Table, uri: str) -> None:
+    """Write one Parquet file, creating parent folders."""
+    fs, path = resolve(uri)
+    fs.create_dir(str(Path(path).parent), recursive=True)
+    pq.write_table(table, path, filesystem=fs)
+
+
+def write_text(uri: str, text: str) -> None:
+    fs, path = resolve(uri)
+    fs.create_dir(str(Path(path).parent), recursive=True)
+    with fs.open_output_stream(path) as out:
+        out.write(text.encode())
+
+
+def read_text(uri: str) -> str:
+    fs, path = resolve(uri)
+    with fs.open_input_stream(path) as f:
+        return f.read().decode()
+
+
+def join(uri: str, *parts: str) -> str:
+    return "/".join([uri.rstrip("/"), *parts])
+
+
+def upload_dir(local_dir: str, uri: str) -> None:
+    """Copy a local folder's files to a local or s3:// folder, replacing what is there."""
+    fs, path = resolve(uri)
+    fs.create_dir(path, recursive=True)
+    pafs.copy_files(local_dir, path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)

@@ -1,0 +1,58 @@
+"""Where work runs: a local Ray session, or an existing cluster by address.
+
+Local mode binds the dashboard to 127.0.0.1 and makes the auth mode explicit,
+since a plain `ray.init()` writes a token that later breaks `ray start` and the
+Jobs client (RAY_NOTES: token auth).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+
+import ray
+
+
+@contextlib.contextmanager
+def ray_session(
+    address: str | None = None,
+    num_cpus: int | None = None,
+    verbose: bool = False,
+    object_store_bytes: int | None = None,
+) -> Iterator[None]:
+    """Connect to `address`, join a Ray already initialised in this process, or start local Ray."""
+    if ray.is_initialized():
+        yield
+        return
+    if address is None:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        ray.init(
+            num_cpus=num_cpus,
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
+            log_to_driver=verbose,
+            logging_level=logging.INFO if verbose else logging.WARNING,
+            object_store_memory=object_store_bytes,
+            configure_logging=True,
+        )
+    else:
+        ray.init(address=address, log_to_driver=verbose, logging_level=logging.INFO if verbose else logging.WARNING)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def cpus_per_worker(workers: int, use_gpu: bool) -> float:
+    """CPUs to reserve for each Train worker, leaving room for Ray Data's own tasks.
+
+    On 2 CPUs, 2 workers at 1 CPU each plus any Ray Data task deadlocks
+    (RAY_NOTES: deadlock); fractional CPUs avoid it.
+    """
+    if use_gpu:
+        return 1.0
+    total = float(ray.cluster_resources().get("CPU", 1.0))
+    share = (total - 0.5) / workers
+    return max(0.25, min(1.0, round(share * 4) / 4))

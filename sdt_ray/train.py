@@ -1,0 +1,346 @@
+"""Ray Train entry: SDT with DDP over workers, each reading its own shard of
+whole dialogues, selected on dev weighted F1 with early stopping.
+
+RUN_DIR layout:
+    run.json          what was asked for, and the Ray run name (for --resume)
+    metrics.jsonl     one line per epoch, rewritten by rank 0 after each epoch
+    best/             config.json + model.safetensors of the dev-best epoch
+    ray/              Ray Train's storage: checkpoints of the latest epoch
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow as pa
+import ray
+import ray.train
+import torch
+import torch.distributed as dist
+from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+from safetensors.torch import load_file
+
+from . import storage
+from .checkpoint import WEIGHTS_FILE, save_checkpoint, state_dict_for_saving
+from .collate import batches
+from .config import LossConfig, ModelConfig, RecipeConfig, TrainConfig
+from .dialogues import to_dialogues
+from .engine import predict, train_epoch
+from .errors import ConfigError, SdtError
+from .losses import SelfDistillationLoss
+from .metrics import classification_report
+from .model import SDT
+from .submit import cpus_per_worker, ray_session
+from .training_data import TrainingData, prepare
+
+STATE_FILE = "training_state.pt"  # latest epoch: model, optimiser, counters, history
+BEST_DIR = "best"
+
+
+@dataclass
+class TrainResult:
+    run_dir: str
+    best_dir: str
+    best_epoch: int
+    best_metrics: dict[str, Any]
+    epochs_run: int
+    history: list[dict[str, Any]]
+
+
+def train(
+    features_uri: str,
+    run_dir: str,
+    recipe: RecipeConfig,
+    resume: bool = False,
+    address: str | None = None,
+    log: Callable[[str], None] = print,
+    verbose: bool = False,
+) -> TrainResult:
+    run_dir = _absolute(run_dir)
+    run_name = _claim_run(run_dir, recipe, features_uri, resume)
+    data = prepare(features_uri, recipe, recipe.train.workers)
+    _announce(data, recipe, log)
+    with ray_session(address, verbose=verbose):
+        trainer = _build_trainer(data, recipe, run_dir, run_name)
+        with _EpochPrinter(storage.join(run_dir, "metrics.jsonl"), log):
+            result = trainer.fit()
+    if result.error is not None:
+        raise SdtError(f"training failed: {result.error}")
+    return _export_best(result.checkpoint, run_dir)
+
+
+def _build_trainer(data: TrainingData, recipe: RecipeConfig, run_dir: str, run_name: str) -> TorchTrainer:
+    cfg = recipe.train
+    datasets = {f"train_{i}": ray.data.from_arrow(shard) for i, shard in enumerate(data.shards)}
+    datasets["selection"] = ray.data.from_arrow(data.selection)
+    loop_config = {
+        "model": data.model.to_dict(),
+        "loss": vars(recipe.loss),
+        "train": vars(cfg),
+        "run_dir": run_dir,
+        "selection_split": data.selection_split,
+        "meta": {"recipe": recipe.to_dict(), "labels": data.labels},
+    }
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(
+            num_workers=cfg.workers,
+            use_gpu=cfg.use_gpu,
+            resources_per_worker={"CPU": cpus_per_worker(cfg.workers, cfg.use_gpu)},
+        ),
+        datasets=datasets,
+        # Shards are cut by dialogue on the driver; Ray must not re-split them by rows.
+        dataset_config=DataConfig(datasets_to_split=[]),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=storage.join(run_dir, "ray"),
+            checkpoint_config=CheckpointConfig(num_to_keep=1),  # the latest holds the best weights too
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+        ),
+    )
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Runs on each Ray Train worker."""
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    model_cfg = ModelConfig.from_dict(config["model"])
+    loss_cfg = LossConfig(**config["loss"])
+    cfg = TrainConfig(**config["train"])
+    torch.set_num_threads(cfg.torch_threads)
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    device = ray.train.torch.get_device()
+
+    shard = to_dialogues(_read_all(f"train_{rank}"), model_cfg)
+    selection = to_dialogues(_read_all("selection"), model_cfg) if rank == 0 else []
+    selection_batches = batches(selection, 16, model_cfg.max_speakers)
+
+    model = ray.train.torch.prepare_model(SDT(model_cfg))
+    loss_fn = _loss(loss_cfg, model_cfg).to(device)
+    optimizer = torch.optim.Adam(
+        [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay
+    )
+    state, best = _restore(model, optimizer)
+    steps = _steps_per_epoch(len(shard), cfg.batch_size, device)
+
+    for epoch in range(state["epoch"], cfg.epochs):
+        started = time.time()
+        epoch_batches = batches(shard, cfg.batch_size, model_cfg.max_speakers, shuffle=True, seed=_seed(cfg.seed, epoch, rank))
+        epoch_batches = (epoch_batches * (steps // max(len(epoch_batches), 1) + 1))[:steps]  # equal steps on all ranks
+        losses = train_epoch(model, loss_fn, optimizer, epoch_batches, device)
+        score, selection_metrics = _evaluate_selection(model, selection_batches, model_cfg, device, rank)
+        improved = score > state["best_score"]
+        if improved:
+            state.update(best_score=score, best_epoch=epoch, bad_epochs=0)
+            if rank == 0:
+                best = state_dict_for_saving(model.module if hasattr(model, "module") else model)
+        else:
+            state["bad_epochs"] += 1
+        record = {
+            "epoch": epoch,
+            **{k: round(_mean_across_ranks(v, device), 6) for k, v in losses.items()},
+            **{f"{config['selection_split']}_{k}": v for k, v in selection_metrics.items()},
+            "best_epoch": state["best_epoch"],
+            "seconds": round(time.time() - started, 2),
+        }
+        state["history"].append(record)
+        state["epoch"] = epoch + 1
+        _report(model, optimizer, state, record, best, config, rank)
+        if state["bad_epochs"] >= cfg.patience and epoch + 1 >= cfg.min_epochs:
+            break
+
+
+def _loss(loss_cfg: LossConfig, model_cfg: ModelConfig) -> SelfDistillationLoss:
+    weights = torch.tensor(loss_cfg.class_weights, dtype=torch.float32) if loss_cfg.class_weights else None
+    if weights is not None and len(weights) != model_cfg.n_classes:
+        raise ConfigError(f"class_weights has {len(weights)} entries for {model_cfg.n_classes} classes")
+    return SelfDistillationLoss(
+        gamma_fused=loss_cfg.gamma_fused,
+        gamma_students=loss_cfg.gamma_students,
+        gamma_kl=loss_cfg.gamma_kl,
+        temperature=loss_cfg.temperature,
+        class_weights=weights,
+        detach_teacher=loss_cfg.detach_teacher,
+    )
+
+
+def _read_all(dataset_name: str) -> pa.Table:
+    shard = ray.train.get_dataset_shard(dataset_name)
+    tables = list(shard.iter_batches(batch_size=None, batch_format="pyarrow"))
+    return pa.concat_tables(tables)
+
+
+def _steps_per_epoch(n_dialogues: int, batch_size: int, device: torch.device) -> int:
+    """Every rank must take the same number of DDP steps; use the largest shard's."""
+    steps = torch.tensor([-(-n_dialogues // batch_size)], dtype=torch.long, device=device)
+    if dist.is_initialized():
+        dist.all_reduce(steps, op=dist.ReduceOp.MAX)
+    return int(steps.item())
+
+
+def _evaluate_selection(model, selection_batches, model_cfg, device, rank) -> tuple[float, dict[str, float]]:
+    """Rank 0 scores the selection split; its weighted F1 is broadcast so that
+    every rank takes the same early-stopping decision."""
+    metrics: dict[str, float] = {}
+    score = torch.zeros(1, dtype=torch.float64, device=device)
+    if rank == 0:
+        core = model.module if hasattr(model, "module") else model
+        report = classification_report(*predict(core, selection_batches, device).labelled(), list(model_cfg.class_names))
+        metrics = {k: round(report[k], 6) for k in ("accuracy", "weighted_f1", "macro_f1")}
+        score[0] = report["weighted_f1"]
+    if dist.is_initialized():
+        dist.broadcast(score, src=0)
+    return float(score.item()), metrics
+
+
+def _mean_across_ranks(value: float, device: torch.device) -> float:
+    if not dist.is_initialized():
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return float(t.item()) / dist.get_world_size()
+
+
+def _restore(model, optimizer) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None]:
+    """Training counters and the best weights so far, from Ray's latest checkpoint if any."""
+    state = {"epoch": 0, "best_score": -1.0, "best_epoch": -1, "bad_epochs": 0, "history": []}
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return state, None
+    with checkpoint.as_directory() as directory:
+        saved = torch.load(os.path.join(directory, STATE_FILE), map_location="cpu", weights_only=False)
+        best = load_file(os.path.join(directory, BEST_DIR, WEIGHTS_FILE))
+    core = model.module if hasattr(model, "module") else model
+    core.load_state_dict(saved.pop("model"))
+    optimizer.load_state_dict(saved.pop("optimizer"))
+    state.update(saved)
+    return state, best
+
+
+def _report(model, optimizer, state, record, best, config, rank) -> None:
+    """Rank 0 writes the checkpoint (latest state, plus the best weights so far in
+    best/) and the metrics file; every rank reports, as Ray Train requires."""
+    if rank != 0:
+        ray.train.report(record, checkpoint=None)
+        return
+    core = model.module if hasattr(model, "module") else model
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.save({"model": core.state_dict(), "optimizer": optimizer.state_dict(), **state}, os.path.join(tmp, STATE_FILE))
+        meta = {**config["meta"], "selection": state["history"][state["best_epoch"]]}
+        save_checkpoint(os.path.join(tmp, BEST_DIR), best, core.config, meta)
+        storage.write_text(
+            storage.join(config["run_dir"], "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in state["history"])
+        )
+        ray.train.report(record, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def _seed(seed: int, epoch: int, rank: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
+
+
+def _claim_run(run_dir: str, recipe: RecipeConfig, features_uri: str, resume: bool) -> str:
+    """A new RUN_DIR gets a unique Ray run name; an existing one needs --resume.
+
+    Ray Train silently resumes a run whose (name, storage_path) it has seen,
+    so names are never reused except on purpose.
+    """
+    run_file = storage.join(run_dir, "run.json")
+    if storage.exists(run_file):
+        previous = json.loads(storage.read_text(run_file))
+        if not resume:
+            raise ConfigError(
+                f"{run_dir} already holds run '{previous['ray_run_name']}'; "
+                "pass --resume to continue it, or choose a new --output"
+            )
+        return previous["ray_run_name"]
+    if resume:
+        raise ConfigError(f"--resume: {run_dir} holds no run to resume")
+    name = f"sdt-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    document = {"ray_run_name": name, "features": features_uri, "recipe": recipe.to_dict()}
+    storage.write_text(run_file, json.dumps(document, indent=2))
+    return name
+
+
+def _announce(data: TrainingData, recipe: RecipeConfig, log: Callable[[str], None]) -> None:
+    for note in data.notes:
+        log(f"note: {note}")
+    if data.exclusions:
+        log(f"excluded from training and selection: {data.exclusions.describe()}")
+    m, t = data.model, recipe.train
+    sizes = ", ".join(str(s.num_rows) for s in data.shards)
+    log(
+        f"training SDT [{'+'.join(m.modalities)}] D={m.hidden} heads={m.heads} on {data.train_utterances} "
+        f"utterances; {t.workers} worker(s) with dialogues {sizes}; selecting on {data.selection_split} "
+        f"weighted F1, up to {t.epochs} epochs, patience {t.patience}, seed {t.seed}"
+    )
+
+
+def _export_best(checkpoint: ray.train.Checkpoint | None, run_dir: str) -> TrainResult:
+    if checkpoint is None:
+        raise SdtError("training finished without a checkpoint")
+    best_uri = storage.join(run_dir, BEST_DIR)
+    with checkpoint.as_directory() as directory:
+        state = torch.load(os.path.join(directory, STATE_FILE), map_location="cpu", weights_only=False)
+        storage.upload_dir(os.path.join(directory, BEST_DIR), best_uri)
+    best = state["history"][state["best_epoch"]] if state["best_epoch"] >= 0 else {}
+    return TrainResult(run_dir, best_uri, state["best_epoch"], best, state["epoch"], state["history"])
+
+
+def _absolute(uri: str) -> str:
+    return uri if storage.is_remote(uri) else str(Path(uri).expanduser().resolve())
+
+
+class _EpochPrinter:
+    """Prints each new line of metrics.jsonl while training runs (rank 0 writes it)."""
+
+    def __init__(self, metrics_uri: str, log: Callable[[str], None], interval_s: float = 1.0):
+        self.metrics_uri, self.log, self.interval_s = metrics_uri, log, interval_s
+        self.printed = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "_EpochPrinter":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+        self._poll()
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.interval_s):
+            self._poll()
+
+    def _poll(self) -> None:
+        try:
+            lines = storage.read_text(self.metrics_uri).splitlines()
+        except (FileNotFoundError, OSError):
+            return
+        for line in lines:
+            record = json.loads(line)
+            if record["epoch"] >= self.printed:
+                self.log(format_epoch(record))
+                self.printed = record["epoch"] + 1
+
+
+def format_epoch(record: dict[str, Any]) -> str:
+    split = next((k.split("_")[0] for k in record if k.endswith("_weighted_f1")), "dev")
+    star = " *" if record.get("best_epoch") == record["epoch"] else ""
+    return (
+        f"epoch {record['epoch'] + 1:3d}  loss {record.get('loss_total', float('nan')):.4f}  "
+        f"{split} acc {record.get(f'{split}_accuracy', float('nan')):.4f}  "
+        f"wF1 {record.get(f'{split}_weighted_f1', float('nan')):.4f}  "
+        f"mF1 {record.get(f'{split}_macro_f1', float('nan')):.4f}  {record['seconds']:.1f}s{star}"
+    )

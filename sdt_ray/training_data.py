@@ -1,0 +1,115 @@
+"""Driver-side preparation of a training run: read and check the features table,
+fix the model's shapes from it, choose dev, and cut the train split into
+per-worker shards of whole dialogues. No Ray here: train.py hands the result
+to Ray Train.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .config import ModelConfig, RecipeConfig
+from .dialogues import Exclusions, dialogue_rows, select_split, usable_rows
+from .errors import ConfigError, InputError
+from .schema import validate_features
+from .storage import read_table
+
+DEV_CARVE_FRACTION = 0.1  # of train dialogues, when a corpus has no dev split
+
+
+@dataclass
+class TrainingData:
+    model: ModelConfig  # with input dims and classes fixed from the table
+    shards: list[pa.Table]  # one dialogue_rows table per worker
+    selection: pa.Table  # dialogue_rows of the split that selects the model (dev)
+    selection_split: str
+    labels: list[str]
+    exclusions: Exclusions
+    notes: list[str]  # things the user should know, printed before training
+    train_utterances: int
+
+
+def prepare(features_uri: str, recipe: RecipeConfig, workers: int) -> TrainingData:
+    table = read_table(features_uri)
+    expected = dict(zip(recipe.model.modalities, recipe.model.input_dims)) if recipe.model.input_dims else None
+    info = validate_features(table, features_uri, expected_dims=expected)
+    missing = [m for m in recipe.model.modalities if m not in info.dims]
+    if missing:
+        raise InputError(f"{features_uri}: the recipe needs modalities {missing}, the table has {sorted(info.dims)}")
+    labels = info.labels or sorted(set(select_split(table, "train", features_uri).column("label").to_pylist()) - {None})
+    model = resolve_model_config(recipe.model, {m: info.dims[m] for m in recipe.model.modalities}, labels)
+
+    table, exclusions = usable_rows(table, model.modalities)
+    notes = []
+    train = select_split(table, "train", features_uri)
+    selection_split = recipe.train.select_on
+    if selection_split == "dev" and table.filter(pc.equal(table.column("split"), "dev")).num_rows == 0:
+        train, dev = carve_dev(train, DEV_CARVE_FRACTION, recipe.train.seed)
+        notes.append(
+            f"no dev split in {features_uri}: carved {DEV_CARVE_FRACTION:.0%} of train dialogues "
+            f"({len(set(dev.column('dialogue_id').to_pylist()))}) as dev, seed {recipe.train.seed}"
+        )
+    else:
+        dev = select_split(table, selection_split, features_uri)
+    if selection_split == "test":
+        notes.append("PARITY MODE: selecting on the TEST split; figures are test-selected, not a fair estimate")
+    if labels and all(v is None for v in train.column("label").to_pylist()):
+        raise InputError(f"{features_uri}: split 'train' has no labelled utterances")
+
+    rows = dialogue_rows(train, model, labels, features_uri)
+    return TrainingData(
+        model=model,
+        shards=shard_dialogues(rows, workers),
+        selection=dialogue_rows(dev, model, labels, features_uri),
+        selection_split=selection_split,
+        labels=labels,
+        exclusions=exclusions,
+        notes=notes,
+        train_utterances=train.num_rows,
+    )
+
+
+def resolve_model_config(model: ModelConfig, dims: dict[str, int], labels: list[str]) -> ModelConfig:
+    """Fill input dims and classes from the data; a recipe that fixed them must agree."""
+    if model.class_names and list(model.class_names) != list(labels):
+        raise ConfigError(f"recipe classes {list(model.class_names)} differ from the table's labels {labels}")
+    if model.n_classes != len(labels) and model.class_names:
+        raise ConfigError(f"recipe n_classes={model.n_classes} but the table has {len(labels)} labels")
+    return dataclasses.replace(
+        model,
+        input_dims=tuple(dims[m] for m in model.modalities),
+        n_classes=len(labels),
+        class_names=tuple(labels),
+    )
+
+
+def carve_dev(train: pa.Table, fraction: float, seed: int) -> tuple[pa.Table, pa.Table]:
+    """Split train by dialogue (never by utterance): a seeded `fraction` becomes dev."""
+    dialogues = sorted(set(train.column("dialogue_id").to_pylist()))
+    rng = np.random.default_rng(seed)
+    n_dev = max(1, int(round(fraction * len(dialogues))))
+    if len(dialogues) < 2:
+        raise InputError("cannot carve a dev split from a train split with fewer than 2 dialogues")
+    dev_ids = pa.array(rng.choice(dialogues, size=n_dev, replace=False).tolist())
+    in_dev = pc.is_in(train.column("dialogue_id"), value_set=dev_ids)
+    return train.filter(pc.invert(in_dev)), train.filter(in_dev)
+
+
+def shard_dialogues(rows: pa.Table, workers: int) -> list[pa.Table]:
+    """Deal whole dialogues to workers, longest first, each to the least-loaded
+    worker by utterance count, so each worker does about the same work."""
+    if rows.num_rows < workers:
+        raise InputError(f"{rows.num_rows} training dialogues cannot feed {workers} workers; use fewer workers")
+    lengths = pc.list_value_length(rows.column("speakers")).to_numpy()
+    load = np.zeros(workers)
+    assignment: list[list[int]] = [[] for _ in range(workers)]
+    for i in np.argsort(-lengths, kind="stable"):
+        w = int(np.argmin(load))
+        assignment[w].append(int(i))
+        load[w] += lengths[i]
+    return [rows.take(pa.array(sorted(idx), pa.int64())) for idx in assignment]
