@@ -190,6 +190,17 @@ def describe(
     _log(json.dumps(info) if as_json else format_description(info))
 
 
+@app.command()
+@user_errors
+def demo(
+    output: str = typer.Option("demo-output", help="Folder for the demo's tables, run and evaluation."),
+) -> None:
+    """Run import -> extract -> train -> evaluate on the bundled MELD slice in local Ray."""
+    from .demo import run_demo
+
+    run_demo(output, log=_log)
+
+
 def main() -> None:
     # Quiet third-party start-up chatter unless the user asked for it.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

@@ -40,6 +40,10 @@ class ModelConfig:
     temperature: float = 1.0  # distillation T, kept here so a checkpoint is self-describing
     max_len: int = 512  # rows of the sinusoidal position table (utterances per dialogue)
     frozen_identity_gates: bool = False  # the reference's MELD setting: gate(o) = o * sigmoid(o)
+    # Standardise each input dim with train-split mean/std, stored as buffers in the
+    # checkpoint. Off for parity (the reference feeds features raw); on by default
+    # because small-norm sentence embeddings are otherwise swamped by the position table.
+    normalize_inputs: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "modalities", tuple(self.modalities))

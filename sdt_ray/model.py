@@ -78,6 +78,22 @@ class TransformerBlock(nn.Module):
         return y + self.drop(self.ff_out(hidden))  # (B, L, D)
 
 
+class FeatureNorm(nn.Module):
+    """(x - mean) / std per input dim; statistics are buffers set from training data."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    def set_statistics(self, mean: torch.Tensor, std: torch.Tensor, min_std: float = 1e-3) -> None:
+        self.mean.copy_(mean)
+        self.std.copy_(std.clamp(min=min_std))  # some encoder dims are constant
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
 class SDT(nn.Module):
     """Intra- and inter-modal transformers, hierarchical gated fusion and
     self-distillation heads, for any non-empty subset of {text, audio, visual}."""
@@ -88,6 +104,9 @@ class SDT(nn.Module):
             raise ValueError("ModelConfig.input_dims must be set to build a model")
         self.config = config
         D, mods = config.hidden, config.modalities
+        self.input_norms = (
+            nn.ModuleDict({m: FeatureNorm(config.input_dim(m)) for m in mods}) if config.normalize_inputs else None
+        )
         self.projections = nn.ModuleDict(
             {m: nn.Linear(config.input_dim(m), D, bias=False) for m in mods}
         )  # Conv1d(kernel 1, no bias) in the reference: the same per-utterance map
@@ -129,6 +148,8 @@ class SDT(nn.Module):
         key_bias = torch.zeros(B, 1, 1, L, dtype=features[cfg.modalities[0]].dtype, device=mask.device)
         key_bias = key_bias.masked_fill(~mask[:, None, None, :], MASKED_SCORE)  # (B, 1, 1, L)
         context = self.positions[:L] + self.speaker_embedding(speakers)  # (B, L, D)
+        if self.input_norms is not None:
+            features = {m: self.input_norms[m](features[m]) for m in cfg.modalities}
         projected = {m: self.projections[m](features[m]) for m in cfg.modalities}  # m -> (B, L, D)
 
         gated: dict[tuple[str, str], torch.Tensor] = {}

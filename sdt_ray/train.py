@@ -89,6 +89,7 @@ def _build_trainer(data: TrainingData, recipe: RecipeConfig, run_dir: str, run_n
         "train": vars(cfg),
         "run_dir": run_dir,
         "selection_split": data.selection_split,
+        "input_statistics": data.input_statistics,
         "meta": {"recipe": recipe.to_dict(), "labels": data.labels},
     }
     return TorchTrainer(
@@ -126,7 +127,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     selection = to_dialogues(_read_all("selection"), model_cfg) if rank == 0 else []
     selection_batches = batches(selection, 16, model_cfg.max_speakers)
 
-    model = ray.train.torch.prepare_model(SDT(model_cfg))
+    model = ray.train.torch.prepare_model(_new_model(model_cfg, config["input_statistics"]))
     loss_fn = _loss(loss_cfg, model_cfg).to(device)
     optimizer = torch.optim.Adam(
         [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay
@@ -159,6 +160,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         _report(model, optimizer, state, record, best, config, rank)
         if state["bad_epochs"] >= cfg.patience and epoch + 1 >= cfg.min_epochs:
             break
+
+
+def _new_model(model_cfg: ModelConfig, statistics: dict[str, tuple[list[float], list[float]]]) -> SDT:
+    model = SDT(model_cfg)
+    if model.input_norms is not None:
+        for m, (mean, std) in statistics.items():
+            model.input_norms[m].set_statistics(torch.tensor(mean), torch.tensor(std))
+    return model
 
 
 def _loss(loss_cfg: LossConfig, model_cfg: ModelConfig) -> SelfDistillationLoss:

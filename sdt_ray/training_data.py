@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 from .config import ModelConfig, RecipeConfig
 from .dialogues import Exclusions, dialogue_rows, select_split, usable_rows
 from .errors import ConfigError, InputError
-from .schema import validate_features
+from .schema import validate_features, vectors
 from .storage import read_table
 
 DEV_CARVE_FRACTION = 0.1  # of train dialogues, when a corpus has no dev split
@@ -32,6 +32,7 @@ class TrainingData:
     exclusions: Exclusions
     notes: list[str]  # things the user should know, printed before training
     train_utterances: int
+    input_statistics: dict[str, tuple[list[float], list[float]]]  # modality -> (mean, std) over train
 
 
 def prepare(features_uri: str, recipe: RecipeConfig, workers: int) -> TrainingData:
@@ -71,7 +72,13 @@ def prepare(features_uri: str, recipe: RecipeConfig, workers: int) -> TrainingDa
         exclusions=exclusions,
         notes=notes,
         train_utterances=train.num_rows,
+        input_statistics={m: _mean_std(vectors(train, m)) for m in model.modalities},
     )
+
+
+def _mean_std(values: np.ndarray) -> tuple[list[float], list[float]]:
+    values = values.astype(np.float64)
+    return values.mean(axis=0).tolist(), values.std(axis=0).tolist()
 
 
 def resolve_model_config(model: ModelConfig, dims: dict[str, int], labels: list[str]) -> ModelConfig:
