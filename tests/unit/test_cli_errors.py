@@ -1,0 +1,114 @@
+"""Bad input gets one clear line and exit status 2, never a traceback.
+
+These run the real CLI; every check fires before Ray starts."""
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from synthetic import LABELS, features_table
+from typer.testing import CliRunner
+
+from sdt_ray import storage
+from sdt_ray.checkpoint import save_checkpoint, state_dict_for_saving
+from sdt_ray.cli import app
+from sdt_ray.config import ModelConfig
+from sdt_ray.model import SDT
+
+runner = CliRunner()
+
+
+def run(*args: str):
+    result = runner.invoke(app, list(args))
+    assert "Traceback" not in result.output
+    return result
+
+
+def write(table: pa.Table, tmp_path, name="features.parquet") -> str:
+    path = str(tmp_path / name)
+    storage.write_table(table, path)
+    return path
+
+
+def replace(table: pa.Table, column: str, values) -> pa.Table:
+    return table.set_column(table.column_names.index(column), table.schema.field(column), pa.array(values, table.schema.field(column).type))
+
+
+@pytest.fixture
+def checkpoint(tmp_path) -> str:
+    config = ModelConfig(input_dims=(16,), hidden=8, heads=2, n_classes=3, class_names=tuple(LABELS))
+    path = tmp_path / "ckpt"
+    save_checkpoint(path, state_dict_for_saving(SDT(config)), config)
+    return str(path)
+
+
+def test_wrong_dimension(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("model:\n  modalities: [text]\n  input_dims: [384]\n")
+    path = write(features_table(), tmp_path)
+    result = run("train", "--features", path, "--output", str(tmp_path / "run"), "--config", str(recipe))
+    assert result.exit_code == 2
+    assert f"error: {path}: column 'text_features' has dimension 16, expected 384" in result.output
+
+
+def test_wrong_dimension_against_a_checkpoint(tmp_path, checkpoint):
+    path = write(features_table(dims={"text": 8}), tmp_path)
+    result = run("evaluate", "--checkpoint", checkpoint, "--features", path, "--output", str(tmp_path / "ev"))
+    assert result.exit_code == 2
+    assert "column 'text_features' has dimension 8, expected 16" in result.output
+
+
+def test_missing_column(tmp_path):
+    path = write(features_table().drop_columns(["label"]), tmp_path)
+    result = run("train", "--features", path, "--output", str(tmp_path / "run"))
+    assert result.exit_code == 2
+    assert f"error: {path}: missing column 'label' in the features table" in result.output
+
+
+def test_unknown_label(tmp_path):
+    table = features_table()
+    labels = table.column("label").to_pylist()
+    labels[-1] = "ecstatic"  # in the test split
+    path = write(replace(table, "label", labels), tmp_path)
+    result = run("train", "--features", path, "--output", str(tmp_path / "run"))
+    assert result.exit_code == 2
+    assert "unknown label ['ecstatic'] in column 'label'" in result.output
+
+
+def test_empty_split(tmp_path, checkpoint):
+    path = write(features_table({"train": 4, "dev": 2}), tmp_path)
+    result = run("evaluate", "--checkpoint", checkpoint, "--features", path, "--split", "test", "--output", str(tmp_path / "ev"))
+    assert result.exit_code == 2
+    assert f"error: {path}: split 'test' is empty (splits present: ['dev', 'train'])" in result.output
+
+
+def test_empty_train_split(tmp_path):
+    path = write(features_table({"dev": 2, "test": 2}), tmp_path)
+    result = run("train", "--features", path, "--output", str(tmp_path / "run"))
+    assert result.exit_code == 2
+    assert "split 'train' is empty" in result.output
+
+
+def test_duplicate_utterance_index(tmp_path):
+    table = features_table()
+    index = table.column("utterance_index").to_pylist()
+    index[1] = index[0]
+    path = write(replace(table, "utterance_index", index), tmp_path)
+    result = run("train", "--features", path, "--output", str(tmp_path / "run"))
+    assert result.exit_code == 2
+    assert "duplicate (dialogue_id, utterance_index) pairs, e.g. train_000#0" in result.output
+
+
+def test_not_a_parquet_file(tmp_path):
+    bad = tmp_path / "features.parquet"
+    bad.write_text("dialogue_id,text\n")
+    result = run("train", "--features", str(bad), "--output", str(tmp_path / "run"))
+    assert result.exit_code == 2
+    assert "not a readable Parquet table" in result.output
+
+
+def test_unknown_recipe_key(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("train:\n  epoch: 3\n")
+    result = run("train", "--features", "x", "--output", str(tmp_path / "run"), "--config", str(recipe))
+    assert result.exit_code == 2
+    assert "unknown TrainConfig keys ['epoch']" in result.output

@@ -1,0 +1,31 @@
+"""Every recipe in jobs/ loads, and the parity recipes count SDT_SPEC §8's parameters."""
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from sdt_ray.cli import app
+from sdt_ray.config import load_recipe
+
+JOBS = Path(__file__).resolve().parents[2] / "jobs"
+
+
+@pytest.mark.parametrize("path", sorted(JOBS.glob("*.yaml")), ids=lambda p: p.name)
+def test_recipe_loads(path):
+    recipe = load_recipe(path)
+    assert recipe.model.modalities and recipe.train.epochs > 0
+    assert recipe.train.select_on == "dev"  # never select on test by default
+
+
+@pytest.mark.parametrize(
+    "name, total, trainable",
+    [("iemocap.yaml", 79_669_272, 79_669_272), ("meld.yaml", 78_367_772, 68_930_588)],
+)
+def test_parity_parameter_counts(name, total, trainable):
+    result = CliRunner().invoke(app, ["describe", str(JOBS / name), "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    assert (info["params_total"], info["params_trainable"]) == (total, trainable)
+    assert info["transformer_blocks"] == 9 and info["hidden"] == 1024 and info["heads"] == 8
