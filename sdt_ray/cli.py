@@ -132,6 +132,8 @@ def train(
     epochs: Optional[int] = typer.Option(None, help="Maximum epochs (early stopping may end sooner)."),
     seed: Optional[int] = typer.Option(None, help="Seed for weights, shuffling and dropout."),
     patience: Optional[int] = typer.Option(None, help="Stop after this many epochs without a dev weighted-F1 gain."),
+    lr: Optional[float] = typer.Option(None, help="Adam learning rate. Default: the recipe's (3e-4)."),
+    batch_size: Optional[int] = typer.Option(None, help="Dialogues per step per worker. Default: the recipe's (8)."),
     resume: bool = typer.Option(False, help="Continue the run already in OUTPUT from its latest checkpoint."),
     address: Optional[str] = typer.Option(None, help=ADDRESS_HELP),
     verbose: bool = typer.Option(False, help="Show Ray's own logs and the workers' output."),
@@ -141,7 +143,7 @@ def train(
     from .train import train as run_train
 
     recipe = load_recipe(config) if config else RecipeConfig()
-    overrides = {"workers": workers, "epochs": epochs, "seed": seed, "patience": patience}
+    overrides = {"workers": workers, "epochs": epochs, "seed": seed, "patience": patience, "lr": lr, "batch_size": batch_size}
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if gpu:
         overrides["use_gpu"] = True
@@ -188,6 +190,23 @@ def describe(
 
     info = run_describe(target)
     _log(json.dumps(info) if as_json else format_description(info))
+
+
+@app.command()
+@user_errors
+def summarize(
+    eval_dirs: list[str] = typer.Argument(..., help="EVAL_DIRs written by `sdt-ray evaluate` (one per seed)."),
+    output: Optional[str] = typer.Option(None, help="Also write the summary as JSON to this file."),
+) -> None:
+    """Mean ± std of accuracy, weighted F1 and macro F1 over several evaluations."""
+    from .storage import write_text
+    from .summary import format_summary
+    from .summary import summarize as run_summarize
+
+    summary = run_summarize(eval_dirs)
+    _log(format_summary(summary))
+    if output:
+        write_text(output, json.dumps(summary, indent=2))
 
 
 @app.command()

@@ -31,9 +31,9 @@ class ModelConfig:
 
     modalities: tuple[str, ...] = ("text",)
     input_dims: tuple[int, ...] = ()  # empty in a recipe: taken from the features table
-    hidden: int = 128  # D
+    hidden: int = 256  # D
     heads: int = 4
-    dropout: float = 0.3  # the paper's 0.5 underfits a D=128 text model
+    dropout: float = 0.5
     n_classes: int = 7
     class_names: tuple[str, ...] = ()
     max_speakers: int = 9  # size of the speaker table; index max_speakers is padding
@@ -100,13 +100,13 @@ class LossConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation and selection settings. Defaults are the laptop recipe
-    (MELD text through MiniLM on 2 CPU cores, about 10 minutes per seed)."""
+    (MELD text through MiniLM on 2 CPU cores, a few minutes per seed), tuned on MELD dev."""
 
-    epochs: int = 40
+    epochs: int = 60
     batch_size: int = 8  # dialogues per step, per worker (16 per step with 2 workers)
-    lr: float = 1e-3
+    lr: float = 3e-4
     weight_decay: float = 1e-5
-    patience: int = 10  # epochs without a dev weighted-F1 gain before stopping
+    patience: int = 15  # epochs without a dev weighted-F1 gain before stopping
     min_epochs: int = 0
     seed: int = 0
     workers: int = 2

@@ -19,7 +19,8 @@ from .submit import ray_session
 from .train import train
 
 DEMO_CORPUS = Path(__file__).parent / "demo" / "meld_slice"
-DEMO_EPOCHS = 15
+DEMO_EPOCHS = 25  # the slice is small: a higher learning rate and fewer epochs than the MELD recipe
+DEMO_LR = 1e-3
 
 
 def run_demo(output_dir: str = "demo-output", log: Callable[[str], None] = print) -> dict:
@@ -33,7 +34,9 @@ def run_demo(output_dir: str = "demo-output", log: Callable[[str], None] = print
     log(f"[1/4] import: bundled MELD slice ({DEMO_CORPUS}) -> {utterances}")
     storage.write_table(import_corpus("meld", DEMO_CORPUS), utterances)
     recipe = RecipeConfig(name="demo")
-    recipe = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, epochs=DEMO_EPOCHS, patience=5))
+    recipe = dataclasses.replace(
+        recipe, train=dataclasses.replace(recipe.train, epochs=DEMO_EPOCHS, lr=DEMO_LR, patience=8)
+    )
     with ray_session():
         log(f"[2/4] extract: text features with the bundled MiniLM -> {features}")
         summary = extract(utterances, features, ExtractOptions(overwrite=True), log=log)

@@ -45,7 +45,7 @@ def import_corpus(name: str, source_dir: str | Path, limit_dialogues: int | None
         if not path.exists():
             raise InputError(f"{path}: not found; {name} needs {sorted(corpus.files.values())} in {source_dir}")
         raw = pd.read_csv(path, dtype=str, keep_default_na=False)
-        frame = _READERS[name](raw, str(path))
+        frame = _READERS[name](raw, str(path), split)
         frame["split"] = split
         if limit_dialogues is not None:
             keep = frame["dialogue_id"].drop_duplicates().head(limit_dialogues)
@@ -60,11 +60,12 @@ def import_corpus(name: str, source_dir: str | Path, limit_dialogues: int | None
     return table.replace_schema_metadata(with_labels(UTTERANCES_SCHEMA, corpus.labels).metadata)
 
 
-def _read_meld(raw: pd.DataFrame, source: str) -> pd.DataFrame:
+def _read_meld(raw: pd.DataFrame, source: str, split: str) -> pd.DataFrame:
     _require(raw, ["Utterance", "Speaker", "Emotion", "Dialogue_ID", "Utterance_ID"], source)
     frame = pd.DataFrame(
         {
-            "dialogue_id": "meld_" + raw["Dialogue_ID"].str.strip(),
+            # Dialogue_ID restarts at 0 in each MELD file: the split is part of the id.
+            "dialogue_id": f"meld_{split}_" + raw["Dialogue_ID"].str.strip(),
             "utterance_index": pd.to_numeric(raw["Utterance_ID"], errors="raise").astype("int32"),
             "speaker": raw["Speaker"].str.strip(),
             "text": raw["Utterance"].map(_clean_text),
@@ -74,7 +75,7 @@ def _read_meld(raw: pd.DataFrame, source: str) -> pd.DataFrame:
     return frame.sort_values(["dialogue_id", "utterance_index"], kind="stable", key=_natural_key)
 
 
-def _read_emorynlp(raw: pd.DataFrame, source: str) -> pd.DataFrame:
+def _read_emorynlp(raw: pd.DataFrame, source: str, split: str) -> pd.DataFrame:
     _require(raw, ["Utterance", "Speaker", "Emotion", "Scene_ID", "Utterance_ID", "Season", "Episode"], source)
     dialogue = "emorynlp_s" + raw["Season"].str.strip() + "_e" + raw["Episode"].str.strip() + "_c" + raw["Scene_ID"].str.strip()
     frame = pd.DataFrame(

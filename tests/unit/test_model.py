@@ -121,3 +121,21 @@ def test_config_rejects_bad_subsets():
         ModelConfig(modalities=("audio", "text"), input_dims=(1, 2))
     with pytest.raises(ValueError, match="divisible"):
         ModelConfig(input_dims=(4,), hidden=10, heads=3)
+
+
+def test_input_standardisation_uses_stored_statistics():
+    config = tiny(("text",))
+    model = SDT(config).eval()
+    mean, std = torch.arange(6.0), torch.tensor([1.0, 2.0, 0.0, 4.0, 5.0, 6.0])
+    model.input_norms["text"].set_statistics(mean, std)
+    x = torch.ones(1, 1, 6) * 3.0
+    expected = (x - mean) / std.clamp(min=1e-3)
+    torch.testing.assert_close(model.input_norms["text"](x), expected)
+    # The statistics are buffers: saved with the weights, not trained.
+    assert "input_norms.text.mean" in model.state_dict()
+    assert all("input_norms" not in name for name, _ in model.named_parameters())
+
+
+def test_parity_switches_build_the_reference_shape():
+    config = tiny(normalize_inputs=False)
+    assert SDT(config).input_norms is None
