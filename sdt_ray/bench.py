@@ -38,18 +38,25 @@ CASES = {
 
 def _timed(step: Callable[[], None], repeats: int) -> float:
     step()  # warm-up
+    _sync()
     started = time.perf_counter()
     for _ in range(repeats):
         step()
+    _sync()
     return (time.perf_counter() - started) / repeats
 
 
-def bench_model(config: ModelConfig, dialogues: int, utterances: int, repeats: int) -> dict[str, Any]:
-    model = SDT(config)
-    features = {m: torch.randn(dialogues, utterances, config.input_dim(m)) for m in config.modalities}
-    speakers = torch.randint(0, config.max_speakers, (dialogues, utterances))
-    mask = torch.ones(dialogues, utterances, dtype=torch.bool)
-    labels = torch.randint(0, config.n_classes, (dialogues, utterances))
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def bench_model(config: ModelConfig, dialogues: int, utterances: int, repeats: int, device: str = "cpu") -> dict[str, Any]:
+    model = SDT(config).to(device)
+    features = {m: torch.randn(dialogues, utterances, config.input_dim(m), device=device) for m in config.modalities}
+    speakers = torch.randint(0, config.max_speakers, (dialogues, utterances), device=device)
+    mask = torch.ones(dialogues, utterances, dtype=torch.bool, device=device)
+    labels = torch.randint(0, config.n_classes, (dialogues, utterances), device=device)
     loss_fn = SelfDistillationLoss(temperature=config.temperature)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
@@ -76,10 +83,10 @@ def bench_model(config: ModelConfig, dialogues: int, utterances: int, repeats: i
     }
 
 
-def bench_text_encoder(texts: list[str]) -> dict[str, Any]:
+def bench_text_encoder(texts: list[str], device: str = "cpu") -> dict[str, Any]:
     from .features.text import TextEncoder
 
-    encoder = TextEncoder()
+    encoder = TextEncoder(device=device)
     started = time.perf_counter()
     encoder(texts)
     seconds = time.perf_counter() - started
@@ -88,8 +95,7 @@ def bench_text_encoder(texts: list[str]) -> dict[str, Any]:
 
 def bench_extract_job(corpus_rows: int | None) -> dict[str, Any]:
     from . import storage
-    from .demo import DEMO_CORPUS
-    from .importers import import_corpus
+    from .importers import DEMO_CORPUS, import_corpus
     from .pipelines import ExtractOptions, extract
     from .submit import ray_session
 
@@ -116,8 +122,9 @@ def plot(results: dict[str, Any], path: Path) -> None:
     for case, r in results["model"].items():
         names += [f"{case}\ninference", f"{case}\ntrain step"]
         values += [r["inference_utt_per_s"], r["train_step_utt_per_s"]]
-    names.append("MiniLM encode\n(1 process)")
-    values.append(results["text_encoder"]["utt_per_s"])
+    if "text_encoder" in results:
+        names.append("MiniLM encode\n(1 process)")
+        values.append(results["text_encoder"]["utt_per_s"])
     if "extract_job" in results:
         names.append("extract job\n(Ray Data)")
         values.append(results["extract_job"]["utt_per_s"])
@@ -127,7 +134,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     ax.set_xticks(range(len(values)), names, fontsize=8)
     ax.set_yscale("log")
     ax.set_ylabel("utterances / s (log)")
-    ax.set_title(f"sdt-ray throughput, {results['machine']['cpus']} CPUs, torch threads {results['machine']['torch_threads']}, "
+    ax.set_title(f"sdt-ray throughput on {results['device']}, {results['machine']['cpus']} CPUs, torch threads {results['machine']['torch_threads']}, "
                  f"peak RSS {results['peak_rss_mib']:.0f} MiB", fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
@@ -138,6 +145,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default="bench-output", help="folder for bench.json and bench.png")
     parser.add_argument("--quick", action="store_true", help="fewer repeats, no Ray job (for a smoke check)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda: where the model and encoder run")
+    parser.add_argument("--no-ray", action="store_true", help="skip the Ray Data extract job")
+    parser.add_argument("--no-encoder", action="store_true", help="skip the text-encoder measurement")
     args = parser.parse_args(argv)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -147,15 +157,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results: dict[str, Any] = {
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
                     "torch_threads": torch.get_num_threads()},
-        "model": {name: bench_model(cfg, 16, 10, repeats if name == "text_laptop" else max(1, repeats // 3))
+        "device": args.device,
+        "model": {name: bench_model(cfg, 16, 10, repeats if name == "text_laptop" else max(1, repeats // 3), args.device)
                   for name, cfg in CASES.items()},
     }
-    from .demo import DEMO_CORPUS
-    from .importers import import_corpus
+    if args.device.startswith("cuda"):  # a GPU only shows its speed on larger batches
+        results["model"]["meld_parity_64x50"] = bench_model(CASES["meld_parity"], 64, 50, 5, args.device)
+    from .importers import DEMO_CORPUS, import_corpus
 
     texts = import_corpus("meld", DEMO_CORPUS).column("text").to_pylist()[: 200 if args.quick else 1000]
-    results["text_encoder"] = bench_text_encoder(texts)
-    if not args.quick:
+    if not args.no_encoder:
+        results["text_encoder"] = bench_text_encoder(texts, args.device)
+    if not (args.quick or args.no_ray):
         results["extract_job"] = bench_extract_job(None)
     results["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     (out / "bench.json").write_text(json.dumps(results, indent=2))

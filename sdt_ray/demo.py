@@ -13,12 +13,11 @@ from typing import Callable
 from . import storage
 from .config import RecipeConfig
 from .evaluate import evaluate, format_report
-from .importers import import_corpus
+from .importers import DEMO_CORPUS, import_corpus
 from .pipelines import ExtractOptions, extract
 from .submit import ray_session
 from .train import train
 
-DEMO_CORPUS = Path(__file__).parent / "demo" / "meld_slice"
 DEMO_EPOCHS = 25  # the slice is small: a higher learning rate and fewer epochs than the MELD recipe
 DEMO_LR = 1e-3
 

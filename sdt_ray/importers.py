@@ -17,6 +17,7 @@ import pyarrow as pa
 from .errors import InputError
 from .schema import UTTERANCES_SCHEMA, validate_utterances, with_labels
 
+DEMO_CORPUS = Path(__file__).parent / "demo" / "meld_slice"  # bundled MELD slice (GPL-3.0, see SOURCE.txt)
 MELD_LABELS = ["neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger"]  # SDT_SPEC §9 order
 EMORYNLP_LABELS = ["Joyful", "Mad", "Neutral", "Peaceful", "Powerful", "Sad", "Scared"]
 

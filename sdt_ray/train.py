@@ -67,8 +67,9 @@ def train(
     verbose: bool = False,
 ) -> TrainResult:
     run_dir = _absolute(run_dir)
+    _check_run_dir(run_dir, resume)
+    data = prepare(features_uri, recipe, recipe.train.workers)  # bad input fails here, before a run exists
     run_name = _claim_run(run_dir, recipe, features_uri, resume)
-    data = prepare(features_uri, recipe, recipe.train.workers)
     _announce(data, recipe, log)
     with ray_session(address, verbose=verbose):
         trainer = _build_trainer(data, recipe, run_dir, run_name)
@@ -114,8 +115,7 @@ def _build_trainer(data: TrainingData, recipe: RecipeConfig, run_dir: str, run_n
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Runs on each Ray Train worker."""
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    rank = ray.train.get_context().get_world_rank()
     model_cfg = ModelConfig.from_dict(config["model"])
     loss_cfg = LossConfig(**config["loss"])
     cfg = TrainConfig(**config["train"])
@@ -258,23 +258,25 @@ def _seed(seed: int, epoch: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
 
 
-def _claim_run(run_dir: str, recipe: RecipeConfig, features_uri: str, resume: bool) -> str:
-    """A new RUN_DIR gets a unique Ray run name; an existing one needs --resume.
-
-    Ray Train silently resumes a run whose (name, storage_path) it has seen,
-    so names are never reused except on purpose.
-    """
+def _check_run_dir(run_dir: str, resume: bool) -> None:
+    """Ray Train silently resumes a run whose (name, storage_path) it has seen, so a
+    RUN_DIR that holds a run is only reused on purpose, with --resume."""
     run_file = storage.join(run_dir, "run.json")
-    if storage.exists(run_file):
+    if storage.exists(run_file) and not resume:
         previous = json.loads(storage.read_text(run_file))
-        if not resume:
-            raise ConfigError(
-                f"{run_dir} already holds run '{previous['ray_run_name']}'; "
-                "pass --resume to continue it, or choose a new --output"
-            )
-        return previous["ray_run_name"]
-    if resume:
+        raise ConfigError(
+            f"{run_dir} already holds run '{previous['ray_run_name']}'; "
+            "pass --resume to continue it, or choose a new --output"
+        )
+    if resume and not storage.exists(run_file):
         raise ConfigError(f"--resume: {run_dir} holds no run to resume")
+
+
+def _claim_run(run_dir: str, recipe: RecipeConfig, features_uri: str, resume: bool) -> str:
+    """The Ray run name: the recorded one on --resume, else a new unique one."""
+    run_file = storage.join(run_dir, "run.json")
+    if resume:
+        return json.loads(storage.read_text(run_file))["ray_run_name"]
     name = f"sdt-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     document = {"ray_run_name": name, "features": features_uri, "recipe": recipe.to_dict()}
     storage.write_text(run_file, json.dumps(document, indent=2))

@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from sdt_ray.cli import app
-from sdt_ray.demo import DEMO_CORPUS
+from sdt_ray.importers import DEMO_CORPUS
 
 pytestmark = pytest.mark.slow
 

@@ -7,9 +7,8 @@ import pyarrow.compute as pc
 import pytest
 
 from sdt_ray import storage
-from sdt_ray.demo import DEMO_CORPUS
 from sdt_ray.errors import InputError
-from sdt_ray.importers import MELD_LABELS, import_corpus
+from sdt_ray.importers import DEMO_CORPUS, MELD_LABELS, import_corpus
 from sdt_ray.pipelines import ExtractOptions, extract
 from sdt_ray.schema import labels_from_metadata, validate_features, vectors
 

@@ -112,3 +112,11 @@ def test_unknown_recipe_key(tmp_path):
     result = run("train", "--features", "x", "--output", str(tmp_path / "run"), "--config", str(recipe))
     assert result.exit_code == 2
     assert "unknown TrainConfig keys ['epoch']" in result.output
+
+
+def test_a_failed_start_leaves_no_run_behind(tmp_path):
+    table = features_table()
+    path = write(table.drop_columns(["label"]), tmp_path)
+    run_dir = tmp_path / "run"
+    assert run("train", "--features", path, "--output", str(run_dir)).exit_code == 2
+    assert not (run_dir / "run.json").exists()  # fixing the data and re-running needs no --resume

@@ -5,9 +5,8 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pytest
 
-from sdt_ray.demo import DEMO_CORPUS
 from sdt_ray.errors import InputError
-from sdt_ray.importers import EMORYNLP_LABELS, MELD_LABELS, import_corpus
+from sdt_ray.importers import DEMO_CORPUS, EMORYNLP_LABELS, MELD_LABELS, import_corpus
 from sdt_ray.schema import UTTERANCES_SCHEMA, labels_from_metadata
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
