@@ -28,7 +28,7 @@ from .losses import SelfDistillationLoss
 from .model import SDT
 
 CASES = {
-    "text_laptop": ModelConfig(input_dims=(384,), hidden=128, heads=4, dropout=0.3, n_classes=7),
+    "text_laptop": ModelConfig(input_dims=(384,), n_classes=7),  # train's defaults on MiniLM features
     "meld_parity": ModelConfig(
         modalities=("text", "audio", "visual"), input_dims=(1024, 300, 342), hidden=1024, heads=8,
         dropout=0.5, n_classes=7, frozen_identity_gates=True, normalize_inputs=False,

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from .collate import Batch
 from .losses import IGNORE_LABEL, SelfDistillationLoss
@@ -45,8 +46,12 @@ def train_epoch(
     optimizer: torch.optim.Optimizer,
     batches: Iterable[Batch],
     device: torch.device | str = "cpu",
+    average: AveragedModel | None = None,
 ) -> dict[str, float]:
-    """One pass; returns the mean loss parts, weighted by labelled utterances."""
+    """One pass; returns the mean loss parts, weighted by labelled utterances.
+
+    `average`, if given, is updated after every optimiser step (an exponential
+    moving average of the weights; see `weight_average`)."""
     model.train()
     sums: dict[str, float] = {}
     count = 0
@@ -57,11 +62,21 @@ def train_epoch(
         optimizer.zero_grad(set_to_none=True)
         parts.total.backward()
         optimizer.step()
+        if average is not None:
+            average.update_parameters(model.module if hasattr(model, "module") else model)
         n = int((batch.mask & (batch.labels != IGNORE_LABEL)).sum())
         for key, value in parts.as_floats().items():
             sums[key] = sums.get(key, 0.0) + value * n
         count += n
     return {f"loss_{k}": v / max(count, 1) for k, v in sums.items()}
+
+
+def weight_average(model: nn.Module, decay: float) -> AveragedModel:
+    """An exponential moving average of `model`'s weights (decay per optimiser step).
+
+    Dev F1 of the raw weights jumps from epoch to epoch; the average moves
+    smoothly, so the epoch that dev selects is less a matter of luck."""
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 @torch.inference_mode()

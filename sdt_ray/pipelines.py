@@ -14,7 +14,6 @@ from typing import Callable
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 import ray
 from ray.data import ActorPoolStrategy
 
@@ -86,18 +85,23 @@ def extract(
                 num_cpus=options.cpus_per_actor,
                 num_gpus=options.gpus_per_actor,
             )
+        metadata[ENCODERS_METADATA_KEY] = json.dumps({"text": resolve_text_model(options.text_model)}).encode()
         modalities = list(options.modalities)
-        ds = ds.map_batches(lambda b: features_output(b, modalities), batch_format="pyarrow", batch_size=None)
+        # The label order and the encoder travel in every file's schema metadata.
+        ds = ds.map_batches(
+            lambda b: features_output(b, modalities).replace_schema_metadata(metadata),
+            batch_format="pyarrow",
+            batch_size=None,
+        )
         fs, path = storage.resolve(output_uri)
         ds.write_parquet(path, filesystem=fs)
-    metadata[ENCODERS_METADATA_KEY] = json.dumps({"text": resolve_text_model(options.text_model)}).encode()
-    return _finish(output_uri, rows_in, metadata)
+    return _finish(output_uri, rows_in)
 
 
 def _check_input(input_uri: str) -> dict[bytes, bytes]:
-    """Validate the utterances table's columns on a small sample; return its schema metadata."""
-    table = storage.read_table(input_uri)
-    validate_utterances(table.slice(0, 1000), input_uri)
+    """Validate the utterances table's columns on its first rows; return its schema metadata."""
+    table = storage.read_head(input_uri, 1000)
+    validate_utterances(table, input_uri)
     metadata = dict(table.schema.metadata or {})
     labels = labels_from_metadata(table.schema)
     return {LABELS_METADATA_KEY: metadata[LABELS_METADATA_KEY]} if labels else {}
@@ -126,22 +130,12 @@ def _auto_actors(cpus_per_actor: float) -> int:
     return max(1, int((cpus - 1.0) // cpus_per_actor))
 
 
-def _finish(output_uri: str, rows_in: int, metadata: dict[bytes, bytes]) -> ExtractSummary:
-    """Stamp the label order and encoder into every output file's schema metadata,
-    then count rows and errors."""
-    fs, path = storage.resolve(output_uri)
-    files = [f.path for f in fs.get_file_info(pafs.FileSelector(path)) if f.path.endswith(".parquet")]
-    rows_out, errors = 0, {}
-    for file_path in sorted(files):
-        table = pq.read_table(file_path, filesystem=fs)
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
-        pq.write_table(table, file_path, filesystem=fs)
-        rows_out += table.num_rows
-        for reason, count in zip(*_value_counts(table.column("error"))):
-            errors[reason] = errors.get(reason, 0) + count
-    if rows_out != rows_in:
-        raise InputError(f"extraction wrote {rows_out} rows for {rows_in} input utterances")
-    return ExtractSummary(rows_in, rows_out, errors, output_uri)
+def _finish(output_uri: str, rows_in: int) -> ExtractSummary:
+    """Count the rows written and their errors: every input row must come out once."""
+    errors = storage.read_table(output_uri, columns=["error"]).column("error")
+    if len(errors) != rows_in:
+        raise InputError(f"extraction wrote {len(errors)} rows for {rows_in} input utterances")
+    return ExtractSummary(rows_in, len(errors), dict(zip(*_value_counts(errors))), output_uri)
 
 
 def _value_counts(column: pa.ChunkedArray) -> tuple[list[str], list[int]]:

@@ -35,7 +35,7 @@ from .checkpoint import WEIGHTS_FILE, save_checkpoint, state_dict_for_saving
 from .collate import batches
 from .config import LossConfig, ModelConfig, RecipeConfig, TrainConfig
 from .dialogues import to_dialogues
-from .engine import predict, train_epoch
+from .engine import predict, train_epoch, weight_average
 from .errors import ConfigError, SdtError
 from .losses import SelfDistillationLoss
 from .metrics import classification_report
@@ -132,20 +132,23 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     optimizer = torch.optim.Adam(
         [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay
     )
-    state, best = _restore(model, optimizer)
+    core = model.module if hasattr(model, "module") else model
+    average = weight_average(core, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    scored = average.module if average is not None else core  # the weights dev selects and best/ holds
+    state, best = _restore(core, optimizer, average)
     steps = _steps_per_epoch(len(shard), cfg.batch_size, device)
 
     for epoch in range(state["epoch"], cfg.epochs):
         started = time.time()
         epoch_batches = batches(shard, cfg.batch_size, model_cfg.max_speakers, shuffle=True, seed=_seed(cfg.seed, epoch, rank))
         epoch_batches = (epoch_batches * (steps // max(len(epoch_batches), 1) + 1))[:steps]  # equal steps on all ranks
-        losses = train_epoch(model, loss_fn, optimizer, epoch_batches, device)
-        score, selection_metrics = _evaluate_selection(model, selection_batches, model_cfg, device, rank)
+        losses = train_epoch(model, loss_fn, optimizer, epoch_batches, device, average)
+        score, selection_metrics = _evaluate_selection(scored, selection_batches, model_cfg, device, rank)
         improved = score > state["best_score"]
         if improved:
             state.update(best_score=score, best_epoch=epoch, bad_epochs=0)
             if rank == 0:
-                best = state_dict_for_saving(model.module if hasattr(model, "module") else model)
+                best = state_dict_for_saving(scored)
         else:
             state["bad_epochs"] += 1
         record = {
@@ -157,7 +160,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         }
         state["history"].append(record)
         state["epoch"] = epoch + 1
-        _report(model, optimizer, state, record, best, config, rank)
+        _report(core, optimizer, average, state, record, best, config, rank)
         if state["bad_epochs"] >= cfg.patience and epoch + 1 >= cfg.min_epochs:
             break
 
@@ -204,8 +207,7 @@ def _evaluate_selection(model, selection_batches, model_cfg, device, rank) -> tu
     metrics: dict[str, float] = {}
     score = torch.zeros(1, dtype=torch.float64, device=device)
     if rank == 0:
-        core = model.module if hasattr(model, "module") else model
-        report = classification_report(*predict(core, selection_batches, device).labelled(), list(model_cfg.class_names))
+        report = classification_report(*predict(model, selection_batches, device).labelled(), list(model_cfg.class_names))
         metrics = {k: round(report[k], 6) for k in ("accuracy", "weighted_f1", "macro_f1")}
         score[0] = report["weighted_f1"]
     if dist.is_initialized():
@@ -221,7 +223,7 @@ def _mean_across_ranks(value: float, device: torch.device) -> float:
     return float(t.item()) / dist.get_world_size()
 
 
-def _restore(model, optimizer) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None]:
+def _restore(core, optimizer, average) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None]:
     """Training counters and the best weights so far, from Ray's latest checkpoint if any."""
     state = {"epoch": 0, "best_score": -1.0, "best_epoch": -1, "bad_epochs": 0, "history": []}
     checkpoint = ray.train.get_checkpoint()
@@ -230,22 +232,26 @@ def _restore(model, optimizer) -> tuple[dict[str, Any], dict[str, torch.Tensor] 
     with checkpoint.as_directory() as directory:
         saved = torch.load(os.path.join(directory, STATE_FILE), map_location="cpu", weights_only=False)
         best = load_file(os.path.join(directory, BEST_DIR, WEIGHTS_FILE))
-    core = model.module if hasattr(model, "module") else model
     core.load_state_dict(saved.pop("model"))
     optimizer.load_state_dict(saved.pop("optimizer"))
+    average_state = saved.pop("average", None)
+    if average is not None and average_state is not None:
+        average.load_state_dict(average_state)
     state.update(saved)
     return state, best
 
 
-def _report(model, optimizer, state, record, best, config, rank) -> None:
+def _report(core, optimizer, average, state, record, best, config, rank) -> None:
     """Rank 0 writes the checkpoint (latest state, plus the best weights so far in
     best/) and the metrics file; every rank reports, as Ray Train requires."""
     if rank != 0:
         ray.train.report(record, checkpoint=None)
         return
-    core = model.module if hasattr(model, "module") else model
     with tempfile.TemporaryDirectory() as tmp:
-        torch.save({"model": core.state_dict(), "optimizer": optimizer.state_dict(), **state}, os.path.join(tmp, STATE_FILE))
+        latest = {"model": core.state_dict(), "optimizer": optimizer.state_dict(), **state}
+        if average is not None:
+            latest["average"] = average.state_dict()
+        torch.save(latest, os.path.join(tmp, STATE_FILE))
         meta = {**config["meta"], "selection": state["history"][state["best_epoch"]]}
         save_checkpoint(os.path.join(tmp, BEST_DIR), best, core.config, meta)
         storage.write_text(
