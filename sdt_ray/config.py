@@ -90,7 +90,10 @@ class LossConfig:
     gamma_kl: float = 1.0  # γ3
     temperature: float = 1.0
     detach_teacher: bool = False  # reference lets gradients reach the teacher through the KL
-    class_weights: tuple[float, ...] = ()  # empty: unweighted CE
+    class_weights: tuple[float, ...] = ()  # explicit per-class CE weights; empty: see class_weight_power
+    # With no explicit weights: w_c ∝ (1 / train frequency of c) ** power, scaled so that
+    # the average weight over training utterances is 1. 0 = unweighted, 0.5 = inverse sqrt.
+    class_weight_power: float = 0.5
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "LossConfig":

@@ -86,12 +86,12 @@ def _build_trainer(data: TrainingData, recipe: RecipeConfig, run_dir: str, run_n
     datasets["selection"] = ray.data.from_arrow(data.selection)
     loop_config = {
         "model": data.model.to_dict(),
-        "loss": vars(recipe.loss),
+        "loss": {**vars(recipe.loss), "class_weights": tuple(data.class_weights)},
         "train": vars(cfg),
         "run_dir": run_dir,
         "selection_split": data.selection_split,
         "input_statistics": data.input_statistics,
-        "meta": {"recipe": recipe.to_dict(), "labels": data.labels},
+        "meta": {"recipe": recipe.to_dict(), "labels": data.labels, "class_weights": data.class_weights},
     }
     return TorchTrainer(
         train_loop_per_worker,

@@ -33,6 +33,7 @@ class TrainingData:
     notes: list[str]  # things the user should know, printed before training
     train_utterances: int
     input_statistics: dict[str, tuple[list[float], list[float]]]  # modality -> (mean, std) over train
+    class_weights: list[float]  # per class, for the CE terms; empty = unweighted
 
 
 def prepare(features_uri: str, recipe: RecipeConfig, workers: int) -> TrainingData:
@@ -74,7 +75,23 @@ def prepare(features_uri: str, recipe: RecipeConfig, workers: int) -> TrainingDa
         notes=notes,
         train_utterances=train.num_rows,
         input_statistics={m: _mean_std(vectors(train, m)) for m in model.modalities},
+        class_weights=list(recipe.loss.class_weights)
+        or balanced_class_weights(label_indices(train, labels, features_uri), len(labels), recipe.loss.class_weight_power),
     )
+
+
+def balanced_class_weights(label_ids: np.ndarray, n_classes: int, power: float) -> list[float]:
+    """w_c ∝ (1 / freq_c) ** power, scaled so that Σ_c freq_c · w_c = 1 (the mean weight of a
+    training utterance is 1). A class absent from train gets the largest present weight."""
+    if power == 0:
+        return []
+    counts = np.bincount(label_ids[label_ids >= 0], minlength=n_classes).astype(np.float64)
+    freq = counts / counts.sum()
+    weights = np.zeros(n_classes)
+    present = counts > 0
+    weights[present] = freq[present] ** -power
+    weights[~present] = weights[present].max()
+    return (weights / (weights * freq).sum()).tolist()
 
 
 def _mean_std(values: np.ndarray) -> tuple[list[float], list[float]]:

@@ -111,3 +111,14 @@ def test_fixed_speaker_table_for_parity():
     names = table.column("speaker").to_pylist()
     flat = [s for row in rows.column("speakers").to_pylist() for s in row]
     assert flat == [("Cy", "Ann", "Bob").index(n) for n in names]
+
+
+def test_balanced_class_weights_by_hand():
+    from sdt_ray.training_data import balanced_class_weights
+
+    # freq = (0.64, 0.16, 0.2, 0); (1/freq)^0.5 = (1.25, 2.5, 2.236); Σ freq·w = 0.8 + 0.4 + 0.447 = 1.647
+    labels = np.array([0] * 16 + [1] * 4 + [2] * 5 + [-1])
+    w = balanced_class_weights(labels, 4, 0.5)
+    z = 0.64 * 1.25 + 0.16 * 2.5 + 0.2 * 5**0.5
+    np.testing.assert_allclose(w, [1.25 / z, 2.5 / z, 5**0.5 / z, 2.5 / z], rtol=1e-6)
+    assert balanced_class_weights(labels, 4, 0.0) == []
