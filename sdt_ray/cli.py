@@ -134,6 +134,9 @@ def train(
     patience: Optional[int] = typer.Option(None, help="Stop after this many epochs without a dev weighted-F1 gain."),
     lr: Optional[float] = typer.Option(None, help="Adam learning rate. Default: the recipe's (3e-4)."),
     batch_size: Optional[int] = typer.Option(None, help="Dialogues per step per worker. Default: the recipe's (8)."),
+    ema_decay: Optional[float] = typer.Option(
+        None, help="Per-step decay of the weight average that dev scores and best/ holds; 0 = raw weights. Default: 0.995."
+    ),
     resume: bool = typer.Option(False, help="Continue the run already in OUTPUT from its latest checkpoint."),
     address: Optional[str] = typer.Option(None, help=ADDRESS_HELP),
     verbose: bool = typer.Option(False, help="Show Ray's own logs and the workers' output."),
@@ -143,7 +146,7 @@ def train(
     from .train import train as run_train
 
     recipe = load_recipe(config) if config else RecipeConfig()
-    overrides = {"workers": workers, "epochs": epochs, "seed": seed, "patience": patience, "lr": lr, "batch_size": batch_size}
+    overrides = {"workers": workers, "epochs": epochs, "seed": seed, "patience": patience, "lr": lr, "batch_size": batch_size, "ema_decay": ema_decay}
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if gpu:
         overrides["use_gpu"] = True
