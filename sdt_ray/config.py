@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -95,10 +94,6 @@ class LossConfig:
     # the average weight over training utterances is 1. 0 = unweighted, 0.5 = inverse sqrt.
     class_weight_power: float = 0.5
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "LossConfig":
-        return cls(**_known_fields(cls, data))
-
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -158,10 +153,6 @@ def load_recipe(path: str | Path) -> RecipeConfig:
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{path}: {exc}") from None
-
-
-def dump_json(obj: dict[str, Any]) -> str:
-    return json.dumps(obj, indent=2, sort_keys=True)
 
 
 def _plain(value: Any) -> Any:
