@@ -34,7 +34,9 @@ class LoadedModel:
 
 
 def state_dict_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    """A snapshot: copies, never views, so later training steps cannot change it
+    (on CPU, .cpu() and .contiguous() return the very same tensor)."""
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
 
 
 def save_checkpoint(

@@ -103,7 +103,8 @@ def dialogue_rows(table: pa.Table, config: ModelConfig, labels: list[str], sourc
     for m in config.modalities:
         dim = config.input_dim(m)
         flat = pa.array(vectors(table, m).reshape(-1))
-        columns[feature_column(m)] = pa.ListArray.from_arrays(pa.array(offsets * dim), flat)
+        # int64 offsets: utterances x dim passes 2**31 at about 2M utterances of 1024-d vectors.
+        columns[feature_column(m)] = pa.LargeListArray.from_arrays(pa.array(offsets.astype(np.int64) * dim), flat)
     return pa.table(columns)
 
 

@@ -342,11 +342,10 @@ class _EpochPrinter:
 
     def _poll(self) -> None:
         try:
-            lines = storage.read_text(self.metrics_uri).splitlines()
-        except (FileNotFoundError, OSError):
+            records = [json.loads(line) for line in storage.read_text(self.metrics_uri).splitlines()]
+        except (OSError, ValueError):  # not written yet, or caught mid-write: try again next poll
             return
-        for line in lines:
-            record = json.loads(line)
+        for record in records:
             if record["epoch"] >= self.printed:
                 self.log(format_epoch(record))
                 self.printed = record["epoch"] + 1

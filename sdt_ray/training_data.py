@@ -61,14 +61,17 @@ def prepare(features_uri: str, recipe: RecipeConfig, workers: int) -> TrainingDa
         dev = select_split(table, selection_split, features_uri)
     if selection_split == "test":
         notes.append("PARITY MODE: selecting on the TEST split; figures are test-selected, not a fair estimate")
-    if labels and all(v is None for v in train.column("label").to_pylist()):
+    if not labels or all(v is None for v in train.column("label").to_pylist()):
         raise InputError(f"{features_uri}: split 'train' has no labelled utterances")
 
     rows = dialogue_rows(train, model, labels, features_uri)
+    selection = dialogue_rows(dev, model, labels, features_uri)
+    for split_rows in (rows, selection):
+        check_dialogue_lengths(split_rows, model.max_len, features_uri)
     return TrainingData(
         model=model,
         shards=shard_dialogues(rows, workers),
-        selection=dialogue_rows(dev, model, labels, features_uri),
+        selection=selection,
         selection_split=selection_split,
         labels=labels,
         exclusions=exclusions,
@@ -97,6 +100,18 @@ def balanced_class_weights(label_ids: np.ndarray, n_classes: int, power: float) 
 def _mean_std(values: np.ndarray) -> tuple[list[float], list[float]]:
     values = values.astype(np.float64)
     return values.mean(axis=0).tolist(), values.std(axis=0).tolist()
+
+
+def check_dialogue_lengths(rows: pa.Table, max_len: int, source: str) -> None:
+    """Fail before training starts, not on a worker in epoch 1."""
+    lengths = pc.list_value_length(rows.column("speakers")).to_numpy()
+    too_long = np.flatnonzero(lengths > max_len)
+    if too_long.size:
+        first = rows.column("dialogue_id")[int(too_long[0])].as_py()
+        raise InputError(
+            f"{source}: {too_long.size} dialogue(s) longer than the model's max_len={max_len} utterances "
+            f"(e.g. {first} with {int(lengths[too_long[0]])}); raise model.max_len in the recipe"
+        )
 
 
 def resolve_model_config(model: ModelConfig, dims: dict[str, int], labels: list[str]) -> ModelConfig:

@@ -54,6 +54,13 @@ def test_two_worker_run_writes_best_checkpoint_and_metrics(trained):
     assert history[result.best_epoch]["dev_weighted_f1"] > 0.7
 
 
+def test_best_checkpoint_holds_the_dev_selected_weights(trained, features_path, tmp_path):
+    run_dir, result, _ = trained
+    dev = evaluate(str(run_dir / "best"), features_path, "dev", str(tmp_path / "dev"))
+    # Scoring best/ on dev reproduces the selected epoch's dev figure, not the last epoch's.
+    assert dev.metrics["weighted_f1"] == pytest.approx(result.best_metrics["dev_weighted_f1"], abs=1e-6)
+
+
 def test_evaluate_writes_metrics_and_plot(trained, features_path, tmp_path):
     run_dir, _, _ = trained
     result = evaluate(str(run_dir / "best"), features_path, "test", str(tmp_path / "eval"))

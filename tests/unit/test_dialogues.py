@@ -122,3 +122,12 @@ def test_balanced_class_weights_by_hand():
     z = 0.64 * 1.25 + 0.16 * 2.5 + 0.2 * 5**0.5
     np.testing.assert_allclose(w, [1.25 / z, 2.5 / z, 5**0.5 / z, 2.5 / z], rtol=1e-6)
     assert balanced_class_weights(labels, 4, 0.0) == []
+
+
+def test_too_long_dialogues_fail_before_training():
+    from sdt_ray.training_data import check_dialogue_lengths
+
+    rows = dialogue_rows(select_split(features_table(), "train", "t"), CONFIG, LABELS, "t")
+    check_dialogue_lengths(rows, 6, "t")  # the synthetic dialogues have 2-6 utterances
+    with pytest.raises(InputError, match=r"t: \d+ dialogue\(s\) longer than the model's max_len=3 utterances"):
+        check_dialogue_lengths(rows, 3, "t")

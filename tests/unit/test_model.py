@@ -139,3 +139,14 @@ def test_input_standardisation_uses_stored_statistics():
 def test_parity_switches_build_the_reference_shape():
     config = tiny(normalize_inputs=False)
     assert SDT(config).input_norms is None
+
+
+def test_saved_state_is_a_snapshot_not_a_view():
+    from sdt_ray.checkpoint import state_dict_for_saving
+
+    model = SDT(tiny(("text",)))
+    saved = state_dict_for_saving(model)
+    before = saved["teacher_head.weight"].clone()
+    with torch.no_grad():
+        model.teacher_head.weight.add_(1.0)  # a later training step
+    assert torch.equal(saved["teacher_head.weight"], before)
