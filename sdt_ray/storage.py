@@ -7,7 +7,9 @@ AWS_ACCESS_KEY_ID, ...), the same way on the driver and on Ray workers.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -47,38 +49,31 @@ def exists(uri: str) -> bool:
 
 def read_table(uri: str, columns: list[str] | None = None) -> pa.Table:
     """Read a Parquet file or a folder of Parquet files as one table."""
-    fs, path = resolve(uri)
-    info = fs.get_file_info(path)
-    if info.type == pafs.FileType.NotFound:
-        raise InputError(f"{uri}: no such file or folder")
-    try:
-        if info.type == pafs.FileType.File:
-            return pq.read_table(path, filesystem=fs, columns=columns)
-        dataset = pads.dataset(path, filesystem=fs, format="parquet", exclude_invalid_files=False)
-        table = dataset.to_table(columns=columns)
-        # Schema metadata (label order, encoder) lives in each file; keep the first file's.
-        first = sorted(dataset.files)[0] if dataset.files else None
-        if first is not None:
-            table = table.replace_schema_metadata(pq.read_schema(first, filesystem=fs).metadata)
-        return table
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise InputError(f"{uri}: not a readable Parquet table ({exc})") from None
+    with _parquet_dataset(uri) as (dataset, metadata):
+        return dataset.to_table(columns=columns).replace_schema_metadata(metadata)
 
 
 def read_head(uri: str, rows: int) -> pa.Table:
     """The first `rows` rows of a Parquet file or folder, with the first file's schema
     metadata; reads no more than it needs, for checks on a large table."""
+    with _parquet_dataset(uri) as (dataset, metadata):
+        if not dataset.files:
+            raise InputError(f"{uri}: no Parquet files")
+        return dataset.head(rows).replace_schema_metadata(metadata)
+
+
+@contextlib.contextmanager
+def _parquet_dataset(uri: str) -> Iterator[tuple[pads.Dataset, dict[bytes, bytes] | None]]:
+    """The dataset at `uri` and its first file's schema metadata (label order, encoder),
+    with unreadable input turned into one InputError naming the URI."""
     fs, path = resolve(uri)
-    info = fs.get_file_info(path)
-    if info.type == pafs.FileType.NotFound:
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
         raise InputError(f"{uri}: no such file or folder")
     try:
         dataset = pads.dataset(path, filesystem=fs, format="parquet")
         files = sorted(dataset.files)
-        if not files:
-            raise InputError(f"{uri}: no Parquet files")
-        head = dataset.head(rows)
-        return head.replace_schema_metadata(pq.read_schema(files[0], filesystem=fs).metadata)
+        metadata = pq.read_schema(files[0], filesystem=fs).metadata if files else None
+        yield dataset, metadata
     except (pa.ArrowInvalid, OSError) as exc:
         raise InputError(f"{uri}: not a readable Parquet table ({exc})") from None
 
