@@ -41,3 +41,9 @@ def features_table(
         columns[f"{m}_features"] = vector_array(centroids[m][y] + noise * rng.normal(size=(len(y), d)))
     columns["error"] = pa.nulls(len(y), pa.string())
     return pa.Table.from_pydict(columns, schema=features_schema(dims, LABELS))
+
+
+def with_values(table: pa.Table, column: str, values: list) -> pa.Table:
+    """`table` with `column` replaced by `values`, keeping the column's type."""
+    field = table.schema.field(column)
+    return table.set_column(table.column_names.index(column), field, pa.array(values, field.type))

@@ -2,10 +2,9 @@
 
 These run the real CLI; every check fires before Ray starts."""
 
-import numpy as np
 import pyarrow as pa
 import pytest
-from synthetic import LABELS, features_table
+from synthetic import LABELS, features_table, with_values
 from typer.testing import CliRunner
 
 from sdt_ray import storage
@@ -27,10 +26,6 @@ def write(table: pa.Table, tmp_path, name="features.parquet") -> str:
     path = str(tmp_path / name)
     storage.write_table(table, path)
     return path
-
-
-def replace(table: pa.Table, column: str, values) -> pa.Table:
-    return table.set_column(table.column_names.index(column), table.schema.field(column), pa.array(values, table.schema.field(column).type))
 
 
 @pytest.fixture
@@ -68,7 +63,7 @@ def test_unknown_label(tmp_path):
     table = features_table()
     labels = table.column("label").to_pylist()
     labels[-1] = "ecstatic"  # in the test split
-    path = write(replace(table, "label", labels), tmp_path)
+    path = write(with_values(table, "label", labels), tmp_path)
     result = run("train", "--features", path, "--output", str(tmp_path / "run"))
     assert result.exit_code == 2
     assert "unknown label ['ecstatic'] in column 'label'" in result.output
@@ -92,7 +87,7 @@ def test_duplicate_utterance_index(tmp_path):
     table = features_table()
     index = table.column("utterance_index").to_pylist()
     index[1] = index[0]
-    path = write(replace(table, "utterance_index", index), tmp_path)
+    path = write(with_values(table, "utterance_index", index), tmp_path)
     result = run("train", "--features", path, "--output", str(tmp_path / "run"))
     assert result.exit_code == 2
     assert "duplicate (dialogue_id, utterance_index) pairs, e.g. train_000#0" in result.output

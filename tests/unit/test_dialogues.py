@@ -3,10 +3,9 @@
 import dataclasses
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
-from synthetic import LABELS, features_table
+from synthetic import LABELS, features_table, with_values
 
 from sdt_ray.collate import batches, relative_speaker_ids
 from sdt_ray.config import ModelConfig
@@ -39,7 +38,7 @@ def test_duplicate_utterance_index_is_a_clear_error():
     table = features_table()
     index = table.column("utterance_index").to_pylist()
     index[1] = index[0]  # second utterance of the first dialogue repeats position 0
-    table = table.set_column(1, "utterance_index", pa.array(index, pa.int32()))
+    table = with_values(table, "utterance_index", index)
     with pytest.raises(InputError, match=r"feats.parquet: 1 duplicate \(dialogue_id, utterance_index\) pairs, e.g. train_000#0"):
         dialogue_rows(table, CONFIG, LABELS, "feats.parquet")
 
@@ -48,7 +47,7 @@ def test_unknown_label_is_a_clear_error():
     table = features_table()
     labels = table.column("label").to_pylist()
     labels[3] = "ecstatic"
-    table = table.set_column(table.column_names.index("label"), "label", pa.array(labels))
+    table = with_values(table, "label", labels)
     with pytest.raises(InputError, match=r"unknown label \['ecstatic'\] in column 'label'"):
         label_indices(table, LABELS, "feats.parquet")
 
@@ -68,7 +67,7 @@ def test_unusable_rows_are_counted_not_silently_dropped():
     from sdt_ray.schema import vector_array
 
     table = table.set_column(table.column_names.index("text_features"), "text_features", vector_array(vectors))
-    table = table.set_column(table.column_names.index("error"), "error", pa.array(errors, pa.string()))
+    table = with_values(table, "error", errors)
     kept, exclusions = usable_rows(table, ("text",))
     assert kept.num_rows == table.num_rows - 2
     assert exclusions.counts == {"with extraction errors": 1, "with non-finite text features": 1}

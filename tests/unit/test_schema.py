@@ -3,7 +3,7 @@
 import numpy as np
 import pyarrow as pa
 import pytest
-from synthetic import LABELS, features_table
+from synthetic import LABELS, features_table, with_values
 
 from sdt_ray.errors import InputError
 from sdt_ray.schema import (
@@ -57,7 +57,7 @@ def test_unknown_split_value():
     table = features_table()
     splits = table.column("split").to_pylist()
     splits[0] = "validation"
-    table = table.set_column(table.column_names.index("split"), "split", pa.array(splits))
+    table = with_values(table, "split", splits)
     with pytest.raises(InputError, match=r"column 'split' has unknown values \['validation'\]"):
         validate_features(table, "f.parquet")
 
