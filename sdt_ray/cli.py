@@ -84,41 +84,67 @@ def _import(corpus: str, source_dir: Path, output: str, limit_dialogues: Optiona
 @user_errors
 def extract(
     input: str = typer.Option(..., "--input", help="Utterances table (Parquet file or folder; local or s3://)."),
-    output: str = typer.Option(..., "--output", help="Features folder to write (local or s3://)."),
+    output: str = typer.Option(
+        ..., "--output", help="Features folder to write (local or s3://). Rerunning a killed job resumes it."
+    ),
     modalities: str = typer.Option("text", help="Comma-separated subset of text,audio,visual."),
     text_model: Optional[str] = typer.Option(
         None, help="Text encoder: a local transformers folder, an id in your own HF cache, or 'minilm' (default, bundled)."
     ),
     text_max_length: int = typer.Option(128, help="Tokens per utterance; longer texts are truncated."),
-    batch_size: int = typer.Option(256, help="Utterances per batch handed to an encoder actor."),
-    actors: Optional[int] = typer.Option(None, help="Encoder actors; default: sized from the cluster's CPUs."),
-    cpus_per_actor: float = typer.Option(1.0, help="CPUs reserved per encoder actor (also its torch threads)."),
-    gpus_per_actor: float = typer.Option(0.0, help="GPUs per encoder actor (e.g. 1, or 0.5 to share a GPU)."),
-    overwrite: bool = typer.Option(False, help="Replace OUTPUT if it exists (otherwise refuse)."),
+    audio_feature_set: str = typer.Option(
+        "eGeMAPSv02", help="openSMILE functionals: eGeMAPSv02 (88), IS10 (1582), ComParE_2016 (6373) or emobase (988)."
+    ),
+    visual_model: Optional[str] = typer.Option(
+        None,
+        help="Image encoder for face crops: a local transformers folder, an id in your own HF cache, "
+        "or 'random-vit' (untrained, random features). Needed with the visual modality.",
+    ),
+    frames: int = typer.Option(8, help="Video frames sampled per utterance (evenly over its segment)."),
+    batch_size: int = typer.Option(64, help="Utterances per batch handed to each stage; also the resume granularity."),
+    rows_per_file: int = typer.Option(10_000, help="Rows per output part file (part-00000.parquet, ...)."),
+    actors: Optional[int] = typer.Option(None, help="Actors per stage; default: sized from the cluster's resources."),
+    cpus_per_actor: float = typer.Option(1.0, help="CPUs per actor at most (fewer on a small machine; torch threads)."),
+    gpus_per_actor: float = typer.Option(0.0, help="GPUs per text/image encoder actor (e.g. 1, or 0.5 to share a GPU)."),
+    s3_endpoint: Optional[str] = typer.Option(
+        None, help="S3 endpoint URL (MinIO, moto, ...); default: AWS_ENDPOINT_URL or AWS itself."
+    ),
+    s3_region: Optional[str] = typer.Option(None, help="S3 region; default: AWS_DEFAULT_REGION."),
+    overwrite: bool = typer.Option(False, help="Replace OUTPUT if it exists (otherwise refuse, or resume an unfinished run)."),
     address: Optional[str] = typer.Option(None, help=ADDRESS_HELP),
 ) -> None:
-    """Encode utterances into one fixed-size vector per modality, on Ray Data."""
+    """Encode utterances (text, audio, video) into one fixed-size vector per modality, on Ray Data.
+
+    Credentials for s3:// come from the usual AWS variables (AWS_ACCESS_KEY_ID, ...) or ~/.aws.
+    """
     from .pipelines import ExtractOptions
     from .pipelines import extract as run_extract
 
+    _set_s3_environment(s3_endpoint, s3_region)
     options = ExtractOptions(
         modalities=tuple(m.strip() for m in modalities.split(",") if m.strip()),
         text_model=text_model,
         text_max_length=text_max_length,
+        audio_feature_set=audio_feature_set,
+        visual_model=visual_model,
+        frames=frames,
         batch_size=batch_size,
+        rows_per_file=rows_per_file,
         actors=actors,
         cpus_per_actor=cpus_per_actor,
         gpus_per_actor=gpus_per_actor,
         overwrite=overwrite,
     )
-    started = time.time()
     summary = run_extract(input, output, options, address=address, log=_log)
-    seconds = time.time() - started
-    errors = ", ".join(f"{k}: {v}" for k, v in summary.errors.items()) or "none"
-    _log(
-        f"wrote {summary.output}: {summary.rows_out} rows for {summary.rows_in} utterances "
-        f"({summary.rows_in / max(seconds, 1e-9):.0f} utterances/s); errors: {errors}"
-    )
+    _log(summary.describe())
+
+
+def _set_s3_environment(endpoint: Optional[str], region: Optional[str]) -> None:
+    """Flags become the AWS variables that s3fs reads here and local Ray workers inherit."""
+    if endpoint:
+        os.environ["AWS_ENDPOINT_URL"] = endpoint
+    if region:
+        os.environ["AWS_DEFAULT_REGION"] = region
 
 
 @app.command()

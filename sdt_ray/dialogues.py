@@ -18,7 +18,7 @@ from .collate import Dialogue, fixed_speaker_ids, relative_speaker_ids
 from .config import ModelConfig
 from .errors import InputError
 from .losses import IGNORE_LABEL
-from .schema import feature_column, vectors
+from .schema import failed_modalities, feature_column, vectors
 
 
 @dataclass
@@ -70,8 +70,8 @@ def usable_rows(table: pa.Table, modalities: tuple[str, ...]) -> tuple[pa.Table,
     """Drop rows whose extraction failed or whose vectors hold NaN/inf, counting each reason."""
     keep = np.ones(table.num_rows, dtype=bool)
     counts: dict[str, int] = {}
-    if "error" in table.column_names:
-        failed = table.column("error").is_valid().to_numpy(zero_copy_only=False)
+    if "errors" in table.column_names:
+        failed = np.array([bool(f & set(modalities)) for f in failed_modalities(table)], dtype=bool)
         counts["with extraction errors"] = int(failed.sum())
         keep &= ~failed
     for m in modalities:

@@ -15,9 +15,10 @@ import pandas as pd
 import pyarrow as pa
 
 from .errors import InputError
-from .schema import UTTERANCES_SCHEMA, validate_utterances, with_labels
+from .schema import UTTERANCES_REQUIRED, UTTERANCES_SCHEMA, validate_utterances, with_labels
 
 DEMO_CORPUS = Path(__file__).parent / "demo" / "meld_slice"  # bundled MELD slice (GPL-3.0, see SOURCE.txt)
+DEMO_MEDIA = Path(__file__).parent / "demo" / "media_corpus" / "manifest.csv"  # 57 MELD dev utterances as video clips
 MELD_LABELS = ["neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger"]  # SDT_SPEC §9 order
 EMORYNLP_LABELS = ["Joyful", "Mad", "Neutral", "Peaceful", "Powerful", "Sad", "Scared"]
 
@@ -59,6 +60,41 @@ def import_corpus(name: str, source_dir: str | Path, limit_dialogues: int | None
     table = pa.Table.from_pandas(frame, preserve_index=False)
     table = validate_utterances(table, str(source_dir))
     return table.replace_schema_metadata(with_labels(UTTERANCES_SCHEMA, corpus.labels).metadata)
+
+
+def import_manifest(manifest: str | Path, labels: list[str] | None = None) -> pa.Table:
+    """A CSV with the utterances table's columns (dialogue_id, utterance_index, speaker,
+    text, label, split, and optionally audio_uri, video_uri, start_s, end_s, channel).
+
+    Relative media paths are taken relative to the CSV's folder and made absolute;
+    s3:// and file:// URIs pass through. `labels` fixes the label order recorded in
+    the table (default: MELD's when every label is a MELD label, else sorted).
+    """
+    path = Path(manifest)
+    if not path.is_file():
+        raise InputError(f"{manifest}: no such manifest")
+    raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+    _require(raw, list(UTTERANCES_REQUIRED), str(path))
+    frame = raw.replace({"": None})
+    frame["utterance_index"] = pd.to_numeric(frame["utterance_index"], errors="raise").astype("int32")
+    for column in ("start_s", "end_s"):
+        if column in frame:
+            frame[column] = pd.to_numeric(frame[column], errors="raise").astype("float64")
+    if "channel" in frame:
+        frame["channel"] = pd.to_numeric(frame["channel"], errors="raise").astype("Int16")
+    for column in ("audio_uri", "video_uri"):
+        if column in frame:
+            frame[column] = [_absolute(uri, path.parent) for uri in frame[column]]
+    found = sorted({v for v in frame["label"] if v is not None})
+    labels = labels or (MELD_LABELS if set(found) <= set(MELD_LABELS) else found)
+    table = validate_utterances(pa.Table.from_pandas(frame, preserve_index=False), str(path))
+    return table.replace_schema_metadata(with_labels(UTTERANCES_SCHEMA, labels).metadata)
+
+
+def _absolute(uri: str | None, base: Path) -> str | None:
+    if not uri or "://" in uri or Path(uri).is_absolute():
+        return uri
+    return str((base / uri).resolve())
 
 
 def _read_meld(raw: pd.DataFrame, source: str, split: str) -> pd.DataFrame:

@@ -1,36 +1,49 @@
-"""Ray Data jobs. `extract`: utterances table -> features table.
+"""Ray Data jobs. `extract`: utterances table -> features table, all three modalities.
 
-Each modality is one map stage over an actor pool that loads its encoder once
-per actor. Every input row comes out exactly once: a row that cannot be
-encoded (empty text, ...) keeps null vectors and an `error` reason.
+    rows (driver, numbered) -> [audio: decode + openSMILE]  CPU actors
+                            -> [frames: decode + face crop]   CPU actors
+                            -> [text encoder]                  model actors (GPU when asked)
+                            -> [image encoder]                 model actors (GPU when asked)
+                            -> fragments (tasks) -> part files (compaction tasks)
+
+Every input row comes out exactly once: a modality that cannot be extracted
+keeps a null vector and an entry in `errors`. Finished batches land as
+fragments at once, so a re-run resumes (fragments.py).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.fs as pafs
 import ray
 from ray.data import ActorPoolStrategy
 
-from . import storage
+from . import fragments, storage
 from .errors import ConfigError, InputError
+from .features.audio import DEFAULT_FEATURE_SET, AudioFeatureStage, feature_set_dim
 from .features.text import TextFeatureStage, resolve_text_model
+from .features.visual import DEFAULT_FRAMES, FrameStage, VisualFeatureStage, resolve_visual_model
+from .pools import PoolSize, StageDemand, size_pools
 from .schema import (
     ENCODERS_METADATA_KEY,
     LABELS_METADATA_KEY,
-    UTTERANCES_REQUIRED,
-    features_output,
+    KEY_FIELDS,
+    LABEL_FIELDS,
+    error_counts,
+    feature_column,
     labels_from_metadata,
     validate_utterances,
 )
 from .submit import ray_session
 
-SUPPORTED_MODALITIES = ("text",)  # audio and visual stages arrive with the media extraction work
+SUPPORTED_MODALITIES = ("text", "audio", "visual")
+MEDIA_COLUMN = {"audio": "audio_uri", "visual": "video_uri"}
+WRITER_CPUS = 0.25  # fragment writes and compaction are I/O: a quarter CPU each
 
 
 @dataclass(frozen=True)
@@ -38,19 +51,51 @@ class ExtractOptions:
     modalities: tuple[str, ...] = ("text",)
     text_model: str | None = None  # local folder, `minilm`, or an id in the user's own HF cache
     text_max_length: int = 128  # tokens
-    batch_size: int = 256  # utterances per block handed to an actor
-    actors: int | None = None  # default: sized from the cluster's CPUs
+    audio_feature_set: str = DEFAULT_FEATURE_SET
+    visual_model: str | None = None  # local folder, an id in the user's HF cache, or `random-vit`
+    frames: int = DEFAULT_FRAMES  # frames sampled per utterance
+    batch_size: int = 64  # utterances per batch handed to a stage
+    rows_per_file: int = 10_000  # rows per output part file
+    actors: int | None = None  # per stage; default: sized from the cluster's resources
     cpus_per_actor: float = 1.0
-    gpus_per_actor: float = 0.0
+    gpus_per_actor: float = 0.0  # model stages only
     overwrite: bool = False
+
+    def job_options(self) -> dict:
+        """What decides the output's content: a resumed run must agree on these."""
+        scale = {"batch_size", "actors", "cpus_per_actor", "gpus_per_actor", "overwrite"}
+        return {k: v for k, v in asdict(self).items() if k not in scale}
 
 
 @dataclass
 class ExtractSummary:
     rows_in: int
     rows_out: int
-    errors: dict[str, int]
+    errors: dict[str, int]  # `modality:reason` -> rows
     output: str
+    resumed_rows: int = 0  # rows an earlier run had finished
+    seconds: float = 0.0  # wall time of this run
+    stats: dict[str, float] = field(default_factory=dict)  # seconds summed over this run's rows
+
+    @property
+    def extracted_rows(self) -> int:
+        return self.rows_in - self.resumed_rows
+
+    def describe(self) -> str:
+        errors = ", ".join(f"{k}: {v}" for k, v in self.errors.items()) or "none"
+        lines = [
+            f"wrote {self.output}: {self.rows_out} rows for {self.rows_in} utterances"
+            + (f" ({self.resumed_rows} from an earlier run)" if self.resumed_rows else ""),
+            f"errors by kind: {errors}",
+            f"throughput: {self.extracted_rows / max(self.seconds, 1e-9):.1f} utterances/s over {self.seconds:.1f} s",
+        ]
+        audio_s, cpu_s = self.stats.get("_audio_s", 0.0), self.stats.get("_audio_cpu_s", 0.0)
+        if audio_s:
+            lines.append(
+                f"audio: {audio_s:.0f} s of speech, {audio_s / max(self.seconds, 1e-9):.1f} audio s per wall s; "
+                f"openSMILE + decode {audio_s / max(cpu_s, 1e-9):.1f}x real time per core"
+            )
+        return "\n".join(lines)
 
 
 def extract(
@@ -60,84 +105,156 @@ def extract(
     address: str | None = None,
     log: Callable[[str], None] = print,
 ) -> ExtractSummary:
-    unsupported = [m for m in options.modalities if m not in SUPPORTED_MODALITIES]
-    if unsupported:
-        raise ConfigError(f"extraction of {unsupported} is not available yet; supported: {list(SUPPORTED_MODALITIES)}")
-    metadata = _check_input(input_uri)
-    _prepare_output(output_uri, options.overwrite)
+    started = time.time()
+    table, metadata = _read_input(input_uri, options)
+    numbered = fragments.number_rows(table, options.rows_per_file)
+    plan = _open_plan(output_uri, input_uri, numbered, options, log)
+    done = fragments.done_rows(output_uri, plan)
+    pending = numbered.filter(pa.array(~done))
+    run_id = uuid.uuid4().hex[:8]
     with ray_session(address):
-        ds = _read(input_uri)
-        rows_in = ds.count()
-        actors = options.actors or _auto_actors(options.cpus_per_actor)
-        log(f"extracting {'+'.join(options.modalities)} features for {rows_in} utterances with {actors} actor(s)")
-        ds = ds.repartition(max(actors * 2, rows_in // (options.batch_size * 8) or 1))
-        if "text" in options.modalities:
-            ds = ds.map_batches(
-                TextFeatureStage,
-                fn_constructor_kwargs={
-                    "model": options.text_model,
-                    "max_length": options.text_max_length,
-                    "threads": max(1, int(options.cpus_per_actor)),
-                },
-                batch_size=options.batch_size,
-                batch_format="pyarrow",
-                compute=ActorPoolStrategy(size=actors),
-                num_cpus=options.cpus_per_actor,
-                num_gpus=options.gpus_per_actor,
+        metadata[ENCODERS_METADATA_KEY] = json.dumps(_encoders(options)).encode()
+        if pending.num_rows:
+            _run_stages(pending, output_uri, options, run_id, int(done.sum()), log)
+        stats = _compact(output_uri, plan, metadata, run_id)
+    plan.complete = True
+    fragments.write_plan(output_uri, plan)
+    storage.delete(storage.join(output_uri, fragments.FRAGMENTS))
+    return _finish(output_uri, numbered.num_rows, int(done.sum()), time.time() - started, stats)
+
+
+def _read_input(input_uri: str, options: ExtractOptions) -> tuple[pa.Table, dict[bytes, bytes]]:
+    """The validated utterances table, and the metadata to carry (label order)."""
+    unsupported = [m for m in options.modalities if m not in SUPPORTED_MODALITIES]
+    if unsupported or not options.modalities:
+        raise ConfigError(f"unknown modalities {unsupported}; choose from {list(SUPPORTED_MODALITIES)}")
+    raw = storage.read_table(input_uri)
+    table = validate_utterances(raw, input_uri)
+    for modality, column in MEDIA_COLUMN.items():
+        if modality in options.modalities and column not in raw.column_names:
+            raise InputError(f"{input_uri}: {modality} extraction needs a '{column}' column (has: {', '.join(raw.column_names)})")
+    if options.rows_per_file < 1 or options.batch_size < 1:
+        raise ConfigError("rows_per_file and batch_size must be at least 1")
+    labels = labels_from_metadata(raw.schema)
+    metadata = {LABELS_METADATA_KEY: json.dumps(labels).encode()} if labels else {}
+    return table.replace_schema_metadata(None), metadata
+
+
+def _open_plan(output_uri: str, input_uri: str, numbered: pa.Table, options: ExtractOptions, log) -> fragments.Plan:
+    """A new plan, or the unfinished one at `output_uri` when input and options match."""
+    plan = fragments.Plan(
+        fingerprint=fragments.fingerprint(numbered, options.job_options()),
+        input=input_uri,
+        rows=numbered.num_rows,
+        rows_per_file=options.rows_per_file,
+        options=options.job_options(),
+    )
+    previous = fragments.read_plan(output_uri)
+    if storage.exists(output_uri) and not options.overwrite:
+        if previous is None or previous.complete:
+            raise InputError(f"{output_uri} already exists; pass --overwrite to replace it")
+        if previous.fingerprint != plan.fingerprint:
+            raise InputError(
+                f"{output_uri} holds an unfinished extraction of different input or options; "
+                "rerun with the same ones to resume, or pass --overwrite to start over"
             )
-        metadata[ENCODERS_METADATA_KEY] = json.dumps({"text": resolve_text_model(options.text_model)}).encode()
-        modalities = list(options.modalities)
-        # The label order and the encoder travel in every file's schema metadata.
+        log(f"resuming the unfinished extraction in {output_uri}")
+        return previous
+    storage.delete(output_uri)
+    fragments.write_plan(output_uri, plan)
+    return plan
+
+
+def _encoders(options: ExtractOptions) -> dict[str, str]:
+    """What made each vector, for the features table's metadata."""
+    described = {
+        "text": lambda: resolve_text_model(options.text_model),
+        "audio": lambda: f"opensmile {options.audio_feature_set} functionals ({feature_set_dim(options.audio_feature_set)})",
+        "visual": lambda: f"{resolve_visual_model(options.visual_model)} (mean of {options.frames} face crops)",
+    }
+    return {m: described[m]() for m in options.modalities}
+
+
+def _stage_demands(options: ExtractOptions) -> list[tuple[StageDemand, type, dict]]:
+    """(demand, stage class, constructor kwargs) in pipeline order."""
+    cpu, gpu = options.cpus_per_actor, options.gpus_per_actor
+    stages = []
+    if "audio" in options.modalities:
+        stages.append((StageDemand("audio", cpu, weight=3.0), AudioFeatureStage, {"feature_set": options.audio_feature_set}))
+    if "visual" in options.modalities:
+        frames = {"model": options.visual_model, "frames": options.frames}
+        stages.append((StageDemand("frames", cpu, weight=3.0), FrameStage, frames))
+    if "text" in options.modalities:
+        text = {"model": options.text_model, "max_length": options.text_max_length}
+        stages.append((StageDemand("text", cpu, gpu), TextFeatureStage, text))
+    if "visual" in options.modalities:
+        stages.append((StageDemand("visual", cpu, gpu), VisualFeatureStage, {"model": options.visual_model}))
+    return stages
+
+
+def _pool_sizes(demands: list[StageDemand], options: ExtractOptions) -> dict[str, PoolSize]:
+    resources = ray.cluster_resources()
+    try:
+        sizes = size_pools(demands, float(resources.get("CPU", 1.0)), float(resources.get("GPU", 0.0)))
+    except ValueError as exc:
+        raise ConfigError(f"{exc} (drop --gpus-per-actor, or connect to a cluster with GPUs)") from None
+    if options.actors:
+        sizes = {name: PoolSize(options.actors, s.num_cpus, s.num_gpus) for name, s in sizes.items()}
+    return sizes
+
+
+def _run_stages(pending: pa.Table, output_uri: str, options: ExtractOptions, run_id: str, resumed: int, log) -> None:
+    stages = _stage_demands(options)
+    sizes = _pool_sizes([demand for demand, _, _ in stages], options)
+    pools = ", ".join(f"{n} {s.actors}x{s.num_cpus:g} CPU" + (f" {s.num_gpus:g} GPU" if s.num_gpus else "") for n, s in sizes.items())
+    log(
+        f"extracting {'+'.join(options.modalities)} for {pending.num_rows} utterances"
+        + (f" ({resumed} done by an earlier run)" if resumed else "")
+        + f"; pools: {pools}"
+    )
+    size = options.batch_size
+    ds = ray.data.from_arrow([pending.slice(i, size) for i in range(0, pending.num_rows, size)])
+    for demand, stage, kwargs in stages:
+        pool = sizes[demand.name]
+        if demand.name in ("text", "visual"):
+            kwargs = {**kwargs, "threads": max(1, int(pool.num_cpus))}
         ds = ds.map_batches(
-            lambda b: features_output(b, modalities).replace_schema_metadata(metadata),
+            stage,
+            fn_constructor_kwargs=kwargs,
+            batch_size=size,
             batch_format="pyarrow",
-            batch_size=None,
+            compute=ActorPoolStrategy(size=pool.actors),
+            num_cpus=pool.num_cpus,
+            num_gpus=pool.num_gpus,
         )
-        fs, path = storage.resolve(output_uri)
-        ds.write_parquet(path, filesystem=fs)
-    return _finish(output_uri, rows_in)
+    columns = _fragment_columns(options.modalities)
+    ds = ds.map_batches(
+        lambda batch: fragments.write_fragments(batch.select(columns), output_uri, run_id),
+        batch_size=None,
+        batch_format="pyarrow",
+        num_cpus=WRITER_CPUS,
+    )
+    written = sum(row["rows"] for row in ds.take_all())
+    if written != pending.num_rows:
+        raise InputError(f"extraction wrote {written} rows for {pending.num_rows} pending utterances")
 
 
-def _check_input(input_uri: str) -> dict[bytes, bytes]:
-    """Validate the utterances table's columns on its first rows; return its schema metadata."""
-    table = storage.read_head(input_uri, 1000)
-    validate_utterances(table, input_uri)
-    metadata = dict(table.schema.metadata or {})
-    labels = labels_from_metadata(table.schema)
-    return {LABELS_METADATA_KEY: metadata[LABELS_METADATA_KEY]} if labels else {}
+def _fragment_columns(modalities: tuple[str, ...]) -> list[str]:
+    names = [f.name for f in KEY_FIELDS + LABEL_FIELDS]
+    names += [feature_column(m) for m in SUPPORTED_MODALITIES if m in modalities] + ["errors", fragments.ROW, fragments.PART]
+    return names + (list(fragments.STATS_COLUMNS) if "audio" in modalities else [])
 
 
-def _prepare_output(output_uri: str, overwrite: bool) -> None:
-    if not storage.exists(output_uri):
-        return
-    if not overwrite:
-        raise InputError(f"{output_uri} already exists; pass --overwrite to replace it")
-    fs, path = storage.resolve(output_uri)
-    if fs.get_file_info(path).type == pafs.FileType.Directory:
-        fs.delete_dir(path)
-    else:
-        fs.delete_file(path)
+def _compact(output_uri: str, plan: fragments.Plan, metadata: dict[bytes, bytes], run_id: str) -> dict[str, float]:
+    """Merge each part's fragments into its part file, in parallel Ray tasks."""
+    compact = ray.remote(num_cpus=WRITER_CPUS)(fragments.compact_part)
+    results = ray.get([compact.remote(output_uri, plan, p, metadata, run_id) for p in fragments.fragment_parts(output_uri)])
+    return {c: float(sum(r[c] for r in results)) for c in fragments.STATS_COLUMNS}
 
 
-def _read(input_uri: str) -> ray.data.Dataset:
-    fs, path = storage.resolve(input_uri)
-    return ray.data.read_parquet(path, filesystem=fs).select_columns(list(UTTERANCES_REQUIRED))
-
-
-def _auto_actors(cpus_per_actor: float) -> int:
-    """Leave one CPU for reading and writing (RAY_NOTES: actor-pool deadlock on 2 CPUs)."""
-    cpus = float(ray.cluster_resources().get("CPU", 1.0))
-    return max(1, int((cpus - 1.0) // cpus_per_actor))
-
-
-def _finish(output_uri: str, rows_in: int) -> ExtractSummary:
+def _finish(output_uri: str, rows_in: int, resumed: int, seconds: float, stats: dict[str, float]) -> ExtractSummary:
     """Count the rows written and their errors: every input row must come out once."""
-    errors = storage.read_table(output_uri, columns=["error"]).column("error")
-    if len(errors) != rows_in:
-        raise InputError(f"extraction wrote {len(errors)} rows for {rows_in} input utterances")
-    return ExtractSummary(rows_in, len(errors), dict(zip(*_value_counts(errors))), output_uri)
-
-
-def _value_counts(column: pa.ChunkedArray) -> tuple[list[str], list[int]]:
-    counts = pc.value_counts(column.drop_null())
-    return counts.field("values").to_pylist(), counts.field("counts").to_pylist()
+    table = storage.read_table(output_uri, columns=["dialogue_id", "utterance_index", "errors"])
+    if table.num_rows != rows_in:
+        raise InputError(f"extraction wrote {table.num_rows} rows for {rows_in} input utterances")
+    return ExtractSummary(rows_in, table.num_rows, error_counts(table), output_uri, resumed, seconds, stats)

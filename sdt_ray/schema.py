@@ -43,7 +43,9 @@ MEDIA_FIELDS = [
 UTTERANCES_SCHEMA = pa.schema(KEY_FIELDS + [pa.field("text", pa.string())] + LABEL_FIELDS + MEDIA_FIELDS)
 UTTERANCES_REQUIRED = ("dialogue_id", "utterance_index", "speaker", "text", "label", "split")
 
-FEATURE_ERROR_FIELD = pa.field("error", pa.string())  # why a row has no vectors; null when fine
+# Why a modality of a row has no vector: one entry per failed modality, empty when all went well.
+ERROR_TYPE = pa.struct([("modality", pa.string()), ("reason", pa.string()), ("detail", pa.string())])
+FEATURE_ERRORS_FIELD = pa.field("errors", pa.list_(ERROR_TYPE))
 
 
 def feature_column(modality: str) -> str:
@@ -56,7 +58,7 @@ def feature_field(modality: str, dim: int) -> pa.Field:
 
 def features_schema(dims: dict[str, int], labels: list[str] | None = None) -> pa.Schema:
     vector_fields = [feature_field(m, dims[m]) for m in MODALITIES if m in dims]
-    schema = pa.schema(KEY_FIELDS + LABEL_FIELDS + vector_fields + [FEATURE_ERROR_FIELD])
+    schema = pa.schema(KEY_FIELDS + LABEL_FIELDS + vector_fields + [FEATURE_ERRORS_FIELD])
     return with_labels(schema, labels) if labels else schema
 
 
@@ -181,19 +183,52 @@ def _check_splits(table: pa.Table, source: str) -> None:
         raise InputError(f"{source}: column 'split' has unknown values {sorted(unknown)}; expected {list(SPLITS)}")
 
 
-def add_feature_column(batch: pa.Table, modality: str, values: np.ndarray, errors: list[str | None]) -> pa.Table:
-    """Append `<modality>_features` (null where errors[i] is set) and merge errors
-    into the `error` column, keeping the first reason an utterance failed for."""
+def add_errors(batch: pa.Table, modality: str, errors: list) -> pa.Table:
+    """Append this modality's failures to each row's `errors` list (created when absent).
+
+    errors[i]: (reason, detail), a bare reason, or None when row i is fine."""
+    previous = batch.column("errors").to_pylist() if "errors" in batch.column_names else [[] for _ in range(batch.num_rows)]
+    merged = []
+    for entries, error in zip(previous, errors):
+        entries = list(entries or [])
+        if error is not None:
+            reason, detail = (error, "") if isinstance(error, str) else error
+            entries.append({"modality": modality, "reason": reason, "detail": detail})
+        merged.append(entries)
+    column = pa.array(merged, FEATURE_ERRORS_FIELD.type)
+    if "errors" in batch.column_names:
+        return batch.set_column(batch.column_names.index("errors"), FEATURE_ERRORS_FIELD, column)
+    return batch.append_column(FEATURE_ERRORS_FIELD, column)
+
+
+def add_feature_column(batch: pa.Table, modality: str, values: np.ndarray, errors: list, record: bool = True) -> pa.Table:
+    """Append `<modality>_features`, null where errors[i] is set; with `record`, also
+    add those failures to the `errors` column (a stage that recorded them earlier passes False)."""
     valid = np.array([e is None for e in errors], dtype=bool)
     batch = batch.append_column(feature_field(modality, values.shape[1]), vector_array(values, valid))
-    if "error" in batch.column_names:
-        previous = batch.column("error").to_pylist()
-        merged = [p if p is not None else e for p, e in zip(previous, errors)]
-        return batch.set_column(batch.column_names.index("error"), FEATURE_ERROR_FIELD, pa.array(merged, pa.string()))
-    return batch.append_column(FEATURE_ERROR_FIELD, pa.array(errors, pa.string()))
+    return add_errors(batch, modality, errors) if record else batch
+
+
+def failed_modalities(table: pa.Table) -> list[set[str]]:
+    """Per row, the modalities whose extraction failed."""
+    if "errors" not in table.column_names:
+        return [set() for _ in range(table.num_rows)]
+    return [{e["modality"] for e in entries or []} for entries in table.column("errors").to_pylist()]
+
+
+def error_counts(table: pa.Table) -> dict[str, int]:
+    """`modality:reason` -> rows, over the `errors` column."""
+    counts: dict[str, int] = {}
+    if "errors" not in table.column_names:
+        return counts
+    flat = pc.list_flatten(table.column("errors"))
+    for entry in flat.to_pylist():
+        key = f"{entry['modality']}:{entry['reason']}"
+        counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def features_output(batch: pa.Table, modalities: list[str]) -> pa.Table:
     """Keep the features table's columns, in schema order."""
-    names = [f.name for f in KEY_FIELDS + LABEL_FIELDS] + [feature_column(m) for m in modalities] + ["error"]
+    names = [f.name for f in KEY_FIELDS + LABEL_FIELDS] + [feature_column(m) for m in modalities] + ["errors"]
     return batch.select(names)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,7 +39,12 @@ def s3_filesystem() -> pafs.FileSystem:
 
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
-    fs = s3fs.S3FileSystem(endpoint_url=endpoint, client_kwargs={"region_name": region} if region else {})
+    # No listings cache: other processes (Ray workers) add files that this one must see.
+    fs = s3fs.S3FileSystem(
+        endpoint_url=endpoint,
+        client_kwargs={"region_name": region} if region else {},
+        use_listings_cache=False,
+    )
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
 
 
@@ -79,10 +85,36 @@ def _parquet_dataset(uri: str) -> Iterator[tuple[pads.Dataset, dict[bytes, bytes
 
 
 def write_table(table: pa.Table, uri: str) -> None:
-    """Write one Parquet file, creating parent folders."""
+    """Write one Parquet file, creating parent folders. The file appears whole or
+    not at all: locally it is written aside and renamed; an S3 object appears
+    only when its upload completes."""
     fs, path = resolve(uri)
     fs.create_dir(str(Path(path).parent), recursive=True)
-    pq.write_table(table, path, filesystem=fs)
+    if is_remote(uri):
+        pq.write_table(table, path, filesystem=fs)
+        return
+    staging = f"{Path(path).parent}/.{Path(path).name}.{uuid.uuid4().hex}.tmp"
+    pq.write_table(table, staging, filesystem=fs)
+    fs.move(staging, path)
+
+
+def list_files(uri: str) -> list[str]:
+    """URIs of the files directly inside a folder, sorted; [] when it does not exist."""
+    fs, path = resolve(uri)
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        return []
+    infos = fs.get_file_info(pafs.FileSelector(path))
+    return sorted(join(uri, Path(i.path).name) for i in infos if i.type == pafs.FileType.File)
+
+
+def delete(uri: str) -> None:
+    """Remove a file or a folder with its contents; nothing when absent."""
+    fs, path = resolve(uri)
+    kind = fs.get_file_info(path).type
+    if kind == pafs.FileType.Directory:
+        fs.delete_dir(path)
+    elif kind == pafs.FileType.File:
+        fs.delete_file(path)
 
 
 def write_text(uri: str, text: str) -> None:

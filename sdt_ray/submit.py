@@ -38,11 +38,23 @@ def ray_session(
             configure_logging=True,
         )
     else:
-        ray.init(address=address, log_to_driver=verbose, logging_level=logging.INFO if verbose else logging.WARNING)
+        ray.init(
+            address=address,
+            log_to_driver=verbose,
+            logging_level=logging.INFO if verbose else logging.WARNING,
+            runtime_env={"env_vars": _storage_env()},
+        )
     try:
         yield
     finally:
         ray.shutdown()
+
+
+def _storage_env() -> dict[str, str]:
+    """Where S3 lives, as set on the driver, for a remote cluster's workers (credentials
+    are the nodes' own: their environment, ~/.aws or an instance role)."""
+    names = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION")
+    return {name: os.environ[name] for name in names if name in os.environ}
 
 
 def cpus_per_worker(workers: int, use_gpu: bool) -> float:

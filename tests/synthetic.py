@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from sdt_ray.schema import features_schema, vector_array
+from sdt_ray.schema import FEATURE_ERRORS_FIELD, features_schema, vector_array
 
 LABELS = ["neutral", "joy", "anger"]
 
@@ -39,7 +39,7 @@ def features_table(
     columns = dict(rows)
     for m, d in dims.items():
         columns[f"{m}_features"] = vector_array(centroids[m][y] + noise * rng.normal(size=(len(y), d)))
-    columns["error"] = pa.nulls(len(y), pa.string())
+    columns["errors"] = pa.array([[] for _ in y], FEATURE_ERRORS_FIELD.type)
     return pa.Table.from_pydict(columns, schema=features_schema(dims, LABELS))
 
 

@@ -62,12 +62,13 @@ def test_unusable_rows_are_counted_not_silently_dropped():
     table = features_table()
     vectors = np.stack(table.column("text_features").to_pylist()).astype(np.float32)
     vectors[0, 3] = np.nan
-    errors = [None] * table.num_rows
-    errors[5] = "empty_text"
+    errors = [[] for _ in range(table.num_rows)]
+    errors[5] = [{"modality": "text", "reason": "empty_text", "detail": ""}]
+    errors[6] = [{"modality": "audio", "reason": "silence", "detail": ""}]  # a modality the model does not use
     from sdt_ray.schema import vector_array
 
     table = table.set_column(table.column_names.index("text_features"), "text_features", vector_array(vectors))
-    table = with_values(table, "error", errors)
+    table = with_values(table, "errors", errors)
     kept, exclusions = usable_rows(table, ("text",))
     assert kept.num_rows == table.num_rows - 2
     assert exclusions.counts == {"with extraction errors": 1, "with non-finite text features": 1}

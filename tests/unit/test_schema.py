@@ -8,7 +8,10 @@ from synthetic import LABELS, features_table, with_values
 from sdt_ray.errors import InputError
 from sdt_ray.schema import (
     UTTERANCES_SCHEMA,
+    add_errors,
     add_feature_column,
+    error_counts,
+    failed_modalities,
     labels_from_metadata,
     validate_features,
     validate_utterances,
@@ -72,13 +75,20 @@ def test_utterances_get_optional_media_columns_as_nulls():
     assert out.column("audio_uri").null_count == 1
 
 
-def test_feature_column_keeps_first_error_and_nulls_failed_rows():
-    batch = pa.table({"error": pa.array(["bad_audio", None, None], pa.string())})
+def test_feature_column_records_each_modality_error_and_nulls_failed_rows():
+    batch = add_errors(pa.table({"k": [0, 1, 2]}), "audio", [("silence", "RMS 0"), None, None])
     values = np.arange(6, dtype=np.float32).reshape(3, 2)
     out = add_feature_column(batch, "text", values, [None, "empty_text", None])
-    assert out.column("error").to_pylist() == ["bad_audio", "empty_text", None]
+    assert out.column("errors").to_pylist() == [
+        [{"modality": "audio", "reason": "silence", "detail": "RMS 0"}],
+        [{"modality": "text", "reason": "empty_text", "detail": ""}],
+        [],
+    ]
+    assert error_counts(out) == {"audio:silence": 1, "text:empty_text": 1}
+    assert failed_modalities(out) == [{"audio"}, {"text"}, set()]
     got = vectors(out, "text")
     assert np.isnan(got[1]).all() and got[2].tolist() == [4.0, 5.0]
+    assert out.column("text_features").null_count == 1
 
 
 def test_labels_travel_in_schema_metadata():

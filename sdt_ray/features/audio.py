@@ -1,0 +1,110 @@
+"""Acoustic features: openSMILE functionals over each utterance's 16 kHz mono segment.
+
+One Smile instance per actor, single-threaded: Ray supplies the parallelism.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import OrderedDict
+
+import numpy as np
+import pyarrow as pa
+
+from ..errors import ConfigError
+from .media import SAMPLE_RATE, MediaError, Segment, cut_audio, decode_audio, segments
+
+# name -> (opensmile FeatureSet member, or a config file shipped in the opensmile wheel; vector size)
+FEATURE_SETS = {
+    "eGeMAPSv02": ("eGeMAPSv02", 88),
+    "IS10": ("is09-13/IS10_paraling_compat.conf", 1582),  # the set SDT used for IEMOCAP
+    "ComParE_2016": ("ComParE_2016", 6373),
+    "emobase": ("emobase", 988),
+}
+DEFAULT_FEATURE_SET = "eGeMAPSv02"
+SILENCE_RMS = 1e-4  # below -80 dBFS the functionals describe no voice
+MIN_SAMPLES = SAMPLE_RATE // 10  # 0.1 s: shorter segments leave openSMILE's windows empty (NaN)
+
+
+def feature_set_dim(name: str) -> int:
+    return FEATURE_SETS[_check_name(name)][1]
+
+
+def _check_name(name: str) -> str:
+    if name not in FEATURE_SETS:
+        raise ConfigError(f"unknown openSMILE feature set '{name}'; choose one of {sorted(FEATURE_SETS)}")
+    return name
+
+
+class AcousticEncoder:
+    """Mono float32 signal at SAMPLE_RATE -> (D,) functionals."""
+
+    def __init__(self, feature_set: str = DEFAULT_FEATURE_SET):
+        import opensmile
+
+        member, self.dim = FEATURE_SETS[_check_name(feature_set)]
+        if member.endswith(".conf"):
+            config = os.path.join(os.path.dirname(opensmile.__file__), "core", "config", member)
+        else:
+            config = getattr(opensmile.FeatureSet, member)
+        self.smile = opensmile.Smile(
+            feature_set=config, feature_level=opensmile.FeatureLevel.Functionals, num_workers=None, multiprocessing=False
+        )
+        self.name = feature_set
+
+    def __call__(self, signal: np.ndarray) -> np.ndarray:
+        if len(signal) < MIN_SAMPLES:
+            raise MediaError("empty_segment", f"{len(signal) / SAMPLE_RATE:.3f} s of audio is too short to describe")
+        if float(np.sqrt(np.mean(np.square(signal, dtype=np.float64)))) < SILENCE_RMS:
+            raise MediaError("silence", f"the segment is silent (RMS below {SILENCE_RMS:g})")
+        values = self.smile.process_signal(signal, SAMPLE_RATE).to_numpy(dtype=np.float32)[0]  # (D,)
+        if values.shape != (self.dim,):
+            raise MediaError("feature_error", f"openSMILE gave {values.shape[0]} values, expected {self.dim}")
+        if not np.isfinite(values).all():
+            raise MediaError("feature_error", "openSMILE gave non-finite values")
+        return values
+
+
+class AudioFeatureStage:
+    """Rows with `audio_uri` (+ start_s, end_s, channel) in; `audio_features` out.
+
+    Consecutive rows often cut the same long recording (calls, meetings), so the
+    last decoded files stay cached in this actor. Adds `_audio_s` (segment
+    seconds) and `_audio_cpu_s` (this thread's CPU seconds per row) for the
+    job's real-time-factor summary.
+    """
+
+    def __init__(self, feature_set: str = DEFAULT_FEATURE_SET, cached_files: int = 2):
+        self.encoder = AcousticEncoder(feature_set)
+        self.cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.cached_files = cached_files
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from ..schema import add_feature_column
+
+        started = time.thread_time()
+        n = batch.num_rows
+        vectors = np.full((n, self.encoder.dim), np.nan, dtype=np.float32)
+        errors: list[tuple[str, str] | None] = [None] * n
+        seconds = np.zeros(n)
+        for i, segment in enumerate(segments(batch, "audio_uri")):
+            try:
+                signal = cut_audio(self._decoded(segment), segment, segment.uri)
+                seconds[i] = len(signal) / SAMPLE_RATE
+                vectors[i] = self.encoder(signal)
+            except MediaError as exc:
+                errors[i] = (exc.reason, exc.detail)
+        cpu = np.full(n, (time.thread_time() - started) / max(n, 1))
+        batch = add_feature_column(batch, "audio", vectors, errors)
+        return batch.append_column("_audio_s", pa.array(seconds)).append_column("_audio_cpu_s", pa.array(cpu))
+
+    def _decoded(self, segment: Segment) -> np.ndarray:
+        segment.check("audio")
+        if segment.uri not in self.cache:
+            self.cache[segment.uri] = decode_audio(segment.uri)
+            while len(self.cache) > self.cached_files:
+                self.cache.popitem(last=False)
+        self.cache.move_to_end(segment.uri)
+        return self.cache[segment.uri]
+

@@ -1,0 +1,166 @@
+"""Decoding media segments with PyAV: audio to 16 kHz mono float32, video to RGB frames.
+
+One library decodes everything (PyAV, FFmpeg's own decoders), and audio is
+resampled explicitly to SAMPLE_RATE: no loader's default rate is ever relied on.
+A failure is a MediaError whose `reason` is a short machine-readable kind
+(`missing_file`, `decode_error`, ...) that lands in the features table's
+`errors` column; `detail` is the human sentence.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+SAMPLE_RATE = 16_000  # Hz: every acoustic feature is computed at this rate
+
+
+class MediaError(Exception):
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Which part of a media file belongs to an utterance; None means the file's start or end."""
+
+    uri: str | None
+    start_s: float | None = None
+    end_s: float | None = None
+    channel: int | None = None
+
+    def check(self, modality: str) -> None:
+        if not self.uri:
+            raise MediaError("no_media", f"the row has no {modality}_uri")
+        start, end = self.start_s, self.end_s
+        for name, value in (("start_s", start), ("end_s", end)):
+            if value is not None and (math.isnan(value) or value < 0):
+                raise MediaError("bad_segment", f"{name}={value} is not a time in seconds")
+        if start is not None and end is not None and end <= start:
+            raise MediaError("bad_segment", f"end_s={end} is not after start_s={start}")
+
+
+def segments(batch: pa.Table, uri_column: str) -> list[Segment]:
+    """One Segment per row from the media columns (missing optional columns are None)."""
+    def column(name: str) -> list:
+        return batch.column(name).to_pylist() if name in batch.column_names else [None] * batch.num_rows
+
+    return [
+        Segment(uri, start, end, channel)
+        for uri, start, end, channel in zip(column(uri_column), column("start_s"), column("end_s"), column("channel"))
+    ]
+
+
+def open_media(uri: str):
+    """A path PyAV can open (local files) or an in-memory copy (s3://).
+
+    Remote objects are read whole: per-utterance clips are small, and long call
+    recordings are cached decoded by the audio stage, so each is read once.
+    """
+    if uri.startswith("file://"):
+        uri = uri[len("file://") :]
+    if not uri.startswith("s3://"):
+        if not os.path.isfile(uri):
+            raise MediaError("missing_file", f"{uri} does not exist")
+        return uri
+    from .. import storage
+
+    fs, path = storage.resolve(uri)
+    try:
+        with fs.open_input_file(path) as f:
+            return io.BytesIO(f.read())
+    except FileNotFoundError:
+        raise MediaError("missing_file", f"{uri} does not exist") from None
+    except OSError as exc:
+        if "not found" in str(exc).lower() or "nosuchkey" in str(exc).lower():
+            raise MediaError("missing_file", f"{uri} does not exist") from None
+        raise MediaError("read_error", f"{uri}: {exc}") from None
+
+
+def decode_audio(uri: str) -> np.ndarray:
+    """The whole audio track as (channels, samples) float32 at SAMPLE_RATE."""
+    import av
+
+    source = open_media(uri)
+    try:
+        with av.open(source) as container:
+            if not container.streams.audio:
+                raise MediaError("no_audio_track", f"{uri} has no audio stream")
+            stream = container.streams.audio[0]
+            # Keep the source's channels (a channel may be selected later); only rate and format change.
+            resampler = av.AudioResampler(format="fltp", layout=stream.layout.name, rate=SAMPLE_RATE)
+            chunks = []
+            for frame in container.decode(stream):
+                chunks.extend(f.to_ndarray() for f in resampler.resample(frame))
+            chunks.extend(f.to_ndarray() for f in resampler.resample(None))  # flush the resampler's delay
+    except MediaError:
+        raise
+    except (av.error.FFmpegError, ValueError, EOFError) as exc:
+        raise MediaError("decode_error", f"{uri}: {exc}") from None
+    if not chunks:
+        raise MediaError("empty_segment", f"{uri}: the audio track holds no samples")
+    return np.concatenate(chunks, axis=1).astype(np.float32, copy=False)  # (C, T)
+
+
+def cut_audio(audio: np.ndarray, segment: Segment, source: str) -> np.ndarray:
+    """(C, T) -> mono (T',) float32 for [start_s, end_s), one channel or the channel mean."""
+    channels, total = audio.shape
+    start = 0 if segment.start_s is None else int(round(segment.start_s * SAMPLE_RATE))
+    end = total if segment.end_s is None else min(total, int(round(segment.end_s * SAMPLE_RATE)))
+    if end <= start:
+        raise MediaError(
+            "empty_segment", f"{source}: [{segment.start_s}, {segment.end_s}) s holds no audio (file is {total / SAMPLE_RATE:.2f} s)"
+        )
+    if segment.channel is not None:
+        if not 0 <= segment.channel < channels:
+            raise MediaError("bad_channel", f"{source}: channel {segment.channel} of a {channels}-channel file")
+        return np.ascontiguousarray(audio[segment.channel, start:end])  # (T',)
+    return audio[:, start:end].mean(axis=0)  # (T',): explicit downmix, equal weights
+
+
+def decode_frames(uri: str, start_s: float | None, end_s: float | None, count: int) -> list[np.ndarray]:
+    """`count` RGB frames (H, W, 3) uint8, evenly spaced over [start_s, end_s).
+
+    Fewer come back when the segment has fewer frames; none is an error.
+    """
+    import av
+
+    source = open_media(uri)
+    start = start_s or 0.0
+    try:
+        with av.open(source) as container:
+            if not container.streams.video:
+                raise MediaError("no_video_track", f"{uri} has no video stream")
+            stream = container.streams.video[0]
+            if start > 0 and stream.time_base:
+                container.seek(int(start / stream.time_base), stream=stream, backward=True)
+            frames = []
+            for frame in container.decode(stream):
+                t = float(frame.time) if frame.time is not None else None
+                if t is not None and t < start:
+                    continue
+                if t is not None and end_s is not None and t >= end_s:
+                    break
+                frames.append(frame)
+            picked = [frames[i] for i in _evenly_spaced(len(frames), count)]
+            images = [f.to_ndarray(format="rgb24") for f in picked]
+    except MediaError:
+        raise
+    except (av.error.FFmpegError, ValueError, EOFError) as exc:
+        raise MediaError("decode_error", f"{uri}: {exc}") from None
+    if not images:
+        raise MediaError("empty_segment", f"{uri}: no video frames in [{start_s}, {end_s}) s")
+    return images
+
+
+def _evenly_spaced(available: int, count: int) -> list[int]:
+    if available <= count:
+        return list(range(available))
+    return [int((i + 0.5) * available / count) for i in range(count)]

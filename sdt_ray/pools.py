@@ -1,0 +1,56 @@
+"""Actor-pool sizes for the extract pipeline, from the cluster's resources.
+
+Every stage gets at least one actor and the pools together never ask for more
+CPUs or GPUs than the cluster has, minus a reserve for the tasks that feed and
+drain them: on a 2-CPU laptop that means fractional CPUs per actor (RAY_NOTES:
+whole-CPU pools there deadlock), on a large cluster the pools fill it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class StageDemand:
+    name: str
+    cpus_per_actor: float = 1.0  # what one actor would like
+    gpus_per_actor: float = 0.0  # > 0: a model stage on GPUs
+    weight: float = 1.0  # share of the CPU budget relative to other CPU stages (cost per row)
+
+
+@dataclass(frozen=True)
+class PoolSize:
+    actors: int
+    num_cpus: float  # per actor
+    num_gpus: float = 0.0  # per actor
+
+
+def reserve_cpus(cpus: float) -> float:
+    """CPUs left to the tasks that write fragments: half a CPU on a laptop, 2% of a big cluster."""
+    return max(0.5, 0.02 * cpus)
+
+
+def size_pools(stages: list[StageDemand], cpus: float, gpus: float = 0.0) -> dict[str, PoolSize]:
+    sizes: dict[str, PoolSize] = {}
+    gpu_stages = [s for s in stages if s.gpus_per_actor > 0]
+    budget = cpus - reserve_cpus(cpus)
+    if gpu_stages and gpus <= 0:
+        raise ValueError(f"stages {[s.name for s in gpu_stages]} ask for GPUs but the cluster has none")
+    for stage in gpu_stages:
+        share = gpus / len(gpu_stages)
+        per_actor = min(stage.gpus_per_actor, share)
+        actors = max(1, math.floor(share / per_actor + 1e-9))
+        # A GPU actor still needs a little CPU to feed its device.
+        num_cpus = min(stage.cpus_per_actor, max(0.1, budget / (2 * len(stages) * actors)))
+        sizes[stage.name] = PoolSize(actors, num_cpus, per_actor)
+        budget -= actors * num_cpus
+    cpu_stages = [s for s in stages if s.gpus_per_actor <= 0]
+    total_weight = sum(s.weight for s in cpu_stages)
+    for stage in cpu_stages:
+        share = max(budget, 0.1 * len(cpu_stages)) * stage.weight / total_weight
+        per_actor = min(stage.cpus_per_actor, share)
+        actors = max(1, math.floor(share / per_actor + 1e-9))
+        sizes[stage.name] = PoolSize(actors, round(per_actor, 4))
+    return sizes
