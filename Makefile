@@ -53,7 +53,7 @@ meld-text: setup
 	$(BIN)/sdt-ray summarize $$evals --output $(MELD_OUT)/$$stamp/summary.json
 
 bench: setup
-	$(BIN)/python -m sdt_ray.bench --output bench-output
+	$(BIN)/python -m sdt_ray.bench --output bench
 
 clean:
-	rm -rf $(VENV) demo-output bench-output .pytest_cache
+	rm -rf $(VENV) demo-output bench .pytest_cache

@@ -1,12 +1,16 @@
 """`make bench`: speed and memory, written as JSON plus a plot.
 
-    python -m sdt_ray.bench --output bench-output [--quick]
+    python -m sdt_ray.bench --output bench [--quick]
 
 Measures, on this machine:
 - SDT inference and training-step throughput (utterances/s) for the laptop
   text model and the paper's MELD configuration (D=1024, three modalities);
 - text-encoder throughput (bundled MiniLM) in one process;
-- the whole `extract` job on Ray Data over the bundled demo corpus;
+- openSMILE (decode + eGeMAPSv02) real-time factor per core: alone in this
+  process, and inside an audio-only `extract` job on Ray Data (audio seconds
+  per wall second per CPU given to the audio actors);
+- end to end: `extract` of text, audio and video over the bundled media corpus
+  repeated to >= 2,000 utterances, in utterances/s;
 and peak resident memory of this process.
 """
 
@@ -93,23 +97,62 @@ def bench_text_encoder(texts: list[str], device: str = "cpu") -> dict[str, Any]:
     return {"utterances": len(texts), "seconds": round(seconds, 2), "utt_per_s": round(len(texts) / seconds, 1)}
 
 
-def bench_extract_job(corpus_rows: int | None) -> dict[str, Any]:
+def demo_media_table(min_rows: int):
+    """The bundled media corpus, repeated (dialogue ids suffixed _r0, _r1, ...) to at least `min_rows`."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from .importers import DEMO_MEDIA, import_manifest
+
+    table = import_manifest(DEMO_MEDIA)
+    copies = -(-min_rows // table.num_rows)
+    ids = table.column("dialogue_id")
+    parts = [table.set_column(0, table.schema.field(0), pc.binary_join_element_wise(ids, pa.scalar(f"r{k}"), "_")) for k in range(copies)]
+    return pa.concat_tables(parts).replace_schema_metadata(table.schema.metadata)
+
+
+def bench_opensmile_alone(rows: int) -> dict[str, Any]:
+    """Decode + openSMILE over the demo clips in this process, the same stage code the actors run."""
+    from .features.audio import AudioFeatureStage
+
+    table = demo_media_table(rows).slice(0, rows)
+    stage = AudioFeatureStage()
+    started, cpu = time.perf_counter(), time.thread_time()
+    out = stage(table)
+    wall, cpu = time.perf_counter() - started, time.thread_time() - cpu
+    audio_s = float(sum(out.column("_audio_s").to_pylist()))
+    return {
+        "utterances": rows, "audio_seconds": round(audio_s, 1), "wall_seconds": round(wall, 2),
+        "rtf_per_core": round(audio_s / cpu, 1), "rtf_wall": round(audio_s / wall, 1),
+    }
+
+
+def bench_extract_job(rows: int, modalities: tuple[str, ...]) -> dict[str, Any]:
+    """`extract` on local Ray over the demo media corpus repeated to `rows` utterances."""
     from . import storage
-    from .importers import DEMO_CORPUS, import_corpus
     from .pipelines import ExtractOptions, extract
     from .submit import ray_session
 
-    table = import_corpus("meld", DEMO_CORPUS)
-    if corpus_rows:
-        table = table.slice(0, corpus_rows)
-    with tempfile.TemporaryDirectory() as tmp:
+    table = demo_media_table(rows)
+    options = ExtractOptions(modalities=modalities, visual_model="random-vit", batch_size=32)
+    with tempfile.TemporaryDirectory() as tmp, ray_session():
         source = str(Path(tmp) / "utterances.parquet")
         storage.write_table(table, source)
-        with ray_session():
-            started = time.perf_counter()
-            extract(source, str(Path(tmp) / "features"), ExtractOptions(), log=lambda m: None)
-            seconds = time.perf_counter() - started
-    return {"utterances": table.num_rows, "seconds": round(seconds, 2), "utt_per_s": round(table.num_rows / seconds, 1)}
+        summary = extract(source, str(Path(tmp) / "features"), options, log=lambda m: None)
+    audio_s = summary.stats.get("_audio_s", 0.0)
+    result = {
+        "modalities": list(modalities), "utterances": summary.rows_out, "seconds": round(summary.seconds, 1),
+        "utt_per_s": round(summary.rows_out / summary.seconds, 1), "errors": summary.errors,
+        "pools": {name: {"actors": p.actors, "cpus": p.num_cpus} for name, p in summary.pools.items()},
+    }
+    if audio_s:
+        audio_cpus = summary.pools["audio"].actors * summary.pools["audio"].num_cpus
+        result["audio_seconds"] = round(audio_s, 1)
+        result["audio_s_per_wall_s"] = round(audio_s / summary.seconds, 1)
+        # Wall clock of the whole job (start-up, writes and compaction included) per CPU the audio actors hold.
+        result["rtf_per_core_wall"] = round(audio_s / (summary.seconds * audio_cpus), 1)
+        result["rtf_per_core_cpu"] = round(audio_s / summary.stats["_audio_cpu_s"], 1)
+    return result
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
@@ -125,10 +168,13 @@ def plot(results: dict[str, Any], path: Path) -> None:
     if "text_encoder" in results:
         names.append("MiniLM encode\n(1 process)")
         values.append(results["text_encoder"]["utt_per_s"])
-    if "extract_job" in results:
-        names.append("extract job\n(Ray Data)")
-        values.append(results["extract_job"]["utt_per_s"])
-    fig, ax = plt.subplots(figsize=(9, 4), dpi=120)
+    if "extract_end_to_end" in results:
+        names.append("extract text+audio+video\n(Ray Data, end to end)")
+        values.append(results["extract_end_to_end"]["utt_per_s"])
+    opensmile = results.get("opensmile")
+    fig, axes = plt.subplots(1, 2 if opensmile else 1, figsize=(13 if opensmile else 9, 4.5), dpi=120,
+                             gridspec_kw={"width_ratios": [3, 1]} if opensmile else None, squeeze=False)
+    ax = axes[0, 0]
     bars = ax.bar(range(len(values)), values, color="#4477aa")
     ax.bar_label(bars, labels=[f"{v:,.0f}" for v in values], fontsize=8)
     ax.set_xticks(range(len(values)), names, fontsize=8)
@@ -136,6 +182,17 @@ def plot(results: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("utterances / s (log)")
     ax.set_title(f"sdt-ray throughput on {results['device']}, {results['machine']['cpus']} CPUs, torch threads {results['machine']['torch_threads']}, "
                  f"peak RSS {results['peak_rss_mib']:.0f} MiB", fontsize=9)
+    if opensmile:
+        side = axes[0, 1]
+        labels = ["alone\n(1 process)", "in pipeline\n(wall / CPU)", "in pipeline\n(actor CPU time)"]
+        rtf = [opensmile["alone"]["rtf_per_core"], opensmile["pipeline"]["rtf_per_core_wall"], opensmile["pipeline"]["rtf_per_core_cpu"]]
+        bars = side.bar(range(3), rtf, color=["#999999", "#4477aa", "#88aacc"])
+        side.bar_label(bars, labels=[f"{v:.1f}x" for v in rtf], fontsize=8)
+        side.axhline(0.8 * rtf[0], color="#cc3311", linestyle="--", linewidth=1, label="0.8 x alone")
+        side.set_xticks(range(3), labels, fontsize=8)
+        side.set_ylabel("audio s per CPU s (real-time factor)")
+        side.set_title(f"openSMILE + decode, ratio {opensmile['ratio_wall']:.2f}", fontsize=9)
+        side.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -143,10 +200,11 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output", default="bench-output", help="folder for bench.json and bench.png")
+    parser.add_argument("--output", default="bench", help="folder for results.json and results.png")
     parser.add_argument("--quick", action="store_true", help="fewer repeats, no Ray job (for a smoke check)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda: where the model and encoder run")
-    parser.add_argument("--no-ray", action="store_true", help="skip the Ray Data extract job")
+    parser.add_argument("--no-ray", action="store_true", help="skip the Ray Data extract jobs")
+    parser.add_argument("--utterances", type=int, default=2000, help="utterances in the extract jobs (demo corpus repeated)")
     parser.add_argument("--no-encoder", action="store_true", help="skip the text-encoder measurement")
     args = parser.parse_args(argv)
     out = Path(args.output)
@@ -169,12 +227,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not args.no_encoder:
         results["text_encoder"] = bench_text_encoder(texts, args.device)
     if not (args.quick or args.no_ray):
-        results["extract_job"] = bench_extract_job(None)
+        alone = bench_opensmile_alone(200)
+        pipeline = bench_extract_job(args.utterances, ("audio",))
+        results["opensmile"] = {
+            "alone": alone, "pipeline": pipeline,
+            "ratio_wall": round(pipeline["rtf_per_core_wall"] / alone["rtf_per_core"], 3),
+            "ratio_cpu": round(pipeline["rtf_per_core_cpu"] / alone["rtf_per_core"], 3),
+        }
+        results["extract_end_to_end"] = bench_extract_job(args.utterances, ("text", "audio", "visual"))
     results["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    (out / "bench.json").write_text(json.dumps(results, indent=2))
-    plot(results, out / "bench.png")
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    plot(results, out / "results.png")
     print(json.dumps(results, indent=2))
-    print(f"wrote {out / 'bench.json'} and {out / 'bench.png'}")
+    print(f"wrote {out / 'results.json'} and {out / 'results.png'}")
     return results
 
 

@@ -69,6 +69,25 @@ def import_emorynlp(
     _import("emorynlp", source_dir, output, limit_dialogues)
 
 
+@import_app.command("manifest")
+@user_errors
+def import_manifest(
+    manifest: Path = typer.Argument(
+        ...,
+        help="CSV with dialogue_id, utterance_index, speaker, text, label, split and optionally "
+        "audio_uri, video_uri, start_s, end_s, channel. Relative media paths are relative to the CSV.",
+    ),
+    output: str = typer.Argument(..., help="Utterances Parquet file to write (local path or s3://)."),
+) -> None:
+    """Your own media: one row per utterance, one file per utterance or long files cut by times."""
+    from .importers import import_manifest as read_manifest
+    from .storage import write_table
+
+    table = read_manifest(manifest)
+    write_table(table, output)
+    _log(f"wrote {output}: {table.num_rows} utterances in {len(table.column('dialogue_id').unique())} dialogues")
+
+
 def _import(corpus: str, source_dir: Path, output: str, limit_dialogues: Optional[int]) -> None:
     from .importers import import_corpus
     from .storage import write_table

@@ -36,7 +36,7 @@ FRAGMENTS = "_fragments"
 ROW = "_row"  # position of the utterance in (dialogue_id, utterance_index) order
 PART = "_part"
 STATS_COLUMNS = ("_audio_s", "_audio_cpu_s")  # per-row seconds summed for the job's summary
-_FRAGMENT_NAME = re.compile(r"part-(\d+)-([0-9a-f]+)-[0-9a-f]+\.parquet$")
+_FRAGMENT_NAME = re.compile(r"part-(\d+)-([^-/]+)-[^-/]+\.parquet$")
 _PART_NAME = re.compile(r"part-(\d+)\.parquet$")
 
 

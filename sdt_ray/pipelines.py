@@ -76,6 +76,7 @@ class ExtractSummary:
     resumed_rows: int = 0  # rows an earlier run had finished
     seconds: float = 0.0  # wall time of this run
     stats: dict[str, float] = field(default_factory=dict)  # seconds summed over this run's rows
+    pools: dict[str, PoolSize] = field(default_factory=dict)  # the actor pools this run used
 
     @property
     def extracted_rows(self) -> int:
@@ -114,13 +115,14 @@ def extract(
     run_id = uuid.uuid4().hex[:8]
     with ray_session(address):
         metadata[ENCODERS_METADATA_KEY] = json.dumps(_encoders(options)).encode()
-        if pending.num_rows:
-            _run_stages(pending, output_uri, options, run_id, int(done.sum()), log)
+        pools = _run_stages(pending, output_uri, options, run_id, int(done.sum()), log) if pending.num_rows else {}
         stats = _compact(output_uri, plan, metadata, run_id)
     plan.complete = True
     fragments.write_plan(output_uri, plan)
     storage.delete(storage.join(output_uri, fragments.FRAGMENTS))
-    return _finish(output_uri, numbered.num_rows, int(done.sum()), time.time() - started, stats)
+    summary = _finish(output_uri, numbered.num_rows, int(done.sum()), time.time() - started, stats)
+    summary.pools = pools
+    return summary
 
 
 def _read_input(input_uri: str, options: ExtractOptions) -> tuple[pa.Table, dict[bytes, bytes]]:
@@ -203,7 +205,9 @@ def _pool_sizes(demands: list[StageDemand], options: ExtractOptions) -> dict[str
     return sizes
 
 
-def _run_stages(pending: pa.Table, output_uri: str, options: ExtractOptions, run_id: str, resumed: int, log) -> None:
+def _run_stages(
+    pending: pa.Table, output_uri: str, options: ExtractOptions, run_id: str, resumed: int, log
+) -> dict[str, PoolSize]:
     stages = _stage_demands(options)
     sizes = _pool_sizes([demand for demand, _, _ in stages], options)
     pools = ", ".join(f"{n} {s.actors}x{s.num_cpus:g} CPU" + (f" {s.num_gpus:g} GPU" if s.num_gpus else "") for n, s in sizes.items())
@@ -237,6 +241,7 @@ def _run_stages(pending: pa.Table, output_uri: str, options: ExtractOptions, run
     written = sum(row["rows"] for row in ds.take_all())
     if written != pending.num_rows:
         raise InputError(f"extraction wrote {written} rows for {pending.num_rows} pending utterances")
+    return sizes
 
 
 def _fragment_columns(modalities: tuple[str, ...]) -> list[str]:

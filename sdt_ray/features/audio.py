@@ -49,7 +49,7 @@ class AcousticEncoder:
         else:
             config = getattr(opensmile.FeatureSet, member)
         self.smile = opensmile.Smile(
-            feature_set=config, feature_level=opensmile.FeatureLevel.Functionals, num_workers=None, multiprocessing=False
+            feature_set=config, feature_level=opensmile.FeatureLevel.Functionals, num_workers=1, multiprocessing=False
         )
         self.name = feature_set
 

@@ -94,8 +94,9 @@ def decode_audio(uri: str) -> np.ndarray:
             if not container.streams.audio:
                 raise MediaError("no_audio_track", f"{uri} has no audio stream")
             stream = container.streams.audio[0]
-            # Keep the source's channels (a channel may be selected later); only rate and format change.
-            resampler = av.AudioResampler(format="fltp", layout=stream.layout.name, rate=SAMPLE_RATE)
+            # layout=None keeps the source's channels (a channel may be selected later);
+            # only the rate and the sample format change.
+            resampler = av.AudioResampler(format="fltp", layout=None, rate=SAMPLE_RATE)
             chunks = []
             for frame in container.decode(stream):
                 chunks.extend(f.to_ndarray() for f in resampler.resample(frame))
@@ -126,9 +127,11 @@ def cut_audio(audio: np.ndarray, segment: Segment, source: str) -> np.ndarray:
 
 
 def decode_frames(uri: str, start_s: float | None, end_s: float | None, count: int) -> list[np.ndarray]:
-    """`count` RGB frames (H, W, 3) uint8, evenly spaced over [start_s, end_s).
+    """Up to `count` RGB frames (H, W, 3) uint8, evenly spaced in time over [start_s, end_s).
 
-    Fewer come back when the segment has fewer frames; none is an error.
+    Frames are decoded in order and only the picked ones are kept, so a long
+    segment costs decoding time, not memory. A segment with fewer frames than
+    `count` gives all of them; none is an error.
     """
     import av
 
@@ -141,16 +144,8 @@ def decode_frames(uri: str, start_s: float | None, end_s: float | None, count: i
             stream = container.streams.video[0]
             if start > 0 and stream.time_base:
                 container.seek(int(start / stream.time_base), stream=stream, backward=True)
-            frames = []
-            for frame in container.decode(stream):
-                t = float(frame.time) if frame.time is not None else None
-                if t is not None and t < start:
-                    continue
-                if t is not None and end_s is not None and t >= end_s:
-                    break
-                frames.append(frame)
-            picked = [frames[i] for i in _evenly_spaced(len(frames), count)]
-            images = [f.to_ndarray(format="rgb24") for f in picked]
+            end = end_s if end_s is not None else _duration(container, stream)
+            images = _pick_frames(container.decode(stream), start, end, count)
     except MediaError:
         raise
     except (av.error.FFmpegError, ValueError, EOFError) as exc:
@@ -158,6 +153,38 @@ def decode_frames(uri: str, start_s: float | None, end_s: float | None, count: i
     if not images:
         raise MediaError("empty_segment", f"{uri}: no video frames in [{start_s}, {end_s}) s")
     return images
+
+
+def _duration(container, stream) -> float | None:
+    """Seconds, from the stream or the container header; None when neither says."""
+    if stream.duration is not None and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / 1_000_000  # microseconds (AV_TIME_BASE)
+    return None
+
+
+def _pick_frames(frames, start: float, end: float | None, count: int) -> list[np.ndarray]:
+    """For each of `count` target times, the last frame shown at or before it; each frame once."""
+    if end is None:  # unknown length: keep all frames, then thin them out
+        kept = [f for f in frames if f.time is None or f.time >= start]
+        return [kept[i].to_ndarray(format="rgb24") for i in _evenly_spaced(len(kept), count)]
+    targets = [start + (k + 0.5) * (end - start) / count for k in range(count)]
+    picked, previous, k = [], None, 0
+    for frame in frames:
+        t = frame.time if frame.time is not None else start
+        if t < start:
+            continue
+        if t >= end or k == count:
+            break
+        while k < count and targets[k] < t:
+            if previous is not None and (not picked or picked[-1] is not previous):
+                picked.append(previous)
+            k += 1
+        previous = frame
+    if previous is not None and k < count and (not picked or picked[-1] is not previous):
+        picked.append(previous)  # targets past the last frame
+    return [f.to_ndarray(format="rgb24") for f in picked]
 
 
 def _evenly_spaced(available: int, count: int) -> list[int]:

@@ -23,6 +23,7 @@ from .media import MediaError, decode_frames, segments
 RANDOM_VIT = "random-vit"  # alias: a fixed-seed, untrained tiny ViT (random features) for demos and tests
 DEFAULT_FRAMES = 8  # frames sampled per utterance
 FACE_MARGIN = 0.25  # the face box grows by this fraction on each side: hair, chin and brows carry expression
+DETECT_SIDE = 240  # pixels: faces are searched on a copy of the frame at most this high (or wide)
 
 
 def resolve_visual_model(name_or_path: str | None) -> str:
@@ -67,8 +68,8 @@ def _load_processor(path: str, name: str):
     from transformers import AutoImageProcessor
 
     try:
-        # The slow (numpy) processors: the fast ones need torchvision, which sdt-ray does not install.
-        return AutoImageProcessor.from_pretrained(path, local_files_only=True, use_fast=False)
+        # The PIL backend: the torchvision one needs torchvision, which sdt-ray does not install.
+        return AutoImageProcessor.from_pretrained(path, local_files_only=True, backend="pil")
     except OSError as exc:
         raise ConfigError(
             f"visual model '{name}' is neither a local folder nor in the local Hugging Face cache "
@@ -96,6 +97,7 @@ class FaceCropper:
     def __init__(self, side: int):
         import cv2
 
+        cv2.setNumThreads(1)  # one core per actor: Ray supplies the parallelism
         cascade = os.path.join(cv2.data.haarcascades, "haarcascade_frontalface_default.xml")
         self.detector = cv2.CascadeClassifier(cascade)
         if self.detector.empty():
@@ -107,10 +109,9 @@ class FaceCropper:
         import cv2
 
         height, width = frame.shape[:2]
-        gray = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
-        faces = self.detector.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(24, 24))
-        if len(faces):
-            x, y, w, h = max(faces, key=lambda f: int(f[2]) * int(f[3]))
+        box = self._largest_face(frame)
+        if box is not None:
+            x, y, w, h = box
             self.faces_found += 1
             half = int(max(w, h) * (0.5 + FACE_MARGIN))
             cx, cy = int(x + w / 2), int(y + h / 2)
@@ -120,6 +121,23 @@ class FaceCropper:
         top, left = max(0, cy - half), max(0, cx - half)
         crop = frame[top : min(height, cy + half), left : min(width, cx + half)]
         return cv2.resize(crop, (self.side, self.side), interpolation=cv2.INTER_AREA)
+
+    def _largest_face(self, frame: np.ndarray) -> tuple[float, float, float, float] | None:
+        """(x, y, w, h) in the frame's pixels, or None. Detection runs on a copy whose short
+        side is at most DETECT_SIDE: the cascade's cost grows with pixels, a face in a
+        conversation video is large, and 720p frames would otherwise cost ~0.3 s each."""
+        import cv2
+
+        gray = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY)
+        scale = min(1.0, DETECT_SIDE / min(gray.shape))
+        if scale < 1.0:
+            gray = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        smallest = max(24, min(gray.shape) // 5)  # faces under a fifth of the frame are background
+        faces = self.detector.detectMultiScale(gray, scaleFactor=1.2, minNeighbors=5, minSize=(smallest, smallest))
+        if not len(faces):
+            return None
+        x, y, w, h = max(faces, key=lambda f: int(f[2]) * int(f[3]))
+        return x / scale, y / scale, w / scale, h / scale
 
 
 class FrameStage:

@@ -78,3 +78,29 @@ def test_real_emorynlp_counts():
     table = import_corpus("emorynlp", SHARED / "emorynlp")
     counts = {r["split"]: r["count_all"] for r in table.group_by("split").aggregate([([], "count_all")]).to_pylist()}
     assert counts == {"train": 7551, "dev": 954, "test": 984}
+
+
+def test_manifest_media_paths_become_absolute(tmp_path):
+    from sdt_ray.importers import import_manifest
+
+    (tmp_path / "calls").mkdir()
+    (tmp_path / "m.csv").write_text(
+        "dialogue_id,utterance_index,speaker,text,label,split,audio_uri,start_s,end_s,channel\n"
+        "call1,0,agent,hello,neutral,,calls/c1.wav,0.0,1.5,0\n"
+        "call1,1,caller,,,,s3://bucket/c1.wav,1.5,3.0,1\n"
+    )
+    table = import_manifest(tmp_path / "m.csv")
+    assert table.column("audio_uri").to_pylist() == [str(tmp_path / "calls" / "c1.wav"), "s3://bucket/c1.wav"]
+    assert table.column("channel").to_pylist() == [0, 1]
+    assert table.column("end_s").to_pylist() == [1.5, 3.0]
+    assert table.column("text").to_pylist() == ["hello", None] and table.column("video_uri").null_count == 2
+
+
+def test_demo_media_manifest_lists_existing_clips():
+    from pathlib import Path
+
+    from sdt_ray.importers import DEMO_MEDIA, import_manifest
+
+    table = import_manifest(DEMO_MEDIA)
+    assert table.num_rows == 57 and table.column("dialogue_id").unique().to_pylist()[:2] == ["meld_dev_2", "meld_dev_9"]
+    assert all(Path(p).is_file() for p in table.column("video_uri").to_pylist())
