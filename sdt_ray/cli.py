@@ -160,8 +160,8 @@ def extract(
 
 def _set_s3_environment(endpoint: Optional[str], region: Optional[str]) -> None:
     """Flags become the AWS variables that s3fs reads here and local Ray workers inherit."""
-    if endpoint:
-        os.environ["AWS_ENDPOINT_URL"] = endpoint
+    if endpoint:  # AWS_ENDPOINT_URL_S3 wins over AWS_ENDPOINT_URL where both are set: set both
+        os.environ["AWS_ENDPOINT_URL"] = os.environ["AWS_ENDPOINT_URL_S3"] = endpoint
     if region:
         os.environ["AWS_DEFAULT_REGION"] = region
 

@@ -36,6 +36,7 @@ FRAGMENTS = "_fragments"
 ROW = "_row"  # position of the utterance in (dialogue_id, utterance_index) order
 PART = "_part"
 STATS_COLUMNS = ("_audio_s", "_audio_cpu_s")  # per-row seconds summed for the job's summary
+RETRIED_REASONS = {"read_error", "internal_error"}  # may succeed on a resumed run (throttled S3, ...)
 _FRAGMENT_NAME = re.compile(r"part-(\d+)-([^-/]+)-[^-/]+\.parquet$")
 _PART_NAME = re.compile(r"part-(\d+)\.parquet$")
 
@@ -86,17 +87,20 @@ def write_plan(output_uri: str, plan: Plan) -> None:
 
 
 def done_rows(output_uri: str, plan: Plan) -> np.ndarray:
-    """(rows,) bool: which rows already sit in a fragment or a finished part file."""
+    """(rows,) bool: which rows already sit in a fragment or a finished part file.
+
+    A fragment row that failed for a transient reason (RETRIED_REASONS) is not done:
+    a resumed run extracts it again, and compaction keeps the better copy."""
     done = np.zeros(plan.rows, dtype=bool)
     for uri in storage.list_files(output_uri):
         match = _PART_NAME.search(uri)
         if match:
             start = int(match.group(1)) * plan.rows_per_file
             done[start : start + plan.part_rows(int(match.group(1)))] = True
-    fragments = storage.list_files(storage.join(output_uri, FRAGMENTS))
-    if fragments:
-        rows = storage.read_table(storage.join(output_uri, FRAGMENTS), columns=[ROW]).column(ROW)
-        done[rows.to_numpy()] = True
+    if storage.list_files(storage.join(output_uri, FRAGMENTS)):
+        written = storage.read_table(storage.join(output_uri, FRAGMENTS), columns=[ROW, "errors"])
+        final = [not ({e["reason"] for e in errs or []} & RETRIED_REASONS) for errs in written.column("errors").to_pylist()]
+        done[written.column(ROW).to_numpy()[np.array(final, dtype=bool)]] = True
     return done
 
 
@@ -133,7 +137,7 @@ def compact_part(output_uri: str, plan: Plan, part: int, metadata: dict[bytes, b
     this_run = [f"-{run_id}-" in u.rsplit("/", 1)[-1] for u in fragments]
     stats = {c: sum(float(pc.sum(t.column(c)).as_py() or 0.0) for t, mine in zip(tables, this_run) if mine and c in t.column_names) for c in STATS_COLUMNS}
     table = pa.concat_tables([t.drop_columns([c for c in STATS_COLUMNS if c in t.column_names]) for t in tables])
-    table = _one_row_each(table.sort_by(ROW))
+    table = _one_row_each(table)
     expected = plan.part_rows(part)
     if table.num_rows != expected:
         raise InputError(f"{output_uri}: part {part} has {table.num_rows} of its {expected} rows after the run")
@@ -144,7 +148,11 @@ def compact_part(output_uri: str, plan: Plan, part: int, metadata: dict[bytes, b
 
 
 def _one_row_each(table: pa.Table) -> pa.Table:
-    """A retried task may have written a batch twice: keep the first copy of each `_row` (sorted input)."""
+    """Rows in `_row` order, one copy each: a retried task or a resumed retry may have
+    written a row twice, and the copy with the fewest errors wins."""
+    n_errors = pc.list_value_length(table.column("errors")).fill_null(0)
+    table = table.append_column("_n_errors", n_errors).sort_by([(ROW, "ascending"), ("_n_errors", "ascending")])
+    table = table.drop_columns(["_n_errors"])
     rows = table.column(ROW).to_numpy()
     first = np.ones(len(rows), dtype=bool)
     first[1:] = rows[1:] != rows[:-1]

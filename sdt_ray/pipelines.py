@@ -93,7 +93,7 @@ class ExtractSummary:
         audio_s, cpu_s = self.stats.get("_audio_s", 0.0), self.stats.get("_audio_cpu_s", 0.0)
         if audio_s:
             lines.append(
-                f"audio: {audio_s:.0f} s of speech, {audio_s / max(self.seconds, 1e-9):.1f} audio s per wall s; "
+                f"audio: {audio_s:.0f} s, {audio_s / max(self.seconds, 1e-9):.1f} audio s per wall s; "
                 f"openSMILE + decode {audio_s / max(cpu_s, 1e-9):.1f}x real time per core"
             )
         return "\n".join(lines)
@@ -107,36 +107,45 @@ def extract(
     log: Callable[[str], None] = print,
 ) -> ExtractSummary:
     started = time.time()
+    _check_options(options)
     table, metadata = _read_input(input_uri, options)
+    # Resolving the encoders checks the models and the feature set before any output is written.
+    metadata[ENCODERS_METADATA_KEY] = json.dumps(_encoders(options)).encode()
     numbered = fragments.number_rows(table, options.rows_per_file)
     plan = _open_plan(output_uri, input_uri, numbered, options, log)
     done = fragments.done_rows(output_uri, plan)
     pending = numbered.filter(pa.array(~done))
     run_id = uuid.uuid4().hex[:8]
     with ray_session(address):
-        metadata[ENCODERS_METADATA_KEY] = json.dumps(_encoders(options)).encode()
         pools = _run_stages(pending, output_uri, options, run_id, int(done.sum()), log) if pending.num_rows else {}
         stats = _compact(output_uri, plan, metadata, run_id)
-    plan.complete = True
-    fragments.write_plan(output_uri, plan)
     storage.delete(storage.join(output_uri, fragments.FRAGMENTS))
     summary = _finish(output_uri, numbered.num_rows, int(done.sum()), time.time() - started, stats)
+    plan.complete = True
+    fragments.write_plan(output_uri, plan)
     summary.pools = pools
     return summary
 
 
-def _read_input(input_uri: str, options: ExtractOptions) -> tuple[pa.Table, dict[bytes, bytes]]:
-    """The validated utterances table, and the metadata to carry (label order)."""
+def _check_options(options: ExtractOptions) -> None:
     unsupported = [m for m in options.modalities if m not in SUPPORTED_MODALITIES]
     if unsupported or not options.modalities:
         raise ConfigError(f"unknown modalities {unsupported}; choose from {list(SUPPORTED_MODALITIES)}")
+    counts = {"--rows-per-file": options.rows_per_file, "--batch-size": options.batch_size, "--frames": options.frames}
+    for flag, value in counts.items():
+        if value < 1:
+            raise ConfigError(f"{flag} must be at least 1 (got {value})")
+    if options.cpus_per_actor <= 0 or options.gpus_per_actor < 0 or (options.actors is not None and options.actors < 1):
+        raise ConfigError("--cpus-per-actor must be positive, --gpus-per-actor not negative, --actors at least 1")
+
+
+def _read_input(input_uri: str, options: ExtractOptions) -> tuple[pa.Table, dict[bytes, bytes]]:
+    """The validated utterances table, and the metadata to carry (label order)."""
     raw = storage.read_table(input_uri)
     table = validate_utterances(raw, input_uri)
     for modality, column in MEDIA_COLUMN.items():
         if modality in options.modalities and column not in raw.column_names:
             raise InputError(f"{input_uri}: {modality} extraction needs a '{column}' column (has: {', '.join(raw.column_names)})")
-    if options.rows_per_file < 1 or options.batch_size < 1:
-        raise ConfigError("rows_per_file and batch_size must be at least 1")
     labels = labels_from_metadata(raw.schema)
     metadata = {LABELS_METADATA_KEY: json.dumps(labels).encode()} if labels else {}
     return table.replace_schema_metadata(None), metadata
@@ -197,12 +206,9 @@ def _stage_demands(options: ExtractOptions) -> list[tuple[StageDemand, type, dic
 def _pool_sizes(demands: list[StageDemand], options: ExtractOptions) -> dict[str, PoolSize]:
     resources = ray.cluster_resources()
     try:
-        sizes = size_pools(demands, float(resources.get("CPU", 1.0)), float(resources.get("GPU", 0.0)))
+        return size_pools(demands, float(resources.get("CPU", 1.0)), float(resources.get("GPU", 0.0)), options.actors)
     except ValueError as exc:
         raise ConfigError(f"{exc} (drop --gpus-per-actor, or connect to a cluster with GPUs)") from None
-    if options.actors:
-        sizes = {name: PoolSize(options.actors, s.num_cpus, s.num_gpus) for name, s in sizes.items()}
-    return sizes
 
 
 def _run_stages(

@@ -32,7 +32,22 @@ def reserve_cpus(cpus: float) -> float:
     return max(0.5, 0.02 * cpus)
 
 
-def size_pools(stages: list[StageDemand], cpus: float, gpus: float = 0.0) -> dict[str, PoolSize]:
+def size_pools(stages: list[StageDemand], cpus: float, gpus: float = 0.0, actors: int | None = None) -> dict[str, PoolSize]:
+    """Per stage: actors and resources per actor. `actors` fixes the count per stage; each
+    stage's share of the cluster is then split among them (never more CPUs in all)."""
+    sizes = _automatic(stages, cpus, gpus)
+    if actors:
+        sizes = {
+            name: PoolSize(actors, round(s.actors * s.num_cpus / actors, 4), s.actors * s.num_gpus / actors)
+            for name, s in sizes.items()
+        }
+    return sizes
+
+
+def _automatic(stages: list[StageDemand], cpus: float, gpus: float) -> dict[str, PoolSize]:
+    bad = [s.name for s in stages if s.cpus_per_actor <= 0 or s.gpus_per_actor < 0]
+    if bad:
+        raise ValueError(f"stages {bad} need a positive CPU count per actor and no negative GPU count")
     sizes: dict[str, PoolSize] = {}
     gpu_stages = [s for s in stages if s.gpus_per_actor > 0]
     budget = cpus - reserve_cpus(cpus)

@@ -42,7 +42,7 @@ def ray_session(
             address=address,
             log_to_driver=verbose,
             logging_level=logging.INFO if verbose else logging.WARNING,
-            runtime_env={"env_vars": _storage_env()},
+            runtime_env={"env_vars": _storage_env()} if _storage_env() else None,
         )
     try:
         yield

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import ConfigError
-from .media import SAMPLE_RATE, MediaError, Segment, cut_audio, decode_audio, segments
+from .media import INTERNAL_ERROR, SAMPLE_RATE, MediaError, Segment, cut_audio, decode_audio, segments
 
 # name -> (opensmile FeatureSet member, or a config file shipped in the opensmile wheel; vector size)
 FEATURE_SETS = {
@@ -58,6 +58,8 @@ class AcousticEncoder:
             raise MediaError("empty_segment", f"{len(signal) / SAMPLE_RATE:.3f} s of audio is too short to describe")
         if float(np.sqrt(np.mean(np.square(signal, dtype=np.float64)))) < SILENCE_RMS:
             raise MediaError("silence", f"the segment is silent (RMS below {SILENCE_RMS:g})")
+        # openSMILE scales to int16 without clipping: a codec's overshoot past 1.0 would wrap around.
+        signal = np.clip(signal, -1.0, 32767 / 32768)
         values = self.smile.process_signal(signal, SAMPLE_RATE).to_numpy(dtype=np.float32)[0]  # (D,)
         if values.shape != (self.dim,):
             raise MediaError("feature_error", f"openSMILE gave {values.shape[0]} values, expected {self.dim}")
@@ -77,7 +79,7 @@ class AudioFeatureStage:
 
     def __init__(self, feature_set: str = DEFAULT_FEATURE_SET, cached_files: int = 2):
         self.encoder = AcousticEncoder(feature_set)
-        self.cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.cache: OrderedDict[str, np.ndarray | MediaError] = OrderedDict()
         self.cached_files = cached_files
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -95,16 +97,25 @@ class AudioFeatureStage:
                 vectors[i] = self.encoder(signal)
             except MediaError as exc:
                 errors[i] = (exc.reason, exc.detail)
+            except Exception as exc:  # one odd file must not end a job of a million rows
+                errors[i] = (INTERNAL_ERROR, f"{segment.uri}: {exc!r}")
         cpu = np.full(n, (time.thread_time() - started) / max(n, 1))
         batch = add_feature_column(batch, "audio", vectors, errors)
         return batch.append_column("_audio_s", pa.array(seconds)).append_column("_audio_cpu_s", pa.array(cpu))
 
     def _decoded(self, segment: Segment) -> np.ndarray:
+        """The file's decoded audio, or its MediaError: a broken long recording is read once, not once per row."""
         segment.check("audio")
         if segment.uri not in self.cache:
-            self.cache[segment.uri] = decode_audio(segment.uri)
+            try:
+                self.cache[segment.uri] = decode_audio(segment.uri)
+            except MediaError as exc:
+                self.cache[segment.uri] = exc
             while len(self.cache) > self.cached_files:
                 self.cache.popitem(last=False)
         self.cache.move_to_end(segment.uri)
-        return self.cache[segment.uri]
+        decoded = self.cache[segment.uri]
+        if isinstance(decoded, MediaError):
+            raise decoded
+        return decoded
 

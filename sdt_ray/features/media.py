@@ -9,15 +9,17 @@ A failure is a MediaError whose `reason` is a short machine-readable kind
 
 from __future__ import annotations
 
-import io
+import contextlib
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 
 SAMPLE_RATE = 16_000  # Hz: every acoustic feature is computed at this rate
+INTERNAL_ERROR = "internal_error"  # an unexpected exception on one row; retried when the job is resumed
 
 
 class MediaError(Exception):
@@ -41,7 +43,7 @@ class Segment:
             raise MediaError("no_media", f"the row has no {modality}_uri")
         start, end = self.start_s, self.end_s
         for name, value in (("start_s", start), ("end_s", end)):
-            if value is not None and (math.isnan(value) or value < 0):
+            if value is not None and (not math.isfinite(value) or value < 0):
                 raise MediaError("bad_segment", f"{name}={value} is not a time in seconds")
         if start is not None and end is not None and end <= start:
             raise MediaError("bad_segment", f"end_s={end} is not after start_s={start}")
@@ -58,39 +60,39 @@ def segments(batch: pa.Table, uri_column: str) -> list[Segment]:
     ]
 
 
-def open_media(uri: str):
-    """A path PyAV can open (local files) or an in-memory copy (s3://).
-
-    Remote objects are read whole: per-utterance clips are small, and long call
-    recordings are cached decoded by the audio stage, so each is read once.
-    """
+@contextlib.contextmanager
+def opened(uri: str) -> Iterator[object]:
+    """A path PyAV can open (local files) or a seekable remote file (s3://): PyAV reads
+    only the byte ranges it decodes, so cutting one utterance out of a long recording
+    does not download the whole recording."""
     if uri.startswith("file://"):
         uri = uri[len("file://") :]
     if not uri.startswith("s3://"):
         if not os.path.isfile(uri):
             raise MediaError("missing_file", f"{uri} does not exist")
-        return uri
+        yield uri
+        return
     from .. import storage
 
-    fs, path = storage.resolve(uri)
     try:
-        with fs.open_input_file(path) as f:
-            return io.BytesIO(f.read())
+        fs, path = storage.resolve(uri)
+        remote = fs.open_input_file(path)
     except FileNotFoundError:
         raise MediaError("missing_file", f"{uri} does not exist") from None
-    except OSError as exc:
+    except Exception as exc:  # botocore's errors are not OSErrors; any of them means we could not read
         if "not found" in str(exc).lower() or "nosuchkey" in str(exc).lower():
             raise MediaError("missing_file", f"{uri} does not exist") from None
-        raise MediaError("read_error", f"{uri}: {exc}") from None
+        raise MediaError("read_error", f"{uri}: {exc!r}") from None
+    with remote:
+        yield remote
 
 
 def decode_audio(uri: str) -> np.ndarray:
     """The whole audio track as (channels, samples) float32 at SAMPLE_RATE."""
     import av
 
-    source = open_media(uri)
     try:
-        with av.open(source) as container:
+        with opened(uri) as source, av.open(source) as container:
             if not container.streams.audio:
                 raise MediaError("no_audio_track", f"{uri} has no audio stream")
             stream = container.streams.audio[0]
@@ -135,17 +137,19 @@ def decode_frames(uri: str, start_s: float | None, end_s: float | None, count: i
     """
     import av
 
-    source = open_media(uri)
     start = start_s or 0.0
     try:
-        with av.open(source) as container:
+        with opened(uri) as source, av.open(source) as container:
             if not container.streams.video:
                 raise MediaError("no_video_track", f"{uri} has no video stream")
             stream = container.streams.video[0]
+            # Times count from the stream's first frame, as audio counts from its first sample
+            # (MPEG-TS streams, for one, start at 1.4 s).
+            origin = float(stream.start_time * stream.time_base) if stream.start_time is not None and stream.time_base else 0.0
             if start > 0 and stream.time_base:
-                container.seek(int(start / stream.time_base), stream=stream, backward=True)
+                container.seek(int((start + origin) / stream.time_base), stream=stream, backward=True)
             end = end_s if end_s is not None else _duration(container, stream)
-            images = _pick_frames(container.decode(stream), start, end, count)
+            images = _pick_frames(container.decode(stream), start, end, count, origin)
     except MediaError:
         raise
     except (av.error.FFmpegError, ValueError, EOFError) as exc:
@@ -164,15 +168,14 @@ def _duration(container, stream) -> float | None:
     return None
 
 
-def _pick_frames(frames, start: float, end: float | None, count: int) -> list[np.ndarray]:
+def _pick_frames(frames, start: float, end: float | None, count: int, origin: float = 0.0) -> list[np.ndarray]:
     """For each of `count` target times, the last frame shown at or before it; each frame once."""
-    if end is None:  # unknown length: keep all frames, then thin them out
-        kept = [f for f in frames if f.time is None or f.time >= start]
-        return [kept[i].to_ndarray(format="rgb24") for i in _evenly_spaced(len(kept), count)]
+    if end is None:
+        return _thin_out(frames, start, count, origin)
     targets = [start + (k + 0.5) * (end - start) / count for k in range(count)]
     picked, previous, k = [], None, 0
     for frame in frames:
-        t = frame.time if frame.time is not None else start
+        t = frame.time - origin if frame.time is not None else start
         if t < start:
             continue
         if t >= end or k == count:
@@ -185,6 +188,21 @@ def _pick_frames(frames, start: float, end: float | None, count: int) -> list[np
     if previous is not None and k < count and (not picked or picked[-1] is not previous):
         picked.append(previous)  # targets past the last frame
     return [f.to_ndarray(format="rgb24") for f in picked]
+
+
+def _thin_out(frames, start: float, count: int, origin: float) -> list[np.ndarray]:
+    """Unknown length (e.g. WebM without a duration): keep every stride-th frame, doubling
+    the stride whenever more than 2 * count are held, so memory stays O(count)."""
+    kept, stride, seen = [], 1, 0
+    for frame in frames:
+        if frame.time is not None and frame.time - origin < start:
+            continue
+        if seen % stride == 0:
+            kept.append(frame)
+            if len(kept) > 2 * count:
+                kept, stride = kept[::2], stride * 2
+        seen += 1
+    return [kept[i].to_ndarray(format="rgb24") for i in _evenly_spaced(len(kept), count)]
 
 
 def _evenly_spaced(available: int, count: int) -> list[int]:

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import ConfigError
-from .media import MediaError, decode_frames, segments
+from .media import INTERNAL_ERROR, MediaError, decode_frames, segments
 
 RANDOM_VIT = "random-vit"  # alias: a fixed-seed, untrained tiny ViT (random features) for demos and tests
 DEFAULT_FRAMES = 8  # frames sampled per utterance
@@ -163,10 +163,10 @@ class FrameStage:
                 crops.append(stacked.tobytes())
                 counts.append(len(frames))
                 errors.append(None)
-            except MediaError as exc:
+            except Exception as exc:  # MediaError, or anything odd in one file: that row fails, the job goes on
                 crops.append(None)
                 counts.append(0)
-                errors.append((exc.reason, exc.detail))
+                errors.append((exc.reason, exc.detail) if isinstance(exc, MediaError) else (INTERNAL_ERROR, f"{segment.uri}: {exc!r}"))
         batch = add_errors(batch, "visual", errors)
         return batch.append_column("_frames", pa.array(crops, pa.binary())).append_column(
             "_frame_count", pa.array(counts, pa.int32())

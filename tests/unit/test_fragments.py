@@ -6,10 +6,12 @@ import pytest
 
 from sdt_ray import fragments, storage
 from sdt_ray.errors import InputError
+from sdt_ray.schema import ERROR_TYPE as ERROR
 
 
 def numbered(rows_per_file=4):
     table = pa.table({"dialogue_id": ["b", "a", "a", "b", "c", "a"], "utterance_index": [1, 2, 0, 0, 0, 1]})
+    table = table.append_column("errors", pa.array([[]] * 6, pa.list_(ERROR)))
     return fragments.number_rows(table, rows_per_file)
 
 
@@ -52,6 +54,23 @@ def test_done_rows_and_compaction_keep_one_row_each(tmp_path):
     assert fragments.ROW not in part.column_names and part.schema.metadata == {b"k": b"v"}
     assert fragments.fragment_parts(out) == [1]
     assert fragments.done_rows(out, plan).all()
+
+
+def test_transient_failures_are_retried_and_the_better_copy_kept(tmp_path):
+    out = str(tmp_path / "features")
+    table = numbered(rows_per_file=6)
+    plan = plan_for(table, rows_per_file=6)
+    throttled = [{"modality": "audio", "reason": "read_error", "detail": "SlowDown"}]
+    missing = [{"modality": "audio", "reason": "missing_file", "detail": ""}]
+    errors = pa.array([[], throttled, missing, [], [], []], pa.list_(ERROR))
+    first = table.set_column(table.column_names.index("errors"), "errors", errors)
+    fragments.write_fragments(first, out, "run1")
+    assert fragments.done_rows(out, plan).tolist() == [True, False, True, True, True, True]  # only row 1 again
+    retried = first.take([1]).set_column(first.column_names.index("errors"), "errors", pa.array([[]], pa.list_(ERROR)))
+    fragments.write_fragments(retried, out, "run2")
+    fragments.compact_part(out, plan, 0, {}, "run2")
+    part = storage.read_table(storage.join(out, "part-00000.parquet"))
+    assert part.num_rows == 6 and part.column("errors").to_pylist()[1:3] == [[], missing]
 
 
 def test_compaction_refuses_a_part_with_missing_rows(tmp_path):

@@ -52,6 +52,7 @@ def test_segment_cut_and_channel_selection(stereo_44k):
         (Segment("a.wav", 2.0, 1.0), "bad_segment"),
         (Segment("a.wav", 1.0, 1.0), "bad_segment"),
         (Segment("a.wav", float("nan"), 1.0), "bad_segment"),
+        (Segment("a.wav", 1.0, float("inf")), "bad_segment"),
     ],
 )
 def test_bad_segments_are_named(segment, reason):

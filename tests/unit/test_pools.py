@@ -41,6 +41,15 @@ def test_one_gpu_is_shared_by_the_two_encoders():
     assert total_cpus(eight) <= 64 - reserve_cpus(64) + 1e-6
 
 
+def test_fixed_actor_count_shares_each_stages_cpus():
+    """--actors 4 on 4 CPUs: four audio actors must not take every CPU (the text pool would never start)."""
+    stages = [StageDemand("audio", weight=3.0), StageDemand("text")]
+    auto = size_pools(stages, cpus=4)
+    fixed = size_pools(stages, cpus=4, actors=4)
+    assert all(s.actors == 4 for s in fixed.values())
+    assert total_cpus(fixed) == pytest.approx(total_cpus(auto), abs=1e-3) and total_cpus(fixed) <= 4 - reserve_cpus(4)
+
+
 def test_gpu_stage_without_gpus_is_refused():
     with pytest.raises(ValueError, match="ask for GPUs"):
         size_pools([StageDemand("text", gpus_per_actor=1.0)], cpus=4, gpus=0)
