@@ -209,6 +209,40 @@ def train(
 
 @app.command()
 @user_errors
+def predict(
+    checkpoint: str = typer.Option(..., "--checkpoint", help="Checkpoint folder from `sdt-ray train` (local or s3://)."),
+    input: str = typer.Option(..., "--input", help="Features table (Parquet file or folder, local or s3://), dialogues kept together."),
+    output: str = typer.Option(..., "--output", help="Predictions folder: part-NNNNN.parquet, one row per input utterance."),
+    batch_size: int = typer.Option(16, help="Dialogues (or windows of long ones) per forward pass."),
+    max_context: int = typer.Option(512, help="Utterances per window; longer dialogues are scored in overlapping windows."),
+    rows_per_file: int = typer.Option(10_000, help="About this many utterances per task and output file (whole dialogues)."),
+    keep_columns: str = typer.Option("", help="Comma-separated input columns to copy into the output."),
+    actors: Optional[int] = typer.Option(None, help="Scoring actors; default: sized from the cluster's resources."),
+    cpus_per_actor: float = typer.Option(1.0, help="CPUs per actor at most (also its torch threads)."),
+    gpus_per_actor: float = typer.Option(0.0, help="GPUs per actor (e.g. 1, or 0.5 to share a GPU)."),
+    overwrite: bool = typer.Option(False, help="Replace OUTPUT if it exists (otherwise refuse, or resume an unfinished run)."),
+    address: Optional[str] = typer.Option(None, help=ADDRESS_HELP),
+) -> None:
+    """Score every utterance with a trained checkpoint, on Ray Data: the predicted label, its
+    confidence, every class probability and the modality weights, or an error."""
+    from .pipelines import predict_job
+    from .scoring import PredictOptions
+
+    options = PredictOptions(
+        batch_size=batch_size,
+        max_context=max_context,
+        rows_per_file=rows_per_file,
+        keep_columns=tuple(c.strip() for c in keep_columns.split(",") if c.strip()),
+        actors=actors,
+        cpus_per_actor=cpus_per_actor,
+        gpus_per_actor=gpus_per_actor,
+        overwrite=overwrite,
+    )
+    _log(predict_job(checkpoint, input, output, options, address=address, log=_log).describe())
+
+
+@app.command()
+@user_errors
 def evaluate(
     checkpoint: str = typer.Option(..., "--checkpoint", help="Checkpoint folder, e.g. RUN_DIR/best (local or s3://)."),
     features: str = typer.Option(..., "--features", help="Features table with the split to score."),

@@ -29,6 +29,17 @@ from .features.audio import DEFAULT_FEATURE_SET, AudioFeatureStage, feature_set_
 from .features.text import TextFeatureStage, resolve_text_model
 from .features.visual import DEFAULT_FRAMES, FrameStage, VisualFeatureStage, resolve_visual_model
 from .pools import PoolSize, StageDemand, size_pools
+from .scoring import (
+    PredictOptions,
+    PredictSummary,
+    ScoreStage,
+    checkpoint_identity,
+    mark_complete,
+    predict_summary,
+    prepare_output,
+    scoring_tasks,
+    task_items,
+)
 from .schema import (
     ENCODERS_METADATA_KEY,
     LABELS_METADATA_KEY,
@@ -269,3 +280,49 @@ def _finish(output_uri: str, rows_in: int, resumed: int, seconds: float, stats: 
     if table.num_rows != rows_in:
         raise InputError(f"extraction wrote {table.num_rows} rows for {rows_in} input utterances")
     return ExtractSummary(rows_in, table.num_rows, error_counts(table), output_uri, resumed, seconds, stats)
+
+
+# ---------------------------------------------------------------------------
+# predict: features table + checkpoint -> one prediction row per utterance
+
+
+def predict_job(
+    checkpoint_uri: str,
+    input_uri: str,
+    output_uri: str,
+    options: PredictOptions = PredictOptions(),
+    address: str | None = None,
+    log: Callable[[str], None] = print,
+) -> PredictSummary:
+    """Score every utterance; whole dialogues per task, one output file per task (`part-NNNNN.parquet`)."""
+    started = time.time()
+    model_id, model_version = checkpoint_identity(checkpoint_uri)  # fails early on a bad checkpoint; actors load their own
+    tasks = scoring_tasks(input_uri, options.rows_per_file)
+    rows_in = sum(t["rows"] for t in tasks)
+    todo = prepare_output(output_uri, input_uri, model_id, tasks, options, log)
+    with ray_session(address):
+        if todo:
+            demand = StageDemand("score", options.cpus_per_actor, options.gpus_per_actor)
+            resources = ray.cluster_resources()
+            try:
+                size = size_pools([demand], float(resources.get("CPU", 1.0)), float(resources.get("GPU", 0.0)), options.actors)["score"]
+            except ValueError as exc:
+                raise ConfigError(f"{exc} (drop --gpus-per-actor, or connect to a cluster with GPUs)") from None
+            log(f"scoring {rows_in} utterances: {len(todo)} of {len(tasks)} files to write, {size.actors} actor(s) x {size.num_cpus:g} CPU")
+            ds = ray.data.from_items(task_items(tasks, todo))
+            ds = ds.map_batches(
+                ScoreStage,
+                fn_constructor_kwargs={
+                    "checkpoint_uri": checkpoint_uri, "output_uri": output_uri, "options": options,
+                    "model_version": model_version, "threads": max(1, int(size.num_cpus)),
+                },
+                batch_size=1,
+                batch_format="pyarrow",
+                compute=ActorPoolStrategy(size=size.actors),
+                num_cpus=size.num_cpus,
+                num_gpus=size.num_gpus,
+            )
+            ds.take_all()
+    summary = predict_summary(output_uri, rows_in, time.time() - started, len(tasks) - len(todo))
+    mark_complete(output_uri)
+    return summary

@@ -232,3 +232,49 @@ def features_output(batch: pa.Table, modalities: list[str]) -> pa.Table:
     """Keep the features table's columns, in schema order."""
     names = [f.name for f in KEY_FIELDS + LABEL_FIELDS] + [feature_column(m) for m in modalities] + ["errors"]
     return batch.select(names)
+
+
+def probability_column(label: str) -> str:
+    return f"prob_{label}"
+
+
+def predictions_schema(labels: list[str], modalities: tuple[str, ...], keep: list[pa.Field] = ()) -> pa.Schema:
+    """One row per input utterance: the prediction, or null predictions and an `error`."""
+    weights = pa.struct([pa.field(m, pa.float32()) for m in modalities])
+    return pa.schema(
+        KEY_FIELDS
+        + [pa.field("label", pa.string()), pa.field("confidence", pa.float32())]
+        + [pa.field(probability_column(label), pa.float32()) for label in labels]
+        + [
+            pa.field("modality_weights", weights),  # the fusion gate's alpha per modality
+            pa.field("modalities_used", pa.list_(pa.string())),
+            pa.field("error", pa.string()),  # why the row was not scored; null when it was
+            pa.field("model_id", pa.string()),  # sha256 of the checkpoint's weights, first 16 hex digits
+            pa.field("model_version", pa.string()),
+        ]
+        + list(keep)
+    )
+
+
+def predictions_table(
+    rows: pa.Table, probabilities: np.ndarray, weights: np.ndarray, errors: list[str | None], labels: list[str],
+    modalities: tuple[str, ...], model_id: str, model_version: str, keep_columns: list[str] = (),
+) -> pa.Table:
+    """rows: the input rows (keys first); probabilities (N, C) and weights (N, M), NaN where errors[i] is set."""
+    n = rows.num_rows
+    scored = np.array([e is None for e in errors], dtype=bool)
+    null = pa.array(~scored)
+    best = np.nan_to_num(probabilities).argmax(axis=1) if n else np.zeros(0, np.int64)
+    columns = [rows.column(f.name).cast(f.type) for f in KEY_FIELDS]
+    columns.append(pa.array(np.array(labels, dtype=object)[best] if n else [], pa.string(), mask=~scored))
+    columns.append(pa.array(probabilities.max(axis=1, initial=-np.inf) if n else [], pa.float32(), mask=~scored))
+    columns += [pa.array(probabilities[:, c], pa.float32(), mask=~scored) for c in range(len(labels))]
+    weight_fields = [pa.array(weights[:, m], pa.float32()) for m in range(len(modalities))]
+    columns.append(pa.StructArray.from_arrays(weight_fields, names=list(modalities), mask=null))
+    columns.append(pa.array([list(modalities) if ok else None for ok in scored], pa.list_(pa.string())))
+    columns.append(pa.array(errors, pa.string()))
+    columns.append(pa.array([model_id] * n, pa.string()))
+    columns.append(pa.array([model_version] * n, pa.string()))
+    keep = [rows.schema.field(c) for c in keep_columns]
+    columns += [rows.column(c) for c in keep_columns]
+    return pa.Table.from_arrays(columns, schema=predictions_schema(labels, modalities, keep))

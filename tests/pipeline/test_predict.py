@@ -1,0 +1,102 @@
+"""`predict` on real local Ray: one row per utterance, the same figures as `evaluate`,
+bad rows kept with their errors, and no duplicates on a re-run."""
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+import torch
+
+from synthetic import LABELS, features_table, with_values
+from sdt_ray import storage
+from sdt_ray.checkpoint import save_checkpoint, state_dict_for_saving
+from sdt_ray.config import ModelConfig
+from sdt_ray.errors import InputError
+from sdt_ray.evaluate import evaluate
+from sdt_ray.metrics import classification_report
+from sdt_ray.model import SDT
+from sdt_ray.pipelines import predict_job
+from sdt_ray.scoring import PredictOptions
+
+QUIET = {"log": lambda m: None}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    config = ModelConfig(input_dims=(16,), hidden=16, heads=2, n_classes=3, class_names=tuple(LABELS))
+    folder = tmp_path_factory.mktemp("ckpt")
+    save_checkpoint(folder, state_dict_for_saving(SDT(config)), config)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def features(tmp_path_factory):
+    """Two files, cut inside a dialogue: a task must still hold the whole dialogue."""
+    table = features_table({"train": 10, "dev": 4, "test": 8}).sort_by([("dialogue_id", "ascending"), ("utterance_index", "ascending")])
+    folder = tmp_path_factory.mktemp("features")
+    cut = int(np.flatnonzero(np.array(table.column("utterance_index").to_pylist()) == 1)[5])  # inside a dialogue
+    storage.write_table(table.slice(0, cut), str(folder / "part-00000.parquet"))
+    storage.write_table(table.slice(cut), str(folder / "part-00001.parquet"))
+    return str(folder), table
+
+
+def read_sorted(out):
+    return storage.read_table(out).sort_by([("dialogue_id", "ascending"), ("utterance_index", "ascending")])
+
+
+def test_predictions_match_evaluate_exactly(ray_local, checkpoint, features, tmp_path):
+    path, table = features
+    out = str(tmp_path / "predictions")
+    summary = predict_job(checkpoint, path, out, PredictOptions(rows_per_file=20, keep_columns=("split",)), **QUIET)
+    assert summary.rows_in == summary.rows_out == table.num_rows and summary.errors == {}
+    predicted = read_sorted(out)
+    assert predicted.column("error").null_count == predicted.num_rows
+    test_rows = predicted.filter(pc.equal(predicted.column("split"), "test"))
+    gold = table.filter(pc.equal(table.column("split"), "test")).column("label").to_pylist()
+    ours = classification_report(
+        np.array([LABELS.index(g) for g in gold]), np.array([LABELS.index(p) for p in test_rows.column("label").to_pylist()]), LABELS
+    )
+    reference = evaluate(checkpoint, path, "test", str(tmp_path / "eval")).metrics
+    assert ours["accuracy"] == reference["accuracy"] and ours["weighted_f1"] == reference["weighted_f1"]
+    assert ours["confusion_matrix"] == reference["confusion_matrix"]
+    names = sorted(u.rsplit("/", 1)[-1] for u in storage.list_files(out))
+    assert names[0] == "_predict.json" and names[1:] == [f"part-{i:05d}.parquet" for i in range(len(names) - 1)]
+
+
+def test_bad_rows_are_kept_with_errors(ray_local, checkpoint, features, tmp_path):
+    _, table = features
+    table = table.drop_columns(["errors"])
+    values = table.column("text_features").to_pylist()
+    values[0] = [float("nan")] * 16
+    values[1] = [0.5] * 15
+    values[2] = None
+    positions = table.column("utterance_index").to_pylist()
+    ids = table.column("dialogue_id").to_pylist()
+    j = next(j for j in range(3, len(ids) - 1) if ids[j] == ids[j + 1] and j + 1 != 10)
+    positions[j + 1] = positions[j]  # a duplicate position inside one dialogue
+    speakers = table.column("speaker").to_pylist()
+    speakers[10] = None
+    bad = table.set_column(table.column_names.index("text_features"), "text_features", pa.array(values, pa.list_(pa.float32())))
+    bad = with_values(with_values(bad, "utterance_index", positions), "speaker", speakers)
+    path = str(tmp_path / "bad.parquet")
+    storage.write_table(bad, path)
+    out = str(tmp_path / "predictions")
+    summary = predict_job(checkpoint, path, out, PredictOptions(), **QUIET)
+    predicted = storage.read_table(out)
+    assert predicted.num_rows == table.num_rows == summary.rows_out
+    assert sum(summary.errors.values()) == 5 and predicted.column("error").null_count == table.num_rows - 5
+    assert predicted.column("label").null_count == 5
+
+
+def test_rerun_refuses_and_overwrite_replaces(ray_local, checkpoint, features, tmp_path):
+    path, table = features
+    out = str(tmp_path / "predictions")
+    predict_job(checkpoint, path, out, PredictOptions(), **QUIET)
+    with pytest.raises(InputError, match="already exists; pass --overwrite"):
+        predict_job(checkpoint, path, out, PredictOptions(), **QUIET)
+    predict_job(checkpoint, path, out, PredictOptions(overwrite=True), **QUIET)
+    assert storage.read_table(out).num_rows == table.num_rows
+    assert json.loads(storage.read_text(storage.join(out, "_predict.json")))["complete"] is True

@@ -1,0 +1,106 @@
+"""Scoring whole dialogues: windows, row checks, one output row per input row; no Ray."""
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from sdt_ray.collate import Dialogue, batches, relative_speaker_ids
+from sdt_ray.config import ModelConfig
+from sdt_ray.engine import predict
+from sdt_ray.losses import IGNORE_LABEL
+from sdt_ray.model import SDT
+from sdt_ray.scoring import DialogueScorer, best_window, window_spans
+from sdt_ray.schema import vector_array
+
+LABELS = ["neutral", "joy", "anger"]
+CONFIG = ModelConfig(modalities=("text",), input_dims=(6,), hidden=8, heads=2, n_classes=3, dropout=0.0)
+
+
+def test_windows_cover_a_long_dialogue_and_overlap_by_half():
+    spans = window_spans(300, 64)
+    assert spans[0] == (0, 64) and spans[1] == (32, 96) and spans[-1] == (236, 300)
+    assert all(e - s == 64 for s, e in spans)
+    owner = best_window(spans, 300)
+    assert owner[0] == 0 and owner[299] == len(spans) - 1  # the dialogue's own ends are not cuts
+    assert owner[64] == 1  # 32 from either edge of window 1, 0 from the right edge of window 0
+    for i in range(300):  # every utterance sits inside the window that scores it
+        s, e = spans[owner[i]]
+        assert s <= i < e
+    assert window_spans(10, 64) == [(0, 10)]
+
+
+def rows(n_dialogues=2, length=5, seed=0):
+    rng = np.random.default_rng(seed)
+    ids, positions, speakers = [], [], []
+    for d in range(n_dialogues):
+        for u in range(length):
+            ids.append(f"d{d}")
+            positions.append(u)
+            speakers.append("AB"[u % 2])
+    values = rng.normal(size=(len(ids), 6)).astype(np.float32)
+    return pa.table({
+        "dialogue_id": ids, "utterance_index": pa.array(positions, pa.int32()), "speaker": speakers,
+        "text_features": vector_array(values),
+    })
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return SDT(CONFIG).eval()
+
+
+def scorer(model, max_context=512):
+    return DialogueScorer(model, CONFIG, LABELS, "abc", "0.1.0", batch_size=4, max_context=max_context)
+
+
+def test_one_window_equals_the_unwindowed_pass(model):
+    table = rows()
+    out = scorer(model, max_context=5)(table)  # dialogues of 5 fit one window of 5
+    values = np.stack(table.column("text_features").to_pylist()).astype(np.float32)
+    dialogues = [
+        Dialogue(f"d{d}", {"text": values[5 * d : 5 * d + 5]}, relative_speaker_ids(list("ABABA"), 9), np.full(5, IGNORE_LABEL))
+        for d in range(2)
+    ]
+    direct = predict(model, batches(dialogues, 4, CONFIG.max_speakers))
+    got = np.stack([out.column(f"prob_{label}").to_numpy() for label in LABELS], axis=1)
+    np.testing.assert_allclose(got, direct.probabilities, atol=1e-6)
+    assert out.column("label").to_pylist() == [LABELS[i] for i in direct.predicted]
+    assert out.column("error").null_count == 10 and out.column("model_id").to_pylist() == ["abc"] * 10
+
+
+def test_long_dialogue_gets_one_prediction_per_utterance(model):
+    table = rows(n_dialogues=1, length=300)
+    out = scorer(model, max_context=64)(table)
+    assert out.num_rows == 300 and out.column("label").null_count == 0
+    assert out.column("utterance_index").to_pylist() == list(range(300))
+    probs = np.stack([out.column(f"prob_{label}").to_numpy() for label in LABELS], axis=1)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(out.column("confidence").to_numpy(), probs.max(axis=1), atol=1e-6)
+
+
+def test_bad_rows_carry_errors_and_the_rest_are_scored(model):
+    table = rows(n_dialogues=2, length=5)
+    values = table.column("text_features").to_pylist()
+    values[1] = [float("nan")] * 6
+    values[2] = [1.0] * 4  # wrong length: a variable-size list column
+    values[3] = None
+    positions = table.column("utterance_index").to_pylist()
+    positions[6] = 0  # a second utterance 0 in dialogue d1
+    speakers = table.column("speaker").to_pylist()
+    speakers[8] = None
+    bad = pa.table({
+        "dialogue_id": table.column("dialogue_id"), "utterance_index": pa.array(positions, pa.int32()),
+        "speaker": speakers, "text_features": pa.array(values, pa.list_(pa.float32())),
+    })
+    out = scorer(model)(bad)
+    assert out.num_rows == 10
+    errors = dict(zip(zip(out.column("dialogue_id").to_pylist(), out.column("utterance_index").to_pylist()), out.column("error").to_pylist()))
+    failed = {k: v for k, v in errors.items() if v is not None}
+    assert sorted(failed.values()) == sorted([
+        "non_finite_text_features", "text_features_dim_4_not_6", "null_text_features",
+        "duplicate_utterance_index", "null_speaker",
+    ])
+    assert out.column("label").null_count == 5 and out.filter(pa.compute.is_null(out.column("error"))).num_rows == 5
+    assert out.column("modality_weights").null_count == 5
