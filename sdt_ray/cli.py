@@ -217,6 +217,9 @@ def predict(
     max_context: int = typer.Option(512, help="Utterances per window; longer dialogues are scored in overlapping windows."),
     rows_per_file: int = typer.Option(10_000, help="About this many utterances per task and output file (whole dialogues)."),
     keep_columns: str = typer.Option("", help="Comma-separated input columns to copy into the output."),
+    partition_by: str = typer.Option(
+        "", help="Comma-separated output columns (e.g. label, or a kept date column): OUTPUT/col=value/part-NNNNN.parquet."
+    ),
     actors: Optional[int] = typer.Option(None, help="Scoring actors; default: sized from the cluster's resources."),
     cpus_per_actor: float = typer.Option(1.0, help="CPUs per actor at most (also its torch threads)."),
     gpus_per_actor: float = typer.Option(0.0, help="GPUs per actor (e.g. 1, or 0.5 to share a GPU)."),
@@ -233,6 +236,7 @@ def predict(
         max_context=max_context,
         rows_per_file=rows_per_file,
         keep_columns=tuple(c.strip() for c in keep_columns.split(",") if c.strip()),
+        partition_by=tuple(c.strip() for c in partition_by.split(",") if c.strip()),
         actors=actors,
         cpus_per_actor=cpus_per_actor,
         gpus_per_actor=gpus_per_actor,

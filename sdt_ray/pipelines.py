@@ -33,6 +33,7 @@ from .scoring import (
     PredictOptions,
     PredictSummary,
     ScoreStage,
+    check_columns,
     checkpoint_identity,
     mark_complete,
     predict_summary,
@@ -297,6 +298,7 @@ def predict_job(
     """Score every utterance; whole dialogues per task, one output file per task (`part-NNNNN.parquet`)."""
     started = time.time()
     model_id, model_version = checkpoint_identity(checkpoint_uri)  # fails early on a bad checkpoint; actors load their own
+    check_columns(input_uri, options)
     tasks = scoring_tasks(input_uri, options.rows_per_file)
     rows_in = sum(t["rows"] for t in tasks)
     todo = prepare_output(output_uri, input_uri, model_id, tasks, options, log)

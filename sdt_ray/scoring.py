@@ -205,6 +205,7 @@ class PredictOptions:
     max_context: int = 512  # utterances per window; longer dialogues are scored in overlapping windows
     rows_per_file: int = 10_000  # about this many utterances per task and output file (whole dialogues)
     keep_columns: tuple[str, ...] = ()
+    partition_by: tuple[str, ...] = ()  # output columns to split files by: OUTPUT/col=value/part-NNNNN.parquet
     actors: int | None = None
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 0.0
@@ -231,6 +232,21 @@ class PredictSummary:
             f"errors by kind: {errors}",
             f"throughput: {self.rows_in / max(self.seconds, 1e-9):.0f} utterances/s over {self.seconds:.1f} s",
         ])
+
+
+def check_columns(input_uri: str, options: PredictOptions) -> None:
+    """--keep-columns must be input columns and --partition-by output columns, before any work starts."""
+    from . import storage
+    from .errors import ConfigError
+
+    names = storage.read_head(input_uri, 1).column_names
+    missing = [c for c in options.keep_columns if c not in names]
+    if missing:
+        raise ConfigError(f"--keep-columns {missing} are not in {input_uri} (has: {', '.join(names)})")
+    allowed = {"dialogue_id", "speaker", "label", "error", "model_id", "model_version", *options.keep_columns}
+    unknown = [c for c in options.partition_by if c not in allowed]
+    if unknown:
+        raise ConfigError(f"--partition-by {unknown}: choose among {sorted(allowed)} (add input columns with --keep-columns)")
 
 
 def checkpoint_identity(checkpoint_uri: str) -> tuple[str, str]:
@@ -323,6 +339,34 @@ def read_slices(slices: list[list]) -> pa.Table:
     return pa.concat_tables(parts, promote_options="permissive")
 
 
+DONE = "_done"  # OUTPUT/_done/part-NNNNN.parquet: an empty marker once a task's files are all written
+
+
+def write_task(scored: pa.Table, output_uri: str, task: int, partition_by: tuple[str, ...]) -> None:
+    """The task's rows as part-NNNNN.parquet, or one such file per partition folder
+    (col=value/..., Hive style), then the task's done marker."""
+    from . import storage
+
+    name = _part_name(task)
+    if not partition_by:
+        storage.write_table(scored, storage.join(output_uri, name))
+    else:
+        keys = [scored.column(c).cast(pa.string()).to_pylist() for c in partition_by]
+        groups: dict[tuple, list[int]] = {}
+        for i, key in enumerate(zip(*keys)):
+            groups.setdefault(key, []).append(i)
+        for key, rows in sorted(groups.items(), key=lambda kv: [str(v) for v in kv[0]]):
+            folders = [f"{c}={_partition_value(v)}" for c, v in zip(partition_by, key)]
+            storage.write_table(scored.take(pa.array(rows)), storage.join(output_uri, *folders, name))
+    storage.write_text(storage.join(output_uri, DONE, name), "")
+
+
+def _partition_value(value: str | None) -> str:
+    if value is None:
+        return "__null__"  # unscored rows have no label
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in value)
+
+
 def _part_name(task: int) -> str:
     return f"part-{task:05d}.parquet"
 
@@ -338,7 +382,7 @@ def prepare_output(output_uri: str, input_uri: str, model_id: str, tasks: list[d
 
     plan = {
         "input": input_uri, "model_id": model_id, "tasks": len(tasks), "rows": sum(t["rows"] for t in tasks),
-        "options": {k: list(v) if isinstance(v, tuple) else v for k, v in options.__dict__.items() if k in ("max_context", "rows_per_file", "keep_columns")},
+        "options": {k: list(v) if isinstance(v, tuple) else v for k, v in options.__dict__.items() if k in ("max_context", "rows_per_file", "keep_columns", "partition_by")},
     }
     plan["fingerprint"] = hashlib.sha256(json.dumps([plan, [t["slices"] for t in tasks]], sort_keys=True).encode()).hexdigest()[:32]
     plan_uri = storage.join(output_uri, PREDICT_PLAN)
@@ -348,7 +392,7 @@ def prepare_output(output_uri: str, input_uri: str, model_id: str, tasks: list[d
             raise InputError(f"{output_uri} already exists; pass --overwrite to replace it")
         if previous["fingerprint"] != plan["fingerprint"]:
             raise InputError(f"{output_uri} holds an unfinished scoring of other input, model or options; pass --overwrite")
-        done = {u.rsplit("/", 1)[-1] for u in storage.list_files(output_uri)}
+        done = {u.rsplit("/", 1)[-1] for u in storage.list_files(storage.join(output_uri, DONE))}
         todo = [t["task"] for t in tasks if _part_name(t["task"]) not in done]
         log(f"resuming {output_uri}: {len(tasks) - len(todo)} of {len(tasks)} files already written")
         return todo
@@ -408,6 +452,7 @@ class ScoreStage:
                                      options.batch_size, options.max_context, device)
         self.output_uri = output_uri
         self.keep_columns = list(options.keep_columns)
+        self.partition_by = tuple(options.partition_by)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from . import storage
@@ -416,10 +461,7 @@ class ScoreStage:
         for task, slices in zip(batch.column("task").to_pylist(), batch.column("slices").to_pylist()):
             slices = json.loads(slices)  # JSON in transit: Arrow has no column type for [str, int, int]
             table = read_slices(slices)
-            missing = [c for c in self.keep_columns if c not in table.column_names]
-            if missing:
-                raise ValueError(f"--keep-columns {missing} are not in the input (has: {table.column_names})")
             scored = self.scorer(table, self.keep_columns)
-            storage.write_table(scored, storage.join(self.output_uri, _part_name(task)))
+            write_task(scored, self.output_uri, task, self.partition_by)
             rows += scored.num_rows
         return pa.table({"rows": [rows]})

@@ -100,3 +100,28 @@ def test_rerun_refuses_and_overwrite_replaces(ray_local, checkpoint, features, t
     predict_job(checkpoint, path, out, PredictOptions(overwrite=True), **QUIET)
     assert storage.read_table(out).num_rows == table.num_rows
     assert json.loads(storage.read_text(storage.join(out, "_predict.json")))["complete"] is True
+
+
+def test_partitioned_output_and_resume_after_a_lost_file(ray_local, checkpoint, features, tmp_path):
+    from pathlib import Path
+
+    from sdt_ray.errors import ConfigError
+
+    path, table = features
+    out = str(tmp_path / "predictions")
+    with pytest.raises(ConfigError, match="--partition-by \\['date'\\]"):
+        predict_job(checkpoint, path, out, PredictOptions(partition_by=("date",)), **QUIET)
+    options = PredictOptions(rows_per_file=20, partition_by=("split", "label"), keep_columns=("split",))
+    predict_job(checkpoint, path, out, options, **QUIET)
+    files = sorted(p.relative_to(out).as_posix() for p in Path(out).rglob("part-*.parquet") if "_done" not in p.parts)
+    assert all(f.startswith("split=") and "/label=" in f for f in files)
+    predicted = storage.read_table(out)
+    assert predicted.num_rows == table.num_rows
+    # An unfinished run (plan not complete, one task's marker gone) redoes that task only, without duplicates.
+    plan_uri = storage.join(out, "_predict.json")
+    plan = json.loads(storage.read_text(plan_uri))
+    plan.pop("complete")
+    storage.write_text(plan_uri, json.dumps(plan))
+    (Path(out) / "_done" / "part-00001.parquet").unlink()
+    summary = predict_job(checkpoint, path, out, options, **QUIET)
+    assert summary.skipped_files == plan["tasks"] - 1 and summary.rows_out == table.num_rows
