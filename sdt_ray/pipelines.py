@@ -215,10 +215,10 @@ def _stage_demands(options: ExtractOptions) -> list[tuple[StageDemand, type, dic
     return stages
 
 
-def _pool_sizes(demands: list[StageDemand], options: ExtractOptions) -> dict[str, PoolSize]:
+def _pool_sizes(demands: list[StageDemand], actors: int | None) -> dict[str, PoolSize]:
     resources = ray.cluster_resources()
     try:
-        return size_pools(demands, float(resources.get("CPU", 1.0)), float(resources.get("GPU", 0.0)), options.actors)
+        return size_pools(demands, float(resources.get("CPU", 1.0)), float(resources.get("GPU", 0.0)), actors)
     except ValueError as exc:
         raise ConfigError(f"{exc} (drop --gpus-per-actor, or connect to a cluster with GPUs)") from None
 
@@ -227,7 +227,7 @@ def _run_stages(
     pending: pa.Table, output_uri: str, options: ExtractOptions, run_id: str, resumed: int, log
 ) -> dict[str, PoolSize]:
     stages = _stage_demands(options)
-    sizes = _pool_sizes([demand for demand, _, _ in stages], options)
+    sizes = _pool_sizes([demand for demand, _, _ in stages], options.actors)
     pools = ", ".join(f"{n} {s.actors}x{s.num_cpus:g} CPU" + (f" {s.num_gpus:g} GPU" if s.num_gpus else "") for n, s in sizes.items())
     log(
         f"extracting {'+'.join(options.modalities)} for {pending.num_rows} utterances"
@@ -305,11 +305,7 @@ def predict_job(
     with ray_session(address):
         if todo:
             demand = StageDemand("score", options.cpus_per_actor, options.gpus_per_actor)
-            resources = ray.cluster_resources()
-            try:
-                size = size_pools([demand], float(resources.get("CPU", 1.0)), float(resources.get("GPU", 0.0)), options.actors)["score"]
-            except ValueError as exc:
-                raise ConfigError(f"{exc} (drop --gpus-per-actor, or connect to a cluster with GPUs)") from None
+            size = _pool_sizes([demand], options.actors)["score"]
             log(f"scoring {rows_in} utterances: {len(todo)} of {len(tasks)} files to write, {size.actors} actor(s) x {size.num_cpus:g} CPU")
             ds = ray.data.from_items(task_items(tasks, todo))
             ds = ds.map_batches(

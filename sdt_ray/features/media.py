@@ -87,26 +87,33 @@ def opened(uri: str) -> Iterator[object]:
         yield remote
 
 
-def decode_audio(uri: str) -> np.ndarray:
-    """The whole audio track as (channels, samples) float32 at SAMPLE_RATE."""
+@contextlib.contextmanager
+def _stream(uri: str, kind: str) -> Iterator[tuple[object, object]]:
+    """(container, first `kind` stream) of a media file; decoder failures become decode_error."""
     import av
 
     try:
         with opened(uri) as source, av.open(source) as container:
-            if not container.streams.audio:
-                raise MediaError("no_audio_track", f"{uri} has no audio stream")
-            stream = container.streams.audio[0]
-            # layout=None keeps the source's channels (a channel may be selected later);
-            # only the rate and the sample format change.
-            resampler = av.AudioResampler(format="fltp", layout=None, rate=SAMPLE_RATE)
-            chunks = []
-            for frame in container.decode(stream):
-                chunks.extend(f.to_ndarray() for f in resampler.resample(frame))
-            chunks.extend(f.to_ndarray() for f in resampler.resample(None))  # flush the resampler's delay
-    except MediaError:
-        raise
+            streams = container.streams.audio if kind == "audio" else container.streams.video
+            if not streams:
+                raise MediaError(f"no_{kind}_track", f"{uri} has no {kind} stream")
+            yield container, streams[0]
     except (av.error.FFmpegError, ValueError, EOFError) as exc:
         raise MediaError("decode_error", f"{uri}: {exc}") from None
+
+
+def decode_audio(uri: str) -> np.ndarray:
+    """The whole audio track as (channels, samples) float32 at SAMPLE_RATE."""
+    import av
+
+    with _stream(uri, "audio") as (container, stream):
+        # layout=None keeps the source's channels (a channel may be selected later);
+        # only the rate and the sample format change.
+        resampler = av.AudioResampler(format="fltp", layout=None, rate=SAMPLE_RATE)
+        chunks = []
+        for frame in container.decode(stream):
+            chunks.extend(f.to_ndarray() for f in resampler.resample(frame))
+        chunks.extend(f.to_ndarray() for f in resampler.resample(None))  # flush the resampler's delay
     if not chunks:
         raise MediaError("empty_segment", f"{uri}: the audio track holds no samples")
     return np.concatenate(chunks, axis=1).astype(np.float32, copy=False)  # (C, T)
@@ -135,25 +142,15 @@ def decode_frames(uri: str, start_s: float | None, end_s: float | None, count: i
     segment costs decoding time, not memory. A segment with fewer frames than
     `count` gives all of them; none is an error.
     """
-    import av
-
     start = start_s or 0.0
-    try:
-        with opened(uri) as source, av.open(source) as container:
-            if not container.streams.video:
-                raise MediaError("no_video_track", f"{uri} has no video stream")
-            stream = container.streams.video[0]
-            # Times count from the stream's first frame, as audio counts from its first sample
-            # (MPEG-TS streams, for one, start at 1.4 s).
-            origin = float(stream.start_time * stream.time_base) if stream.start_time is not None and stream.time_base else 0.0
-            if start > 0 and stream.time_base:
-                container.seek(int((start + origin) / stream.time_base), stream=stream, backward=True)
-            end = end_s if end_s is not None else _duration(container, stream)
-            images = _pick_frames(container.decode(stream), start, end, count, origin)
-    except MediaError:
-        raise
-    except (av.error.FFmpegError, ValueError, EOFError) as exc:
-        raise MediaError("decode_error", f"{uri}: {exc}") from None
+    with _stream(uri, "video") as (container, stream):
+        # Times count from the stream's first frame, as audio counts from its first sample
+        # (MPEG-TS streams, for one, start at 1.4 s).
+        origin = float(stream.start_time * stream.time_base) if stream.start_time is not None and stream.time_base else 0.0
+        if start > 0 and stream.time_base:
+            container.seek(int((start + origin) / stream.time_base), stream=stream, backward=True)
+        end = end_s if end_s is not None else _duration(container, stream)
+        images = _pick_frames(container.decode(stream), start, end, count, origin)
     if not images:
         raise MediaError("empty_segment", f"{uri}: no video frames in [{start_s}, {end_s}) s")
     return images
