@@ -1,27 +1,36 @@
 """`make demo`: the whole flow on the bundled MELD slice, in local Ray, no flags.
 
 import -> extract text (bundled MiniLM) -> train (Ray Train, 2 workers) -> evaluate on test,
-then the media path: the bundled video clips -> text, openSMILE audio and face-crop visual features.
+then the media path: the bundled video clips -> text, openSMILE audio and face-crop visual
+features -> `predict` with the bundled checkpoint (trained by `make demo-model` on MELD train).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from pathlib import Path
 from typing import Callable
+
+import numpy as np
 
 from . import storage
 from .config import RecipeConfig
 from .evaluate import evaluate, format_report
 from .importers import DEMO_CORPUS, DEMO_MEDIA, import_corpus, import_manifest
-from .pipelines import ExtractOptions, extract
+from .metrics import classification_report
+from .pipelines import ExtractOptions, extract, predict_job
+from .plots import confusion_matrix_png
+from .scoring import PredictOptions
 from .submit import ray_session
 from .train import train
 
 DEMO_EPOCHS = 25  # the slice is small: a higher learning rate and fewer epochs than the MELD recipe
 DEMO_LR = 1e-3
 DEMO_EMA = 0.9  # 10 steps an epoch here: a short average (the MELD recipe's 0.995 spans ~200 steps)
+DEMO_MODEL = Path(__file__).parent / "demo" / "model"  # `make demo-model` (jobs/demo_model.yaml) wrote it
+SHOWN_DIALOGUE = "meld_dev_9"  # the dialogue printed utterance by utterance
 
 
 def run_demo(output_dir: str = "demo-output", log: Callable[[str], None] = print) -> dict:
@@ -32,20 +41,20 @@ def run_demo(output_dir: str = "demo-output", log: Callable[[str], None] = print
     run_dir = str(out / "runs" / time.strftime("%Y%m%d-%H%M%S"))
     eval_dir = str(out / "eval")
 
-    log(f"[1/5] import: bundled MELD slice ({DEMO_CORPUS}) -> {utterances}")
+    log(f"[1/6] import: bundled MELD slice ({DEMO_CORPUS}) -> {utterances}")
     storage.write_table(import_corpus("meld", DEMO_CORPUS), utterances)
     recipe = RecipeConfig(name="demo")
     recipe = dataclasses.replace(
         recipe, train=dataclasses.replace(recipe.train, epochs=DEMO_EPOCHS, lr=DEMO_LR, ema_decay=DEMO_EMA, patience=8)
     )
     with ray_session():
-        log(f"[2/5] extract: text features with the bundled MiniLM -> {features}")
+        log(f"[2/6] extract: text features with the bundled MiniLM -> {features}")
         summary = extract(utterances, features, ExtractOptions(overwrite=True), log=log)
         log(f"      {summary.rows_out} rows, errors: {summary.errors or 'none'}")
-        log(f"[3/5] train: SDT on Ray Train, {recipe.train.workers} workers, up to {DEMO_EPOCHS} epochs -> {run_dir}")
+        log(f"[3/6] train: SDT on Ray Train, {recipe.train.workers} workers, up to {DEMO_EPOCHS} epochs -> {run_dir}")
         result = train(features, run_dir, recipe, log=log)
         _media(out, log)
-    log(f"[5/5] evaluate: best epoch {result.best_epoch + 1} on the test split -> {eval_dir}")
+    log(f"[6/6] evaluate: best epoch {result.best_epoch + 1} on the test split -> {eval_dir}")
     evaluation = evaluate(result.best_dir, features, "test", eval_dir)
     log(format_report(evaluation.metrics))
     log(f"done: {eval_dir}/metrics.json, {eval_dir}/confusion_matrix.png, checkpoint {result.best_dir}")
@@ -57,9 +66,41 @@ def _media(out: Path, log: Callable[[str], None]) -> None:
     utterances = str(out / "media" / "utterances.parquet")
     features = str(out / "media" / "features")
     storage.write_table(import_manifest(DEMO_MEDIA), utterances)
-    log(f"[4/5] extract media: {DEMO_MEDIA.parent} -> {features}")
+    log(f"[4/6] extract media: {DEMO_MEDIA.parent} -> {features}")
     log("      text: MiniLM; audio: openSMILE eGeMAPSv02; visual: face crops through 'random-vit' (untrained)")
     options = ExtractOptions(modalities=("text", "audio", "visual"), visual_model="random-vit", batch_size=16, overwrite=True)
     summary = extract(utterances, features, options, log=log)
     for line in summary.describe().splitlines():
         log(f"      {line}")
+    predictions = str(out / "media" / "predictions")
+    log(f"[5/6] predict: the bundled checkpoint ({DEMO_MODEL}) scores every clip -> {predictions}")
+    scored = predict_job(str(DEMO_MODEL), features, predictions, PredictOptions(overwrite=True), log=log)
+    for line in scored.describe().splitlines():
+        log(f"      {line}")
+    _report(utterances, predictions, out / "media" / "report.png", log)
+
+
+def _report(utterances: str, predictions: str, png: Path, log: Callable[[str], None]) -> None:
+    """One dialogue utterance by utterance, accuracy against the gold labels, and a confusion-matrix PNG."""
+    gold = storage.read_table(utterances)
+    keys = list(zip(gold.column("dialogue_id").to_pylist(), gold.column("utterance_index").to_pylist()))
+    truth = dict(zip(keys, gold.column("label").to_pylist()))
+    texts = dict(zip(keys, gold.column("text").to_pylist()))
+    scored = storage.read_table(predictions).sort_by([("dialogue_id", "ascending"), ("utterance_index", "ascending")])
+    rows = scored.select(["dialogue_id", "utterance_index", "speaker", "label", "confidence", "error"]).to_pylist()
+    log(f"      {SHOWN_DIALOGUE}:")
+    log(f"      {'#':>2}  {'speaker':<9} {'gold':<9} {'predicted':<9} {'conf':>5}  text")
+    for r in (r for r in rows if r["dialogue_id"] == SHOWN_DIALOGUE):
+        key = (r["dialogue_id"], r["utterance_index"])
+        predicted = r["label"] or f"({r['error']})"
+        confidence = f"{r['confidence']:.2f}" if r["confidence"] is not None else "-"
+        log(f"      {r['utterance_index']:>2}  {r['speaker']:<9} {truth[key]:<9} {predicted:<9} {confidence:>5}  {texts[key][:60]}")
+    labels = json.loads(storage.read_text(str(DEMO_MODEL / "config.json")))["labels"]
+    scored_rows = [r for r in rows if r["label"] is not None]
+    y_true = np.array([labels.index(truth[(r["dialogue_id"], r["utterance_index"])]) for r in scored_rows])
+    y_pred = np.array([labels.index(r["label"]) for r in scored_rows])
+    metrics = classification_report(y_true, y_pred, labels)
+    title = f"bundled checkpoint on the media demo: acc {metrics['accuracy']:.3f}, weighted F1 {metrics['weighted_f1']:.3f}"
+    confusion_matrix_png(metrics["confusion_matrix"], labels, str(png), title)
+    log(f"      accuracy against the gold labels: {metrics['accuracy']:.3f} ({int(round(metrics['accuracy'] * len(scored_rows)))} of "
+        f"{len(scored_rows)}), weighted F1 {metrics['weighted_f1']:.3f}; report {png}")

@@ -243,6 +243,9 @@ def check_columns(input_uri: str, options: PredictOptions) -> None:
     missing = [c for c in options.keep_columns if c not in names]
     if missing:
         raise ConfigError(f"--keep-columns {missing} are not in {input_uri} (has: {', '.join(names)})")
+    taken = [c for c in options.keep_columns if c in predictions_schema(["x"], ("text",)).names]
+    if taken:
+        raise ConfigError(f"--keep-columns {taken}: the output already has columns of that name (the gold label cannot be kept as 'label')")
     allowed = {"dialogue_id", "speaker", "label", "error", "model_id", "model_version", *options.keep_columns}
     unknown = [c for c in options.partition_by if c not in allowed]
     if unknown:

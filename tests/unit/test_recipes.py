@@ -29,3 +29,16 @@ def test_parity_parameter_counts(name, total, trainable):
     info = json.loads(result.output)
     assert (info["params_total"], info["params_trainable"]) == (total, trainable)
     assert info["transformer_blocks"] == 9 and info["hidden"] == 1024 and info["heads"] == 8
+
+
+def test_bundled_demo_checkpoint_is_the_demo_model_recipe():
+    """sdt_ray/demo/model is what `make demo-model` trains from jobs/demo_model.yaml."""
+    from sdt_ray.checkpoint import load_checkpoint
+    from sdt_ray.demo import DEMO_MODEL
+
+    recipe = load_recipe(JOBS / "demo_model.yaml")
+    loaded = load_checkpoint(DEMO_MODEL)
+    assert loaded.config.modalities == recipe.model.modalities and loaded.config.input_dims == recipe.model.input_dims
+    assert (loaded.config.hidden, loaded.config.heads) == (recipe.model.hidden, recipe.model.heads)
+    assert loaded.meta["recipe"]["name"] == "demo-model" and loaded.meta["recipe"]["train"]["select_on"] == "dev"
+    assert (DEMO_MODEL / "model.safetensors").stat().st_size < 5 * 1024**2
