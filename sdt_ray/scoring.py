@@ -26,7 +26,7 @@ from .collate import Dialogue, batches, fixed_speaker_ids, relative_speaker_ids
 from .config import ModelConfig
 from .engine import predict
 from .losses import IGNORE_LABEL
-from .schema import feature_column, predictions_table
+from .schema import feature_column, predictions_schema, predictions_table
 
 
 def window_spans(n: int, max_context: int) -> list[tuple[int, int]]:
@@ -458,8 +458,6 @@ class ScoreStage:
         self.partition_by = tuple(options.partition_by)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from . import storage
-
         rows = 0
         for task, slices in zip(batch.column("task").to_pylist(), batch.column("slices").to_pylist()):
             slices = json.loads(slices)  # JSON in transit: Arrow has no column type for [str, int, int]

@@ -125,3 +125,15 @@ def test_partitioned_output_and_resume_after_a_lost_file(ray_local, checkpoint, 
     (Path(out) / "_done" / "part-00001.parquet").unlink()
     summary = predict_job(checkpoint, path, out, options, **QUIET)
     assert summary.skipped_files == plan["tasks"] - 1 and summary.rows_out == table.num_rows
+
+
+def test_columns_are_checked_before_any_work(ray_local, checkpoint, features, tmp_path):
+    from sdt_ray.errors import ConfigError
+
+    path, _ = features
+    out = str(tmp_path / "predictions")
+    with pytest.raises(ConfigError, match="--keep-columns \\['nope'\\] are not in"):
+        predict_job(checkpoint, path, out, PredictOptions(keep_columns=("nope",)), **QUIET)
+    with pytest.raises(ConfigError, match="the output already has columns of that name"):
+        predict_job(checkpoint, path, out, PredictOptions(keep_columns=("label",)), **QUIET)
+    assert not storage.exists(out)
