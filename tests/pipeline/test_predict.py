@@ -137,3 +137,16 @@ def test_columns_are_checked_before_any_work(ray_local, checkpoint, features, tm
     with pytest.raises(ConfigError, match="the output already has columns of that name"):
         predict_job(checkpoint, path, out, PredictOptions(keep_columns=("label",)), **QUIET)
     assert not storage.exists(out)
+
+
+def test_long_dialogue_in_windows_gets_one_prediction_each(ray_local, checkpoint, tmp_path):
+    """A 300-utterance call with --max-context 64: every utterance one row, one label."""
+    table = features_table({"test": 1}, utterances=(300, 301), seed=3)
+    assert table.num_rows == 300
+    path = str(tmp_path / "call.parquet")
+    storage.write_table(table, path)
+    out = str(tmp_path / "predictions")
+    summary = predict_job(checkpoint, path, out, PredictOptions(max_context=64), **QUIET)
+    predicted = read_sorted(out)
+    assert summary.rows_out == 300 and predicted.column("label").null_count == 0
+    assert predicted.column("utterance_index").to_pylist() == list(range(300))
