@@ -277,7 +277,7 @@ def _compact(output_uri: str, plan: fragments.Plan, metadata: dict[bytes, bytes]
 
 def _finish(output_uri: str, rows_in: int, resumed: int, seconds: float, stats: dict[str, float]) -> ExtractSummary:
     """Count the rows written and their errors: every input row must come out once."""
-    table = storage.read_table(output_uri, columns=["dialogue_id", "utterance_index", "errors"])
+    table = storage.read_table(output_uri, columns=["errors"])
     if table.num_rows != rows_in:
         raise InputError(f"extraction wrote {table.num_rows} rows for {rows_in} input utterances")
     return ExtractSummary(rows_in, table.num_rows, error_counts(table), output_uri, resumed, seconds, stats)

@@ -277,12 +277,14 @@ def scoring_tasks(input_uri: str, rows_per_task: int) -> list[dict]:
     files = sorted(pads.dataset(path, filesystem=fs, format="parquet").files) if storage.exists(input_uri) else []
     if not files:
         raise InputError(f"{input_uri}: no Parquet files to score")
-    runs: list[tuple[str, int, str, int]] = []  # (dialogue, file index, file, row) at each dialogue start
+    runs: list[tuple[str, int, int]] = []  # (dialogue, file index, row) at each dialogue start
+    sizes: list[int] = []  # rows per file
     seen: set[str] = set()
     for k, file in enumerate(files):
-        ids = pads.dataset(file, filesystem=fs, format="parquet").to_table(columns=["dialogue_id"]).column(0)
-        ends = pc.run_end_encode(ids.combine_chunks()).run_ends.to_numpy() if len(ids) else []
-        values = ids.combine_chunks().to_pylist()
+        ids = pads.dataset(file, filesystem=fs, format="parquet").to_table(columns=["dialogue_id"]).column(0).combine_chunks()
+        sizes.append(len(ids))
+        ends = pc.run_end_encode(ids).run_ends.to_numpy() if len(ids) else []
+        values = ids.to_pylist()
         start = 0
         for end in ends:
             dialogue = values[start]
@@ -295,23 +297,16 @@ def scoring_tasks(input_uri: str, rows_per_task: int) -> list[dict]:
                     "together (sort the table by dialogue_id, as `sdt-ray extract` writes it)"
                 )
             seen.add(dialogue)
-            runs.append((dialogue, k, file, start))
+            runs.append((dialogue, k, start))
             start = int(end)
-    sizes = _file_rows(files, fs)
     uris = [f"s3://{f}" if storage.is_remote(input_uri) else f for f in files]
     return _cut_tasks(runs, uris, sizes, rows_per_task)
-
-
-def _file_rows(files: list[str], fs) -> list[int]:
-    import pyarrow.parquet as pq
-
-    return [pq.ParquetFile(fs.open_input_file(f)).metadata.num_rows for f in files]
 
 
 def _cut_tasks(runs, files, sizes, rows_per_task) -> list[dict]:
     """Group consecutive dialogues into tasks of at least rows_per_task rows (the last may be smaller)."""
     offsets = np.concatenate([[0], np.cumsum(sizes)])  # global row of each file's first row
-    starts = [int(offsets[k] + row) for _, k, _, row in runs] + [int(offsets[-1])]
+    starts = [int(offsets[k] + row) for _, k, row in runs] + [int(offsets[-1])]
     tasks, first = [], 0
     for d in range(1, len(runs) + 1):
         if d == len(runs) or starts[d] - starts[first] >= rows_per_task:
