@@ -28,6 +28,23 @@ app.add_typer(import_app, name="import")
 
 ADDRESS_HELP = "Ray cluster address (ray://HOST:10001 or auto); default: start a local Ray."
 
+# Encoder and storage flags shared by `extract` and `predict --extract`.
+TEXT_MODEL = typer.Option(
+    None, help="Text encoder: a local transformers folder, an id in your own HF cache, or 'minilm' (default, bundled)."
+)
+TEXT_MAX_LENGTH = typer.Option(128, help="Tokens per utterance; longer texts are truncated.")
+AUDIO_FEATURE_SET = typer.Option(
+    "eGeMAPSv02", help="openSMILE functionals: eGeMAPSv02 (88), IS10 (1582), ComParE_2016 (6373) or emobase (988)."
+)
+VISUAL_MODEL = typer.Option(
+    None,
+    help="Image encoder for face crops: a local transformers folder, an id in your own HF cache, "
+    "or 'random-vit' (untrained, random features). Needed with the visual modality.",
+)
+FRAMES = typer.Option(8, help="Video frames sampled per utterance (evenly over its segment).")
+S3_ENDPOINT = typer.Option(None, help="S3 endpoint URL (MinIO, moto, ...); default: AWS_ENDPOINT_URL or AWS itself.")
+S3_REGION = typer.Option(None, help="S3 region; default: AWS_DEFAULT_REGION.")
+
 
 def user_errors(command: Callable) -> Callable:
     """Print SdtError (bad input, bad config) as one clear line, exit code 2."""
@@ -107,28 +124,18 @@ def extract(
         ..., "--output", help="Features folder to write (local or s3://). Rerunning a killed job resumes it."
     ),
     modalities: str = typer.Option("text", help="Comma-separated subset of text,audio,visual."),
-    text_model: Optional[str] = typer.Option(
-        None, help="Text encoder: a local transformers folder, an id in your own HF cache, or 'minilm' (default, bundled)."
-    ),
-    text_max_length: int = typer.Option(128, help="Tokens per utterance; longer texts are truncated."),
-    audio_feature_set: str = typer.Option(
-        "eGeMAPSv02", help="openSMILE functionals: eGeMAPSv02 (88), IS10 (1582), ComParE_2016 (6373) or emobase (988)."
-    ),
-    visual_model: Optional[str] = typer.Option(
-        None,
-        help="Image encoder for face crops: a local transformers folder, an id in your own HF cache, "
-        "or 'random-vit' (untrained, random features). Needed with the visual modality.",
-    ),
-    frames: int = typer.Option(8, help="Video frames sampled per utterance (evenly over its segment)."),
+    text_model: Optional[str] = TEXT_MODEL,
+    text_max_length: int = TEXT_MAX_LENGTH,
+    audio_feature_set: str = AUDIO_FEATURE_SET,
+    visual_model: Optional[str] = VISUAL_MODEL,
+    frames: int = FRAMES,
     batch_size: int = typer.Option(64, help="Utterances per batch handed to each stage; also the resume granularity."),
     rows_per_file: int = typer.Option(10_000, help="Rows per output part file (part-00000.parquet, ...)."),
     actors: Optional[int] = typer.Option(None, help="Actors per stage; default: sized from the cluster's resources."),
     cpus_per_actor: float = typer.Option(1.0, help="CPUs per actor at most (fewer on a small machine; torch threads)."),
     gpus_per_actor: float = typer.Option(0.0, help="GPUs per text/image encoder actor (e.g. 1, or 0.5 to share a GPU)."),
-    s3_endpoint: Optional[str] = typer.Option(
-        None, help="S3 endpoint URL (MinIO, moto, ...); default: AWS_ENDPOINT_URL or AWS itself."
-    ),
-    s3_region: Optional[str] = typer.Option(None, help="S3 region; default: AWS_DEFAULT_REGION."),
+    s3_endpoint: Optional[str] = S3_ENDPOINT,
+    s3_region: Optional[str] = S3_REGION,
     overwrite: bool = typer.Option(False, help="Replace OUTPUT if it exists (otherwise refuse, or resume an unfinished run)."),
     address: Optional[str] = typer.Option(None, help=ADDRESS_HELP),
 ) -> None:
@@ -211,7 +218,22 @@ def train(
 @user_errors
 def predict(
     checkpoint: str = typer.Option(..., "--checkpoint", help="Checkpoint folder from `sdt-ray train` (local or s3://)."),
-    input: str = typer.Option(..., "--input", help="Features table (Parquet file or folder, local or s3://), dialogues kept together."),
+    input: str = typer.Option(
+        ..., "--input", help="Features table (Parquet file or folder, local or s3://), dialogues kept together; "
+        "with --extract, an utterances table."
+    ),
+    extract: bool = typer.Option(
+        False, "--extract", help="INPUT is an utterances table: extract the checkpoint's modalities and score them "
+        "in one streaming job, without writing features."
+    ),
+    text_model: Optional[str] = TEXT_MODEL,
+    text_max_length: int = TEXT_MAX_LENGTH,
+    audio_feature_set: str = AUDIO_FEATURE_SET,
+    visual_model: Optional[str] = VISUAL_MODEL,
+    frames: int = FRAMES,
+    chunk_size: int = typer.Option(
+        64, help="With --extract: utterances per streamed chunk of whole dialogues (longer dialogues go alone)."
+    ),
     output: str = typer.Option(..., "--output", help="Predictions folder: part-NNNNN.parquet, one row per input utterance."),
     batch_size: int = typer.Option(16, help="Dialogues (or windows of long ones) per forward pass."),
     max_context: int = typer.Option(512, help="Utterances per window; longer dialogues are scored in overlapping windows."),
@@ -224,12 +246,16 @@ def predict(
     cpus_per_actor: float = typer.Option(1.0, help="CPUs per actor at most (also its torch threads)."),
     gpus_per_actor: float = typer.Option(0.0, help="GPUs per actor (e.g. 1, or 0.5 to share a GPU)."),
     overwrite: bool = typer.Option(False, help="Replace OUTPUT if it exists (otherwise refuse, or resume an unfinished run)."),
+    s3_endpoint: Optional[str] = S3_ENDPOINT,
+    s3_region: Optional[str] = S3_REGION,
     address: Optional[str] = typer.Option(None, help=ADDRESS_HELP),
 ) -> None:
     """Score every utterance with a trained checkpoint, on Ray Data: the predicted label, its
     confidence, every class probability and the modality weights, or an error."""
-    from .pipelines import predict_job
+    from .pipelines import ExtractOptions, predict_job
     from .scoring import PredictOptions
+
+    _set_s3_environment(s3_endpoint, s3_region)
 
     options = PredictOptions(
         batch_size=batch_size,
@@ -242,7 +268,14 @@ def predict(
         gpus_per_actor=gpus_per_actor,
         overwrite=overwrite,
     )
-    _log(predict_job(checkpoint, input, output, options, address=address, log=_log).describe())
+    extraction = None
+    if extract:
+        extraction = ExtractOptions(
+            text_model=text_model, text_max_length=text_max_length, audio_feature_set=audio_feature_set,
+            visual_model=visual_model, frames=frames, batch_size=chunk_size,
+            cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor,
+        )
+    _log(predict_job(checkpoint, input, output, options, address=address, log=_log, extraction=extraction).describe())
 
 
 @app.command()

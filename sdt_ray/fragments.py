@@ -75,24 +75,31 @@ def fingerprint(table: pa.Table, options: dict) -> str:
     return digest.hexdigest()[:32]
 
 
-def read_plan(output_uri: str) -> Plan | None:
-    uri = storage.join(output_uri, PLAN_FILE)
+def read_plan(output_uri: str, name: str = PLAN_FILE) -> Plan | None:
+    """The plan at OUTPUT/name; None when there is none or it is not a fragments plan
+    (`predict` writes other plans under the same name when its input is a features table)."""
+    uri = storage.join(output_uri, name)
     if not storage.exists(uri):
         return None
-    return Plan(**json.loads(storage.read_text(uri)))
+    document = json.loads(storage.read_text(uri))
+    try:
+        return Plan(**document)
+    except TypeError:
+        return None
 
 
-def write_plan(output_uri: str, plan: Plan) -> None:
-    storage.write_text(storage.join(output_uri, PLAN_FILE), json.dumps(asdict(plan), indent=2))
+def write_plan(output_uri: str, plan: Plan, name: str = PLAN_FILE) -> None:
+    storage.write_text(storage.join(output_uri, name), json.dumps(asdict(plan), indent=2))
 
 
-def done_rows(output_uri: str, plan: Plan) -> np.ndarray:
-    """(rows,) bool: which rows already sit in a fragment or a finished part file.
+def done_rows(output_uri: str, plan: Plan, parts_uri: str | None = None) -> np.ndarray:
+    """(rows,) bool: which rows already sit in a fragment or a finished part file
+    (part-NNNNN.parquet in `parts_uri`, by default the output folder itself).
 
     A fragment row that failed for a transient reason (RETRIED_REASONS) is not done:
     a resumed run extracts it again, and compaction keeps the better copy."""
     done = np.zeros(plan.rows, dtype=bool)
-    for uri in storage.list_files(output_uri):
+    for uri in storage.list_files(parts_uri or output_uri):
         match = _PART_NAME.search(uri)
         if match:
             start = int(match.group(1)) * plan.rows_per_file
@@ -126,8 +133,7 @@ def fragment_parts(output_uri: str) -> list[int]:
 def compact_part(output_uri: str, plan: Plan, part: int, metadata: dict[bytes, bytes], run_id: str) -> dict:
     """Merge part `part`'s fragments into `part-NNNNN.parquet`; returns the seconds
     in STATS_COLUMNS summed over the rows this run (`run_id`) extracted."""
-    pattern = f"part-{part:05d}-"
-    fragments = [u for u in storage.list_files(storage.join(output_uri, FRAGMENTS)) if u.rsplit("/", 1)[-1].startswith(pattern)]
+    fragments = part_fragments(output_uri, part)
     target = storage.join(output_uri, f"part-{part:05d}.parquet")
     if storage.exists(target):  # an earlier run died after writing the part, before deleting its fragments
         for uri in fragments:
@@ -136,15 +142,25 @@ def compact_part(output_uri: str, plan: Plan, part: int, metadata: dict[bytes, b
     tables = [storage.read_table(u) for u in fragments]
     this_run = [f"-{run_id}-" in u.rsplit("/", 1)[-1] for u in fragments]
     stats = {c: sum(float(pc.sum(t.column(c)).as_py() or 0.0) for t, mine in zip(tables, this_run) if mine and c in t.column_names) for c in STATS_COLUMNS}
-    table = pa.concat_tables([t.drop_columns([c for c in STATS_COLUMNS if c in t.column_names]) for t in tables])
-    table = _one_row_each(table)
-    expected = plan.part_rows(part)
-    if table.num_rows != expected:
-        raise InputError(f"{output_uri}: part {part} has {table.num_rows} of its {expected} rows after the run")
+    table = merge_fragments([t.drop_columns([c for c in STATS_COLUMNS if c in t.column_names]) for t in tables], plan, part, output_uri)
     storage.write_table(table.drop_columns([ROW]).replace_schema_metadata(metadata), target)
     for uri in fragments:
         storage.delete(uri)
     return stats
+
+
+def part_fragments(output_uri: str, part: int) -> list[str]:
+    pattern = f"part-{part:05d}-"
+    return [u for u in storage.list_files(storage.join(output_uri, FRAGMENTS)) if u.rsplit("/", 1)[-1].startswith(pattern)]
+
+
+def merge_fragments(tables: list[pa.Table], plan: Plan, part: int, output_uri: str) -> pa.Table:
+    """A part's rows from its fragments: one copy of each `_row`, in order, all of them."""
+    table = _one_row_each(pa.concat_tables(tables, promote_options="permissive"))
+    expected = plan.part_rows(part)
+    if table.num_rows != expected:
+        raise InputError(f"{output_uri}: part {part} has {table.num_rows} of its {expected} rows after the run")
+    return table
 
 
 def _one_row_each(table: pa.Table) -> pa.Table:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
 import pyarrow as pa
@@ -26,20 +26,26 @@ from ray.data import ActorPoolStrategy
 from . import fragments, storage
 from .errors import ConfigError, InputError
 from .features.audio import DEFAULT_FEATURE_SET, AudioFeatureStage, feature_set_dim
-from .features.text import TextFeatureStage, resolve_text_model
+from .features.text import TextFeatureStage, resolve_text_model, text_model_dim
 from .features.visual import DEFAULT_FRAMES, FrameStage, VisualFeatureStage, resolve_visual_model
 from .pools import PoolSize, StageDemand, size_pools
 from .scoring import (
+    DONE,
+    PREDICT_PLAN,
     PredictOptions,
     PredictSummary,
     ScoreStage,
+    StreamScoreStage,
     check_columns,
     checkpoint_identity,
+    compact_scored_part,
+    dialogue_chunks,
     mark_complete,
     predict_summary,
     prepare_output,
     scoring_tasks,
     task_items,
+    whole_dialogues,
 )
 from .schema import (
     ENCODERS_METADATA_KEY,
@@ -124,7 +130,7 @@ def extract(
     # Resolving the encoders checks the models and the feature set before any output is written.
     metadata[ENCODERS_METADATA_KEY] = json.dumps(_encoders(options)).encode()
     numbered = fragments.number_rows(table, options.rows_per_file)
-    plan = _open_plan(output_uri, input_uri, numbered, options, log)
+    plan = _open_plan(output_uri, input_uri, numbered, options.job_options(), options.rows_per_file, options.overwrite, log)
     done = fragments.done_rows(output_uri, plan)
     pending = numbered.filter(pa.array(~done))
     run_id = uuid.uuid4().hex[:8]
@@ -151,10 +157,13 @@ def _check_options(options: ExtractOptions) -> None:
         raise ConfigError("--cpus-per-actor must be positive, --gpus-per-actor not negative, --actors at least 1")
 
 
-def _read_input(input_uri: str, options: ExtractOptions) -> tuple[pa.Table, dict[bytes, bytes]]:
-    """The validated utterances table, and the metadata to carry (label order)."""
+def _read_input(input_uri: str, options: ExtractOptions, keep_columns: tuple[str, ...] = ()) -> tuple[pa.Table, dict[bytes, bytes]]:
+    """The validated utterances table (plus `keep_columns` as they are), and the metadata to carry (label order)."""
     raw = storage.read_table(input_uri)
     table = validate_utterances(raw, input_uri)
+    for name in keep_columns:
+        if name not in table.column_names:
+            table = table.append_column(raw.schema.field(name), raw.column(name))
     for modality, column in MEDIA_COLUMN.items():
         if modality in options.modalities and column not in raw.column_names:
             raise InputError(f"{input_uri}: {modality} extraction needs a '{column}' column (has: {', '.join(raw.column_names)})")
@@ -163,28 +172,29 @@ def _read_input(input_uri: str, options: ExtractOptions) -> tuple[pa.Table, dict
     return table.replace_schema_metadata(None), metadata
 
 
-def _open_plan(output_uri: str, input_uri: str, numbered: pa.Table, options: ExtractOptions, log) -> fragments.Plan:
-    """A new plan, or the unfinished one at `output_uri` when input and options match."""
+def _open_plan(output_uri: str, input_uri: str, numbered: pa.Table, job: dict, rows_per_file: int, overwrite: bool, log,
+               name: str = fragments.PLAN_FILE) -> fragments.Plan:
+    """A new plan, or the unfinished one at `output_uri` when input and options (`job`) match."""
     plan = fragments.Plan(
-        fingerprint=fragments.fingerprint(numbered, options.job_options()),
+        fingerprint=fragments.fingerprint(numbered, job),
         input=input_uri,
         rows=numbered.num_rows,
-        rows_per_file=options.rows_per_file,
-        options=options.job_options(),
+        rows_per_file=rows_per_file,
+        options=job,
     )
-    previous = fragments.read_plan(output_uri)
-    if storage.exists(output_uri) and not options.overwrite:
+    previous = fragments.read_plan(output_uri, name)
+    if storage.exists(output_uri) and not overwrite:
         if previous is None or previous.complete:
             raise InputError(f"{output_uri} already exists; pass --overwrite to replace it")
         if previous.fingerprint != plan.fingerprint:
             raise InputError(
-                f"{output_uri} holds an unfinished extraction of different input or options; "
+                f"{output_uri} holds an unfinished run on different input, model or options; "
                 "rerun with the same ones to resume, or pass --overwrite to start over"
             )
-        log(f"resuming the unfinished extraction in {output_uri}")
+        log(f"resuming the unfinished run in {output_uri}")
         return previous
     storage.delete(output_uri)
-    fragments.write_plan(output_uri, plan)
+    fragments.write_plan(output_uri, plan, name)
     return plan
 
 
@@ -228,7 +238,7 @@ def _run_stages(
 ) -> dict[str, PoolSize]:
     stages = _stage_demands(options)
     sizes = _pool_sizes([demand for demand, _, _ in stages], options.actors)
-    pools = ", ".join(f"{n} {s.actors}x{s.num_cpus:g} CPU" + (f" {s.num_gpus:g} GPU" if s.num_gpus else "") for n, s in sizes.items())
+    pools = _describe_pools(sizes)
     log(
         f"extracting {'+'.join(options.modalities)} for {pending.num_rows} utterances"
         + (f" ({resumed} done by an earlier run)" if resumed else "")
@@ -236,19 +246,7 @@ def _run_stages(
     )
     size = options.batch_size
     ds = ray.data.from_arrow([pending.slice(i, size) for i in range(0, pending.num_rows, size)])
-    for demand, stage, kwargs in stages:
-        pool = sizes[demand.name]
-        if demand.name in ("text", "visual"):
-            kwargs = {**kwargs, "threads": max(1, int(pool.num_cpus))}
-        ds = ds.map_batches(
-            stage,
-            fn_constructor_kwargs=kwargs,
-            batch_size=size,
-            batch_format="pyarrow",
-            compute=ActorPoolStrategy(size=pool.actors),
-            num_cpus=pool.num_cpus,
-            num_gpus=pool.num_gpus,
-        )
+    ds = _map_stages(ds, stages, sizes, size)
     columns = _fragment_columns(options.modalities)
     ds = ds.map_batches(
         lambda batch: fragments.write_fragments(batch.select(columns), output_uri, run_id),
@@ -260,6 +258,31 @@ def _run_stages(
     if written != pending.num_rows:
         raise InputError(f"extraction wrote {written} rows for {pending.num_rows} pending utterances")
     return sizes
+
+
+MODEL_STAGES = ("text", "visual", "score")  # torch stages: their threads follow their CPUs
+
+
+def _map_stages(ds, stages: list[tuple[StageDemand, type, dict]], sizes: dict[str, PoolSize], batch_size: int | None):
+    """Each stage as an actor pool over the stream; batch_size None hands each stage whole blocks."""
+    for demand, stage, kwargs in stages:
+        pool = sizes[demand.name]
+        if demand.name in MODEL_STAGES:
+            kwargs = {**kwargs, "threads": max(1, int(pool.num_cpus))}
+        ds = ds.map_batches(
+            stage,
+            fn_constructor_kwargs=kwargs,
+            batch_size=batch_size,
+            batch_format="pyarrow",
+            compute=ActorPoolStrategy(size=pool.actors),
+            num_cpus=pool.num_cpus,
+            num_gpus=pool.num_gpus,
+        )
+    return ds
+
+
+def _describe_pools(sizes: dict[str, PoolSize]) -> str:
+    return ", ".join(f"{n} {s.actors}x{s.num_cpus:g} CPU" + (f" {s.num_gpus:g} GPU" if s.num_gpus else "") for n, s in sizes.items())
 
 
 def _fragment_columns(modalities: tuple[str, ...]) -> list[str]:
@@ -294,11 +317,17 @@ def predict_job(
     options: PredictOptions = PredictOptions(),
     address: str | None = None,
     log: Callable[[str], None] = print,
+    extraction: ExtractOptions | None = None,
 ) -> PredictSummary:
-    """Score every utterance; whole dialogues per task, one output file per task (`part-NNNNN.parquet`)."""
+    """Score every utterance; whole dialogues per task, one output file per task (`part-NNNNN.parquet`).
+
+    With `extraction`, the input is an utterances table: extraction and scoring run as one
+    streaming job (`_predict_streaming`) and no features table is written."""
     started = time.time()
-    model_id, model_version = checkpoint_identity(checkpoint_uri)  # fails early on a bad checkpoint; actors load their own
+    model_id, model_version, config = checkpoint_identity(checkpoint_uri)  # fails early on a bad checkpoint; actors load their own
     check_columns(input_uri, options)
+    if extraction is not None:
+        return _predict_streaming(checkpoint_uri, input_uri, output_uri, options, extraction, config, model_id, model_version, address, log)
     tasks = scoring_tasks(input_uri, options.rows_per_file)
     rows_in = sum(t["rows"] for t in tasks)
     todo = prepare_output(output_uri, input_uri, model_id, tasks, options, log)
@@ -324,3 +353,70 @@ def predict_job(
     summary = predict_summary(output_uri, rows_in, time.time() - started, len(tasks) - len(todo))
     mark_complete(output_uri)
     return summary
+
+
+CARRIED = [fragments.ROW, fragments.PART, "errors"]  # through the scorer to the fragments; not in the output
+
+
+def _predict_streaming(
+    checkpoint_uri: str, input_uri: str, output_uri: str, options: PredictOptions, extraction: ExtractOptions,
+    config, model_id: str, model_version: str, address: str | None, log,
+) -> PredictSummary:
+    """utterances -> [extraction stages] -> [scorer] -> fragments -> part files, in one Ray Data job.
+
+    Blocks are chunks of whole dialogues and every stage takes a whole block, so each
+    dialogue reaches the scorer whole (StreamScoreStage checks it)."""
+    started = time.time()
+    extraction = replace(extraction, modalities=tuple(config.modalities), rows_per_file=options.rows_per_file, overwrite=options.overwrite)
+    _check_options(extraction)
+    _check_encoder_dims(config, extraction)
+    table, _ = _read_input(input_uri, extraction, options.keep_columns)
+    numbered = fragments.number_rows(table, options.rows_per_file)
+    job = {"model_id": model_id, "extraction": extraction.job_options(), "max_context": options.max_context,
+           "keep_columns": list(options.keep_columns), "partition_by": list(options.partition_by)}
+    plan = _open_plan(output_uri, input_uri, numbered, job, options.rows_per_file, options.overwrite, log, PREDICT_PLAN)
+    finished = storage.join(output_uri, DONE)
+    skipped = len(storage.list_files(finished))
+    pending = numbered.filter(pa.array(whole_dialogues(~fragments.done_rows(output_uri, plan, finished), numbered)))
+    run_id = uuid.uuid4().hex[:8]
+    with ray_session(address):
+        if pending.num_rows:
+            _stream(pending, checkpoint_uri, output_uri, options, extraction, model_version, run_id, log)
+        compact = ray.remote(num_cpus=WRITER_CPUS)(compact_scored_part)
+        carried = [c for c in CARRIED if c != fragments.PART]  # the fragment writer drops `_part`
+        ray.get([compact.remote(output_uri, plan, p, options.partition_by, carried) for p in fragments.fragment_parts(output_uri)])
+    storage.delete(storage.join(output_uri, fragments.FRAGMENTS))
+    summary = predict_summary(output_uri, numbered.num_rows, time.time() - started, skipped)
+    mark_complete(output_uri)
+    return summary
+
+
+def _check_encoder_dims(config, extraction: ExtractOptions) -> None:
+    """The encoders must make vectors of the sizes the checkpoint was trained on (text and audio
+    are checked before any work; a wrong visual model shows as a per-row dim error)."""
+    needed = dict(zip(config.modalities, config.input_dims))
+    made = {}
+    if "text" in needed:
+        made["text"] = (text_model_dim(extraction.text_model), f"--text-model {extraction.text_model or 'minilm'}")
+    if "audio" in needed:
+        made["audio"] = (feature_set_dim(extraction.audio_feature_set), f"--audio-feature-set {extraction.audio_feature_set}")
+    wrong = [f"{m} vectors of {needed[m]} values, but {flag} makes {dim}" for m, (dim, flag) in made.items() if dim != needed[m]]
+    if wrong:
+        raise ConfigError("the checkpoint needs " + "; ".join(wrong) + " (use the encoders its features were extracted with)")
+
+
+def _stream(pending: pa.Table, checkpoint_uri: str, output_uri: str, options: PredictOptions, extraction: ExtractOptions,
+            model_version: str, run_id: str, log) -> None:
+    stages = _stage_demands(extraction)
+    score = {"checkpoint_uri": checkpoint_uri, "options": options, "model_version": model_version, "carry": CARRIED}
+    stages.append((StageDemand("score", options.cpus_per_actor, options.gpus_per_actor), StreamScoreStage, score))
+    sizes = _pool_sizes([demand for demand, _, _ in stages], options.actors)
+    log(f"extracting {'+'.join(extraction.modalities)} and scoring {pending.num_rows} utterances; pools: {_describe_pools(sizes)}")
+    ds = ray.data.from_arrow(dialogue_chunks(pending, extraction.batch_size))
+    ds = _map_stages(ds, stages, sizes, batch_size=None)
+    ds = ds.map_batches(
+        lambda batch: fragments.write_fragments(batch, output_uri, run_id), batch_size=None, batch_format="pyarrow", num_cpus=WRITER_CPUS
+    )
+    written = sum(row["rows"] for row in ds.take_all())
+    if written != pending.num_rows:
+        raise InputError(f"scoring wrote {written} rows for {pending.num_rows} pending utterances")

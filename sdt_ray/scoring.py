@@ -84,16 +84,28 @@ def check_rows(table: pa.Table, config: ModelConfig) -> RowChecks:
     return RowChecks(errors)
 
 
+def _extraction_reasons(table: pa.Table, modality: str) -> list[str | None]:
+    """Per row, `modality:reason` from the features table's `errors` (e.g. `audio:decode_error`)."""
+    if "errors" not in table.column_names:
+        return [None] * table.num_rows
+    reasons: list[str | None] = []
+    for entries in table.column("errors").to_pylist():
+        found = [e["reason"] for e in entries or [] if e["modality"] == modality]
+        reasons.append(f"{modality}:{found[0]}" if found else None)
+    return reasons
+
+
 def _vector_problems(table: pa.Table, modality: str, dim: int) -> list[str | None]:
     name = feature_column(modality)
     if name not in table.column_names:
         return [f"no_{modality}_features"] * table.num_rows
     column = table.column(name)
     lengths = pc.list_value_length(column).to_pylist()
+    extraction = _extraction_reasons(table, modality)  # why extraction left a vector null, when it says
     problems: list[str | None] = []
-    for length in lengths:
+    for length, reason in zip(lengths, extraction):
         if length is None:
-            problems.append(f"null_{modality}_features")
+            problems.append(reason or f"null_{modality}_features")
         elif length != dim:
             problems.append(f"{modality}_features_dim_{length}_not_{dim}")
         else:
@@ -252,13 +264,14 @@ def check_columns(input_uri: str, options: PredictOptions) -> None:
         raise ConfigError(f"--partition-by {unknown}: choose among {sorted(allowed)} (add input columns with --keep-columns)")
 
 
-def checkpoint_identity(checkpoint_uri: str) -> tuple[str, str]:
-    """(model_id, model_version): the weights' hash, and the sdt-ray version that trained them."""
+def checkpoint_identity(checkpoint_uri: str) -> tuple[str, str, ModelConfig]:
+    """(model_id, model_version, config): the weights' hash, the sdt-ray version that trained
+    them, and the model's shape contract."""
     from . import __version__
     from .checkpoint import load_checkpoint
 
     loaded = load_checkpoint(checkpoint_uri)
-    return loaded.model_id, str(loaded.meta.get("sdt_ray_version", __version__))
+    return loaded.model_id, str(loaded.meta.get("sdt_ray_version", __version__)), loaded.config
 
 
 def scoring_tasks(input_uri: str, rows_per_task: int) -> list[dict]:
@@ -432,22 +445,27 @@ def task_items(tasks: list[dict], todo: list[int]) -> list[dict]:
     return [{"task": tasks[i]["task"], "slices": json.dumps(tasks[i]["slices"])} for i in todo]
 
 
+def load_scorer(checkpoint_uri: str, options: PredictOptions, model_version: str, threads: int | None) -> DialogueScorer:
+    """The checkpoint on this actor's device (GPU when the actor was given one)."""
+    import torch
+
+    from .checkpoint import load_checkpoint
+
+    if threads:
+        torch.set_num_threads(threads)
+    device = "cuda" if torch.cuda.is_available() and options.gpus_per_actor > 0 else "cpu"
+    loaded = load_checkpoint(checkpoint_uri, device=device)
+    return DialogueScorer(loaded.model, loaded.config, loaded.labels, loaded.model_id, model_version,
+                          options.batch_size, options.max_context, device)
+
+
 class ScoreStage:
     """One task (whole dialogues) per call: read its rows, score, write its part file.
 
     Loads the checkpoint once per actor. Returns one summary row per task."""
 
     def __init__(self, checkpoint_uri: str, output_uri: str, options: PredictOptions, model_version: str, threads: int | None = None):
-        import torch
-
-        from .checkpoint import load_checkpoint
-
-        if threads:
-            torch.set_num_threads(threads)
-        device = "cuda" if torch.cuda.is_available() and options.gpus_per_actor > 0 else "cpu"
-        loaded = load_checkpoint(checkpoint_uri, device=device)
-        self.scorer = DialogueScorer(loaded.model, loaded.config, loaded.labels, loaded.model_id, model_version,
-                                     options.batch_size, options.max_context, device)
+        self.scorer = load_scorer(checkpoint_uri, options, model_version, threads)
         self.output_uri = output_uri
         self.keep_columns = list(options.keep_columns)
         self.partition_by = tuple(options.partition_by)
@@ -461,3 +479,75 @@ class ScoreStage:
             write_task(scored, self.output_uri, task, self.partition_by)
             rows += scored.num_rows
         return pa.table({"rows": [rows]})
+
+
+# ---------------------------------------------------------------------------
+# predict --extract: utterances stream through the extraction stages into the scorer.
+# The stream's blocks are chunks of whole dialogues; every stage takes a block as
+# its batch, so a dialogue reaches the scorer whole. Scored rows land as fragments
+# (fragments.py) and are merged into part files at the end, so a killed job resumes.
+
+CHUNK = "_chunk"  # which chunk of whole dialogues a row travels in
+CHUNK_ROWS = "_chunk_rows"  # that chunk's size, to prove at the scorer that it arrived whole
+
+
+def dialogue_chunks(numbered: pa.Table, rows_per_chunk: int) -> list[pa.Table]:
+    """Consecutive whole dialogues of a (dialogue_id, utterance_index)-sorted table, cut after
+    each dialogue that brings a chunk to rows_per_chunk rows (a longer dialogue is a chunk alone)."""
+    if numbered.num_rows == 0:
+        return []
+    ids = numbered.column("dialogue_id").combine_chunks()
+    ends = pc.run_end_encode(ids).run_ends.to_numpy()  # row after each dialogue
+    bounds, start = [], 0
+    for end in ends:
+        if end - start >= rows_per_chunk or end == numbered.num_rows:
+            bounds.append((start, int(end)))
+            start = int(end)
+    chunks = []
+    for k, (a, b) in enumerate(bounds):
+        chunk = numbered.slice(a, b - a)
+        chunk = chunk.append_column(CHUNK, pa.array(np.full(b - a, k, np.int64)))
+        chunks.append(chunk.append_column(CHUNK_ROWS, pa.array(np.full(b - a, b - a, np.int64))))
+    return chunks
+
+
+def whole_dialogues(rows: np.ndarray, numbered: pa.Table) -> np.ndarray:
+    """(n,) bool: rows selected by `rows`, widened to every row of each dialogue they touch
+    (a resumed run rescores whole dialogues, never a fragment of one's context)."""
+    ids = numbered.column("dialogue_id")
+    touched = pc.unique(ids.filter(pa.array(rows)))
+    return pc.is_in(ids, value_set=touched).to_numpy(zero_copy_only=False)
+
+
+def check_whole_chunks(batch: pa.Table) -> None:
+    counts = pc.value_counts(batch.column(CHUNK).combine_chunks())
+    sizes = dict(zip(batch.column(CHUNK).to_pylist(), batch.column(CHUNK_ROWS).to_pylist()))
+    for chunk, count in zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist()):
+        if count != sizes[chunk]:
+            raise RuntimeError(f"chunk {chunk} reached the scorer with {count} of its {sizes[chunk]} rows: a dialogue would be split")
+
+
+class StreamScoreStage:
+    """Extracted rows (whole dialogues) in, prediction rows out, carrying `_row`, `_part`
+    and the extraction `errors` for the fragment writer."""
+
+    def __init__(self, checkpoint_uri: str, options: PredictOptions, model_version: str, carry: list[str], threads: int | None = None):
+        self.scorer = load_scorer(checkpoint_uri, options, model_version, threads)
+        self.keep_columns = list(options.keep_columns) + list(carry)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        check_whole_chunks(batch)
+        return self.scorer(batch, self.keep_columns)
+
+
+def compact_scored_part(output_uri: str, plan, part: int, partition_by: tuple[str, ...], carried: list[str]) -> int:
+    """Merge a part's scored fragments into its file(s) and done marker; returns rows written."""
+    from . import fragments, storage
+
+    uris = fragments.part_fragments(output_uri, part)
+    if not storage.exists(storage.join(output_uri, DONE, _part_name(part))):
+        table = fragments.merge_fragments([storage.read_table(u) for u in uris], plan, part, output_uri)
+        write_task(table.drop_columns(carried), output_uri, part, partition_by)
+    for uri in uris:
+        storage.delete(uri)
+    return len(uris)

@@ -28,6 +28,16 @@ def resolve_text_model(name_or_path: str | None) -> str:
     return str(Path(name_or_path).expanduser()) if os.path.isdir(os.path.expanduser(name_or_path)) else name_or_path
 
 
+def text_model_dim(model: str | None) -> int:
+    """The encoder's vector size from its config alone (no weights loaded)."""
+    from transformers import AutoConfig
+
+    try:
+        return int(AutoConfig.from_pretrained(resolve_text_model(model), local_files_only=True).hidden_size)
+    except OSError as exc:
+        raise ConfigError(f"text model '{model}' is neither a local folder nor in the local Hugging Face cache: {exc}") from None
+
+
 class TextEncoder:
     """Loads tokenizer and model once; __call__ maps texts to (N, D) float32.
 

@@ -10,7 +10,16 @@ from sdt_ray.config import ModelConfig
 from sdt_ray.engine import predict
 from sdt_ray.losses import IGNORE_LABEL
 from sdt_ray.model import SDT
-from sdt_ray.scoring import DialogueScorer, best_window, window_spans
+from sdt_ray.scoring import (
+    CHUNK,
+    CHUNK_ROWS,
+    DialogueScorer,
+    best_window,
+    check_whole_chunks,
+    dialogue_chunks,
+    whole_dialogues,
+    window_spans,
+)
 from sdt_ray.schema import vector_array
 
 LABELS = ["neutral", "joy", "anger"]
@@ -104,3 +113,42 @@ def test_bad_rows_carry_errors_and_the_rest_are_scored(model):
     ])
     assert out.column("label").null_count == 5 and out.filter(pa.compute.is_null(out.column("error"))).num_rows == 5
     assert out.column("modality_weights").null_count == 5
+
+
+def test_extraction_errors_name_the_reason(model):
+    """A vector that extraction left null reports extraction's reason, not just 'null'."""
+    table = rows(1, 3)
+    values = table.column("text_features").to_pylist()
+    values[1] = None
+    errors_type = pa.list_(pa.struct([("modality", pa.string()), ("reason", pa.string()), ("detail", pa.string())]))
+    table = table.set_column(3, "text_features", pa.array(values, pa.list_(pa.float32())))
+    table = table.append_column("errors", pa.array([[], [{"modality": "text", "reason": "empty_text", "detail": ""}], []], errors_type))
+    out = scorer(model)(table)
+    assert out.column("error").to_pylist() == [None, "text:empty_text", None]
+
+
+def numbered(lengths):
+    ids = [f"d{d}" for d, n in enumerate(lengths) for _ in range(n)]
+    positions = [u for n in lengths for u in range(n)]
+    return pa.table({"dialogue_id": ids, "utterance_index": pa.array(positions, pa.int32())})
+
+
+def test_chunks_hold_whole_dialogues():
+    table = numbered([3, 4, 10, 2, 1])  # rows 0-2, 3-6, 7-16, 17-18, 19
+    chunks = dialogue_chunks(table, 5)
+    # a chunk closes after the dialogue that brings it to 5 rows; the 10-row dialogue goes alone
+    assert [c.num_rows for c in chunks] == [7, 10, 3]
+    assert [set(c.column("dialogue_id").to_pylist()) for c in chunks] == [{"d0", "d1"}, {"d2"}, {"d3", "d4"}]
+    assert [c.column(CHUNK_ROWS).to_pylist()[0] for c in chunks] == [7, 10, 3]
+    assert [c.column(CHUNK).to_pylist()[0] for c in chunks] == [0, 1, 2]
+    assert dialogue_chunks(table.slice(0, 0), 5) == []
+
+    check_whole_chunks(pa.concat_tables(chunks[:2]))  # merged blocks are fine
+    with pytest.raises(RuntimeError, match="chunk 1 reached the scorer with 9 of its 10 rows"):
+        check_whole_chunks(chunks[1].slice(1))
+
+
+def test_resumed_rows_widen_to_whole_dialogues():
+    table = numbered([3, 2, 2])
+    pending = np.array([False, True, False, False, False, False, True])
+    assert whole_dialogues(pending, table).tolist() == [True, True, True, False, False, True, True]
