@@ -5,12 +5,16 @@
 Measures, on this machine:
 - SDT inference and training-step throughput (utterances/s) for the laptop
   text model and the paper's MELD configuration (D=1024, three modalities);
-- text-encoder throughput (bundled MiniLM) in one process;
+- `parity_forward`: the paper's IEMOCAP configuration at 16 x 50 utterances and
+  2 threads, beside the reference code's figures (SDT_SPEC §10);
+- under `extraction`: text-encoder throughput (bundled MiniLM) in one process;
 - openSMILE (decode + eGeMAPSv02) real-time factor per core: alone in this
   process, and inside an audio-only `extract` job on Ray Data (audio seconds
   per wall second per CPU given to the audio actors);
 - end to end: `extract` of text, audio and video over the bundled media corpus
   repeated to >= 2,000 utterances, in utterances/s;
+- under `scoring` (bench_scoring.py): the bare forward pass against `predict` on
+  local Ray over 100k and 400k synthetic utterances at MELD dims, with peak RSS;
 and peak resident memory of this process.
 """
 
@@ -38,6 +42,10 @@ CASES = {
         dropout=0.5, n_classes=7, frozen_identity_gates=True, normalize_inputs=False,
     ),
 }
+IEMOCAP_PARITY = ModelConfig(  # SDT_SPEC §1 and §7: IEMOCAP dims, trained gates, 2 speakers, 6 classes
+    modalities=("text", "audio", "visual"), input_dims=(1024, 1582, 342), hidden=1024, heads=8,
+    dropout=0.5, n_classes=6, max_speakers=2, normalize_inputs=False,
+)
 
 
 def _timed(step: Callable[[], None], repeats: int) -> float:
@@ -156,46 +164,83 @@ def bench_extract_job(rows: int, modalities: tuple[str, ...]) -> dict[str, Any]:
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
+    """Throughput bars (log scale), openSMILE's real-time factor, and scoring against corpus size."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    panels = [_throughput_panel]
+    if "opensmile" in results["extraction"]:
+        panels.append(_opensmile_panel)
+    if "scoring" in results:
+        panels.append(_scoring_panel)
+    ratios = [3, 1, 1.4][: len(panels)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 + 4.2 * len(panels), 4.8), dpi=120,
+                             gridspec_kw={"width_ratios": ratios}, squeeze=False)
+    for panel, ax in zip(panels, axes[0]):
+        panel(results, ax)
+    fig.suptitle(f"sdt-ray on {results['device']}, {results['machine']['cpus']} CPUs, torch {results['machine']['torch']}; "
+                 f"peak RSS of the bench process {results['peak_rss_mib']:.0f} MiB", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _throughput_panel(results: dict[str, Any], ax) -> None:
     names, values = [], []
     for case, r in results["model"].items():
         names += [f"{case}\ninference", f"{case}\ntrain step"]
         values += [r["inference_utt_per_s"], r["train_step_utt_per_s"]]
-    if "text_encoder" in results:
+    parity = results["parity_forward"]
+    names += ["IEMOCAP parity\n16x50 inference", "IEMOCAP parity\n16x50 train step"]
+    values += [parity["inference_utt_per_s"], parity["train_step_utt_per_s"]]
+    extraction = results["extraction"]
+    if "text_encoder" in extraction:
         names.append("MiniLM encode\n(1 process)")
-        values.append(results["text_encoder"]["utt_per_s"])
-    if "extract_end_to_end" in results:
-        names.append("extract text+audio+video\n(Ray Data, end to end)")
-        values.append(results["extract_end_to_end"]["utt_per_s"])
-    opensmile = results.get("opensmile")
-    fig, axes = plt.subplots(1, 2 if opensmile else 1, figsize=(13 if opensmile else 9, 4.5), dpi=120,
-                             gridspec_kw={"width_ratios": [3, 1]} if opensmile else None, squeeze=False)
-    ax = axes[0, 0]
+        values.append(extraction["text_encoder"]["utt_per_s"])
+    if "end_to_end" in extraction:
+        names.append("extract text+\naudio+video")
+        values.append(extraction["end_to_end"]["utt_per_s"])
     bars = ax.bar(range(len(values)), values, color="#4477aa")
-    ax.bar_label(bars, labels=[f"{v:,.0f}" for v in values], fontsize=8)
-    ax.set_xticks(range(len(values)), names, fontsize=8)
+    ax.bar_label(bars, labels=[f"{v:,.0f}" for v in values], fontsize=7)
+    ax.set_xticks(range(len(values)), names, fontsize=7)
     ax.set_yscale("log")
     ax.set_ylabel("utterances / s (log)")
-    ax.set_title(f"sdt-ray throughput on {results['device']}, {results['machine']['cpus']} CPUs, torch threads {results['machine']['torch_threads']}, "
-                 f"peak RSS {results['peak_rss_mib']:.0f} MiB", fontsize=9)
-    if opensmile:
-        side = axes[0, 1]
-        labels = ["alone\n(1 process)", "in pipeline\n(wall / CPU)", "in pipeline\n(actor CPU time)"]
-        rtf = [opensmile["alone"]["rtf_per_core"], opensmile["pipeline"]["rtf_per_core_wall"], opensmile["pipeline"]["rtf_per_core_cpu"]]
-        bars = side.bar(range(3), rtf, color=["#999999", "#4477aa", "#88aacc"])
-        side.bar_label(bars, labels=[f"{v:.1f}x" for v in rtf], fontsize=8)
-        side.axhline(0.8 * rtf[0], color="#cc3311", linestyle="--", linewidth=1, label="0.8 x alone")
-        side.set_xticks(range(3), labels, fontsize=8)
-        side.set_ylabel("audio s per CPU s (real-time factor)")
-        side.set_title(f"openSMILE + decode, ratio {opensmile['ratio_wall']:.2f}", fontsize=9)
-        side.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    ax.set_title(f"model throughput (torch threads {results['machine']['torch_threads']}; parity bars at 2 threads)", fontsize=9)
+
+
+def _opensmile_panel(results: dict[str, Any], ax) -> None:
+    opensmile = results["extraction"]["opensmile"]
+    labels = ["alone\n(1 process)", "in pipeline\n(wall / CPU)", "in pipeline\n(actor CPU time)"]
+    rtf = [opensmile["alone"]["rtf_per_core"], opensmile["pipeline"]["rtf_per_core_wall"], opensmile["pipeline"]["rtf_per_core_cpu"]]
+    bars = ax.bar(range(3), rtf, color=["#999999", "#4477aa", "#88aacc"])
+    ax.bar_label(bars, labels=[f"{v:.1f}x" for v in rtf], fontsize=8)
+    ax.axhline(0.8 * rtf[0], color="#cc3311", linestyle="--", linewidth=1, label="0.8 x alone")
+    ax.set_xticks(range(3), labels, fontsize=8)
+    ax.set_ylabel("audio s per CPU s (real-time factor)")
+    ax.set_title(f"openSMILE + decode, ratio {opensmile['ratio_wall']:.2f}", fontsize=9)
+    ax.legend(fontsize=8)
+
+
+def _scoring_panel(results: dict[str, Any], ax) -> None:
+    scoring = results["scoring"]
+    sizes = [run["utterances"] for run in scoring["runs"]]
+    bare = [run["bare"]["utt_per_s"] for run in scoring["runs"]]
+    ours = [run["predict"]["utt_per_s"] for run in scoring["runs"]]
+    ax.plot(sizes, bare, "o-", color="#999999", label="bare forward (1 process)")
+    ax.plot(sizes, ours, "o-", color="#4477aa", label="sdt-ray predict (Ray, 2 CPUs)")
+    ax.plot(sizes, [0.7 * b for b in bare], "--", color="#cc3311", linewidth=1, label="0.7 x bare")
+    for size, value, run in zip(sizes, ours, scoring["runs"]):
+        rss = run["predict"]
+        ax.annotate(f"RSS driver {rss['rss_driver_mb']} MB\nworkers {rss['rss_workers_mb']} MB", (size, value),
+                    textcoords="offset points", xytext=(0, -30), ha="center", fontsize=7)
+    ax.set_xscale("log")
+    ax.set_ylim(0, max(bare + ours) * 1.25)
+    ax.set_xlabel("corpus size (utterances, log)")
+    ax.set_ylabel("utterances / s")
+    ax.set_title(f"scoring at MELD dims: predict / bare = {scoring['ratio']:.2f}", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -203,8 +248,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--output", default="bench", help="folder for results.json and results.png")
     parser.add_argument("--quick", action="store_true", help="fewer repeats, no Ray job (for a smoke check)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda: where the model and encoder run")
-    parser.add_argument("--no-ray", action="store_true", help="skip the Ray Data extract jobs")
+    parser.add_argument("--no-ray", action="store_true", help="skip the Ray Data extract and predict jobs")
     parser.add_argument("--utterances", type=int, default=2000, help="utterances in the extract jobs (demo corpus repeated)")
+    parser.add_argument("--scoring-sizes", default="100000,400000",
+                        help="comma-separated corpus sizes (utterances) for the scoring runs; the first gives the headline")
     parser.add_argument("--no-encoder", action="store_true", help="skip the text-encoder measurement")
     args = parser.parse_args(argv)
     out = Path(args.output)
@@ -218,11 +265,43 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "device": args.device,
         "model": {name: bench_model(cfg, 16, 10, repeats if name == "text_laptop" else max(1, repeats // 3), args.device)
                   for name, cfg in CASES.items()},
+        "parity_forward": bench_parity_forward(max(1, repeats // 3), args.device),
     }
     if args.device.startswith("cuda"):  # a GPU only shows its speed on larger batches
         results["model"]["meld_parity_64x50"] = bench_model(CASES["meld_parity"], 64, 50, 5, args.device)
+    results["extraction"] = bench_extraction(args)
+    if not (args.quick or args.no_ray):
+        from .bench_scoring import bench_scoring
+
+        results["scoring"] = bench_scoring(tuple(int(s) for s in args.scoring_sizes.split(",")), workdir=str(out))
+    results["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    plot(results, out / "results.png")
+    print(json.dumps(results, indent=2))
+    print(f"wrote {out / 'results.json'} and {out / 'results.png'}")
+    return results
+
+
+PARITY_REFERENCE = {"inference_utt_per_s": [1160, 1306], "train_step_utt_per_s": [283, 318]}  # SDT_SPEC §10
+
+
+def bench_parity_forward(repeats: int, device: str) -> dict[str, Any]:
+    """The paper's IEMOCAP configuration, 16 dialogues x 50 utterances, 2 torch threads: the
+    setting of the reference code's figures in SDT_SPEC §10 (compare side by side only)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        ours = bench_model(IEMOCAP_PARITY, 16, 50, repeats, device)
+    finally:
+        torch.set_num_threads(threads)
+    return {**ours, "torch_threads": 2, "reference_code_range": PARITY_REFERENCE}
+
+
+def bench_extraction(args) -> dict[str, Any]:
+    """Text encoder alone; openSMILE alone and inside an audio-only extract; extract end to end."""
     from .importers import DEMO_CORPUS, import_corpus
 
+    results: dict[str, Any] = {}
     texts = import_corpus("meld", DEMO_CORPUS).column("text").to_pylist()[: 200 if args.quick else 1000]
     if not args.no_encoder:
         results["text_encoder"] = bench_text_encoder(texts, args.device)
@@ -234,12 +313,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "ratio_wall": round(pipeline["rtf_per_core_wall"] / alone["rtf_per_core"], 3),
             "ratio_cpu": round(pipeline["rtf_per_core_cpu"] / alone["rtf_per_core"], 3),
         }
-        results["extract_end_to_end"] = bench_extract_job(args.utterances, ("text", "audio", "visual"))
-    results["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    plot(results, out / "results.png")
-    print(json.dumps(results, indent=2))
-    print(f"wrote {out / 'results.json'} and {out / 'results.png'}")
+        results["end_to_end"] = bench_extract_job(args.utterances, ("text", "audio", "visual"))
     return results
 
 

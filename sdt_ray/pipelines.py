@@ -336,7 +336,8 @@ def predict_job(
             demand = StageDemand("score", options.cpus_per_actor, options.gpus_per_actor)
             size = _pool_sizes([demand], options.actors)["score"]
             log(f"scoring {rows_in} utterances: {len(todo)} of {len(tasks)} files to write, {size.actors} actor(s) x {size.num_cpus:g} CPU")
-            ds = ray.data.from_items(task_items(tasks, todo))
+            items = task_items(tasks, todo)
+            ds = ray.data.from_items(items, override_num_blocks=len(items))  # one block per task: every actor gets work
             ds = ds.map_batches(
                 ScoreStage,
                 fn_constructor_kwargs={

@@ -66,6 +66,9 @@ def _automatic(stages: list[StageDemand], cpus: float, gpus: float) -> dict[str,
     for stage in cpu_stages:
         share = max(budget, 0.1 * len(cpu_stages)) * stage.weight / total_weight
         per_actor = min(stage.cpus_per_actor, share)
-        actors = max(1, math.floor(share / per_actor + 1e-9))
-        sizes[stage.name] = PoolSize(actors, round(per_actor, 4))
+        # Round, then shrink each actor to fit the share: 1.5 CPUs make two actors of 0.75
+        # (both cores busy, one torch thread each), not one actor and an idle core.
+        actors = max(1, round(share / per_actor + 1e-9))
+        per_actor = min(per_actor, share / actors)
+        sizes[stage.name] = PoolSize(actors, math.floor(per_actor * 1e4) / 1e4)
     return sizes

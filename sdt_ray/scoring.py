@@ -56,71 +56,73 @@ def best_window(spans: list[tuple[int, int]], n: int) -> np.ndarray:
 
 @dataclass
 class RowChecks:
-    """Per row of a dialogue-sorted table: the reason it cannot be scored, or None."""
+    """Per row of a dialogue-sorted table: the reason it cannot be scored, or None; and
+    each modality's vectors for the rows that have the right size (read once, reused)."""
 
     errors: list[str | None]
+    vectors: dict[str, tuple[np.ndarray, np.ndarray]]  # modality -> (row indices (k,), values (k, D))
 
     @property
     def ok(self) -> np.ndarray:
         return np.array([e is None for e in self.errors], dtype=bool)
 
+    def matrix(self, modality: str, rows: np.ndarray) -> np.ndarray:
+        """(len(rows), D) vectors of `rows`, which must all have passed the checks."""
+        have, values = self.vectors[modality]
+        return values[np.searchsorted(have, rows)]
+
 
 def check_rows(table: pa.Table, config: ModelConfig) -> RowChecks:
     """Input rows sorted by (dialogue_id, utterance_index); the first failing check wins."""
     n = table.num_rows
-    errors: list[str | None] = [None] * n
-    ids = table.column("dialogue_id").to_pylist()
-    positions = table.column("utterance_index").to_pylist()
-    speakers = table.column("speaker").to_pylist()
-    for i in range(n):
-        if speakers[i] is None:
-            errors[i] = "null_speaker"
-        elif i and ids[i] == ids[i - 1] and positions[i] == positions[i - 1]:
-            errors[i] = "duplicate_utterance_index"
+    errors = np.full(n, None, dtype=object)
+    ids = table.column("dialogue_id").combine_chunks()
+    positions = table.column("utterance_index").to_numpy()
+    repeated = np.zeros(n, dtype=bool)  # same dialogue and position as the row before
+    if n > 1:
+        same_dialogue = pc.equal(ids.slice(1), ids.slice(0, n - 1)).fill_null(False).to_numpy(zero_copy_only=False)
+        repeated[1:] = same_dialogue & (positions[1:] == positions[:-1])
+    errors[repeated] = "duplicate_utterance_index"
+    errors[table.column("speaker").is_null().to_numpy(zero_copy_only=False)] = "null_speaker"
+    vectors = {}
     for modality, dim in zip(config.modalities, config.input_dims):
-        for i, reason in enumerate(_vector_problems(table, modality, dim)):
-            if errors[i] is None and reason is not None:
-                errors[i] = reason
-    return RowChecks(errors)
+        problems, vectors[modality] = _vector_problems(table, modality, dim)
+        errors = np.where((errors == None) & (problems != None), problems, errors)  # noqa: E711 (elementwise)
+    return RowChecks(errors.tolist(), vectors)
 
 
-def _extraction_reasons(table: pa.Table, modality: str) -> list[str | None]:
-    """Per row, `modality:reason` from the features table's `errors` (e.g. `audio:decode_error`)."""
+def _extraction_reasons(table: pa.Table, modality: str, rows: np.ndarray) -> list[str | None]:
+    """For `rows`, `modality:reason` from the features table's `errors` (e.g. `audio:decode_error`)."""
     if "errors" not in table.column_names:
-        return [None] * table.num_rows
+        return [None] * len(rows)
     reasons: list[str | None] = []
-    for entries in table.column("errors").to_pylist():
+    for entries in table.column("errors").take(pa.array(rows, pa.int64())).to_pylist():
         found = [e["reason"] for e in entries or [] if e["modality"] == modality]
         reasons.append(f"{modality}:{found[0]}" if found else None)
     return reasons
 
 
-def _vector_problems(table: pa.Table, modality: str, dim: int) -> list[str | None]:
+def _vector_problems(table: pa.Table, modality: str, dim: int) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """(n,) reason or None per row, and (rows, values) of the rows whose vectors are whole and finite."""
+    n = table.num_rows
     name = feature_column(modality)
+    problems = np.full(n, None, dtype=object)
     if name not in table.column_names:
-        return [f"no_{modality}_features"] * table.num_rows
+        problems[:] = f"no_{modality}_features"
+        return problems, (np.zeros(0, np.int64), np.zeros((0, dim), np.float32))
     column = table.column(name)
-    lengths = pc.list_value_length(column).to_pylist()
-    extraction = _extraction_reasons(table, modality)  # why extraction left a vector null, when it says
-    problems: list[str | None] = []
-    for length, reason in zip(lengths, extraction):
-        if length is None:
-            problems.append(reason or f"null_{modality}_features")
-        elif length != dim:
-            problems.append(f"{modality}_features_dim_{length}_not_{dim}")
-        else:
-            problems.append(None)
-    finite = _finite_rows(column, dim, [p is None for p in problems])
-    return [p if p is not None or finite[i] else f"non_finite_{modality}_features" for i, p in enumerate(problems)]
-
-
-def _finite_rows(column: pa.ChunkedArray, dim: int, usable: list[bool]) -> np.ndarray:
-    finite = np.ones(len(usable), dtype=bool)
-    rows = np.flatnonzero(usable)
-    if len(rows):
-        values = _matrix(column, rows, dim)  # (k, dim)
-        finite[rows] = np.isfinite(values).all(axis=1)
-    return finite
+    lengths = pc.list_value_length(column).fill_null(-1).to_numpy(zero_copy_only=False)
+    null = np.flatnonzero(lengths < 0)
+    if len(null):  # why extraction left a vector null, when it says so
+        reasons = _extraction_reasons(table, modality, null)
+        problems[null] = [r or f"null_{modality}_features" for r in reasons]
+    for length in np.unique(lengths[(lengths >= 0) & (lengths != dim)]):
+        problems[lengths == length] = f"{modality}_features_dim_{length}_not_{dim}"
+    rows = np.flatnonzero(lengths == dim)
+    values = _matrix(column, rows, dim) if len(rows) else np.zeros((0, dim), np.float32)  # (k, dim)
+    finite = np.isfinite(values).all(axis=1)
+    problems[rows[~finite]] = f"non_finite_{modality}_features"
+    return problems, (rows[finite], values[finite])
 
 
 def _matrix(column: pa.ChunkedArray, rows: np.ndarray, dim: int) -> np.ndarray:
@@ -143,8 +145,7 @@ class DialogueScorer:
     def __call__(self, table: pa.Table, keep_columns: list[str] = ()) -> pa.Table:
         table = table.sort_by([("dialogue_id", "ascending"), ("utterance_index", "ascending")])
         checks = check_rows(table, self.config)
-        ok = checks.ok
-        windows, owners = self._windows(table, ok)
+        windows, owners = self._windows(table, checks)
         n_classes = len(self.labels)
         probabilities = np.full((table.num_rows, n_classes), np.nan, dtype=np.float32)
         weights = np.full((table.num_rows, len(self.config.modalities)), np.nan, dtype=np.float32)
@@ -160,41 +161,35 @@ class DialogueScorer:
             self.model_id, self.model_version, keep_columns,
         )
 
-    def _windows(self, table: pa.Table, ok: np.ndarray) -> tuple[list[Dialogue], dict[int, tuple[str, int]]]:
+    def _windows(self, table: pa.Table, checks: RowChecks) -> tuple[list[Dialogue], dict[int, tuple[str, int]]]:
         """Scorable rows of each dialogue cut into windows; row -> (window id, position) that scores it."""
-        ids = table.column("dialogue_id").to_pylist()
+        ok = checks.ok
+        ids = table.column("dialogue_id").combine_chunks()
+        ends = pc.run_end_encode(ids).run_ends.to_numpy() if len(ids) else []
+        ids = ids.to_pylist()
         speakers = table.column("speaker").to_pylist()
-        features = {
-            m: _matrix(table.column(feature_column(m)), np.flatnonzero(ok), d) if ok.any() else None
-            for m, d in zip(self.config.modalities, self.config.input_dims)
-        }
-        dense_index = np.cumsum(ok) - 1  # row -> index into the ok rows' features
         windows: list[Dialogue] = []
         owners: dict[int, tuple[str, int]] = {}
         start = 0
-        while start < len(ids):
-            end = start
-            while end < len(ids) and ids[end] == ids[start]:
-                end += 1
-            rows = [r for r in range(start, end) if ok[r]]
-            if rows:
-                self._cut(ids[start], rows, speakers, features, dense_index, windows, owners)
-            start = end
+        for end in ends:
+            rows = start + np.flatnonzero(ok[start:end])
+            if len(rows):
+                self._cut(ids[start], rows, speakers, checks, windows, owners)
+            start = int(end)
         return windows, owners
 
-    def _cut(self, dialogue_id, rows, speakers, features, dense_index, windows, owners) -> None:
+    def _cut(self, dialogue_id, rows: np.ndarray, speakers, checks: RowChecks, windows, owners) -> None:
         n = len(rows)
         speaker_ids = self._speaker_ids([speakers[r] for r in rows])
         spans = window_spans(n, self.max_context)
         owner = best_window(spans, n)
         for w, (s, e) in enumerate(spans):
             window_id = f"{dialogue_id}#{w}"
-            picked = dense_index[rows[s:e]]
-            feats = {m: features[m][picked] for m in self.config.modalities}
+            feats = {m: checks.matrix(m, rows[s:e]) for m in self.config.modalities}
             windows.append(Dialogue(window_id, feats, speaker_ids[s:e], np.full(e - s, IGNORE_LABEL, np.int64)))
             for i in range(s, e):
                 if owner[i] == w:
-                    owners[rows[i]] = (window_id, i - s)
+                    owners[int(rows[i])] = (window_id, i - s)
 
     def _speaker_ids(self, names: list[str]) -> np.ndarray:
         """Relative ids follow order of appearance in the whole dialogue, so every window of a

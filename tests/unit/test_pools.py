@@ -53,3 +53,10 @@ def test_fixed_actor_count_shares_each_stages_cpus():
 def test_gpu_stage_without_gpus_is_refused():
     with pytest.raises(ValueError, match="ask for GPUs"):
         size_pools([StageDemand("text", gpus_per_actor=1.0)], cpus=4, gpus=0)
+
+
+def test_one_stage_on_a_laptop_uses_both_cores():
+    """1.5 CPUs after the reserve: two actors of 0.75 (one torch thread each), not one and an idle core."""
+    sizes = size_pools([StageDemand("score")], cpus=2)
+    assert sizes["score"].actors == 2 and sizes["score"].num_cpus == pytest.approx(0.75)
+    assert total_cpus(sizes) <= 2 - reserve_cpus(2) + 1e-6
