@@ -299,11 +299,12 @@ def bench_parity_forward(repeats: int, device: str) -> dict[str, Any]:
 
 def bench_extraction(args) -> dict[str, Any]:
     """Text encoder alone; openSMILE alone and inside an audio-only extract; extract end to end."""
-    from .importers import DEMO_CORPUS, import_corpus
 
     results: dict[str, Any] = {}
-    texts = import_corpus("meld", DEMO_CORPUS).column("text").to_pylist()[: 200 if args.quick else 1000]
     if not args.no_encoder:
+        from .importers import DEMO_CORPUS, import_corpus
+
+        texts = import_corpus("meld", DEMO_CORPUS).column("text").to_pylist()[: 200 if args.quick else 1000]
         results["text_encoder"] = bench_text_encoder(texts, args.device)
     if not (args.quick or args.no_ray):
         alone = bench_opensmile_alone(200)

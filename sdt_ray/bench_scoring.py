@@ -74,7 +74,7 @@ def save_model(folder: Path) -> str:
     return str(folder)
 
 
-def bare_forward(features: str, checkpoint: str, batch_size: int = 16) -> dict[str, Any]:
+def bare_forward(features: str, checkpoint: str, batch_size: int = 16, device: str = "cpu") -> dict[str, Any]:
     """Read, cut into dialogues, forward: the least any scorer must do."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
@@ -83,7 +83,7 @@ def bare_forward(features: str, checkpoint: str, batch_size: int = 16) -> dict[s
     from .collate import Dialogue, batches, relative_speaker_ids
     from .engine import predict
 
-    loaded = load_checkpoint(checkpoint)
+    loaded = load_checkpoint(checkpoint, device=device)
     config = loaded.config
     started, rows = time.perf_counter(), 0
     for path in sorted(Path(features).glob("part-*.parquet")):
@@ -99,7 +99,7 @@ def bare_forward(features: str, checkpoint: str, batch_size: int = 16) -> dict[s
             labels = np.full(end - start, -100, np.int64)
             dialogues.append(Dialogue(ids[start], feats, relative_speaker_ids(speakers[start:end], config.max_speakers), labels))
             start = end
-        predict(loaded.model, batches(dialogues, batch_size, config.max_speakers))
+        predict(loaded.model, batches(dialogues, batch_size, config.max_speakers), device)
         rows += table.num_rows
     seconds = time.perf_counter() - started
     return {"utterances": rows, "seconds": round(seconds, 1), "utt_per_s": round(rows / seconds, 1)}
@@ -216,3 +216,55 @@ def _remove(*paths: Path) -> None:
 
     for path in paths:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def stage_in_process(features: str, checkpoint: str, output: str, batch_size: int = 16, device: str = "cpu") -> dict[str, Any]:
+    """What one `predict` actor does to every task (read, check, window, forward, output table,
+    write), in this process without Ray: for machines without Ray, such as a lent GPU."""
+    from .scoring import PredictOptions, ScoreStage, scoring_tasks, task_items
+
+    options = PredictOptions(batch_size=batch_size, gpus_per_actor=1.0 if device.startswith("cuda") else 0.0)
+    started = time.perf_counter()
+    tasks = scoring_tasks(features, ROWS_PER_FILE)
+    stage = ScoreStage(checkpoint, output, options, "bench")
+    for item in task_items(tasks, list(range(len(tasks)))):
+        stage(pa.Table.from_pylist([item]))
+    seconds = time.perf_counter() - started
+    rows = sum(t["rows"] for t in tasks)
+    return {"utterances": rows, "seconds": round(seconds, 1), "utt_per_s": round(rows / seconds, 1), "device": device}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """`python -m sdt_ray.bench_scoring --no-ray --device cuda`: bare forward and the scoring
+    stage in one process, at several batch sizes (no Ray needed)."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--utterances", type=int, default=100_000)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch-sizes", default="16,64", help="dialogues per forward pass")
+    parser.add_argument("--output", default=None, help="write the JSON here too")
+    args = parser.parse_args(argv)
+    results: dict[str, Any] = {"device": args.device, "model": SCORING_MODEL.to_dict()["input_dims"], "runs": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        features = write_corpus(Path(tmp) / "features", args.utterances)
+        checkpoint = save_model(Path(tmp) / "model")
+        for batch_size in (int(b) for b in args.batch_sizes.split(",")):
+            bare = bare_forward(features, checkpoint, batch_size, args.device)
+            stage = stage_in_process(features, checkpoint, str(Path(tmp) / f"out-{batch_size}"), batch_size, args.device)
+            results["runs"].append({"batch_size": batch_size, "bare": bare, "stage": stage,
+                                    "ratio": round(stage["utt_per_s"] / bare["utt_per_s"], 3)})
+    if args.device.startswith("cuda"):
+        import torch
+
+        results["gpu"] = torch.cuda.get_device_name()
+        results["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated() / 2**20)
+    print(json.dumps(results, indent=2))
+    if args.output:
+        Path(args.output).write_text(json.dumps(results, indent=2))
+    return results
+
+
+if __name__ == "__main__":
+    main()
