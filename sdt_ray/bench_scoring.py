@@ -168,16 +168,16 @@ def predict_on_ray(features: str, checkpoint: str, output: str) -> dict[str, Any
 def bench_scoring(sizes: tuple[int, ...] = (100_000, 400_000), workdir: str | None = None) -> dict[str, Any]:
     """Bare and predict at each corpus size; the headline figures are at the first size.
 
-    Writing the corpus and the bare pass run in child processes before Ray starts (no Ray
-    daemons taking CPU, and their memory does not count as the driver's); each predict run
-    gets a fresh local Ray."""
+    Every step runs in a child process of its own: the bare pass before Ray starts (no Ray
+    daemons taking CPU), and each predict run as the driver of a fresh local Ray, so that the
+    driver's RSS is the job's alone."""
     runs = []
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         checkpoint = save_model(Path(tmp) / "model")
         for size in sizes:
             features = _in_child(write_corpus, Path(tmp) / f"features-{size}", size)
             bare = _in_child(bare_forward, features, checkpoint)
-            scored = _predict_in_fresh_ray(features, checkpoint, str(Path(tmp) / f"predictions-{size}"))
+            scored = _in_child(_predict_in_fresh_ray, features, checkpoint, str(Path(tmp) / f"predictions-{size}"))
             runs.append({"utterances": size, "bare": bare, "predict": scored})
             _remove(Path(tmp) / f"features-{size}", Path(tmp) / f"predictions-{size}")
     first = runs[0]
