@@ -335,6 +335,7 @@ def predict_job(
         if todo:
             demand = StageDemand("score", options.cpus_per_actor, options.gpus_per_actor)
             size = _pool_sizes([demand], options.actors)["score"]
+            size = replace(size, actors=min(size.actors, len(todo)))  # an idle actor would only load the model
             log(f"scoring {rows_in} utterances: {len(todo)} of {len(tasks)} files to write, {size.actors} actor(s) x {size.num_cpus:g} CPU")
             items = task_items(tasks, todo)
             ds = ray.data.from_items(items, override_num_blocks=len(items))  # one block per task: every actor gets work
