@@ -26,7 +26,11 @@ app = typer.Typer(
 import_app = typer.Typer(help="Turn a public corpus (CSV) into an utterances table (Parquet).", no_args_is_help=True)
 app.add_typer(import_app, name="import")
 
-ADDRESS_HELP = "Ray cluster address (ray://HOST:10001 or auto); default: start a local Ray."
+ADDRESS_HELP = (
+    "Where to run: http://HEAD:8265 submits this command as a Ray Job (logs stream here, the exit status is "
+    "the job's); ray://HOST:10001 or auto joins a cluster from here; default: start a local Ray."
+)
+NO_WAIT = typer.Option(False, "--no-wait", help="With --address http://...: print the job id and return at once.")
 
 # Encoder and storage flags shared by `extract` and `predict --extract`.
 TEXT_MODEL = typer.Option(
@@ -119,6 +123,7 @@ def _import(corpus: str, source_dir: Path, output: str, limit_dialogues: Optiona
 @app.command()
 @user_errors
 def extract(
+    ctx: typer.Context,
     input: str = typer.Option(..., "--input", help="Utterances table (Parquet file or folder; local or s3://)."),
     output: str = typer.Option(
         ..., "--output", help="Features folder to write (local or s3://). Rerunning a killed job resumes it."
@@ -138,6 +143,7 @@ def extract(
     s3_region: Optional[str] = S3_REGION,
     overwrite: bool = typer.Option(False, help="Replace OUTPUT if it exists (otherwise refuse, or resume an unfinished run)."),
     address: Optional[str] = typer.Option(None, help=ADDRESS_HELP),
+    no_wait: bool = NO_WAIT,
 ) -> None:
     """Encode utterances (text, audio, video) into one fixed-size vector per modality, on Ray Data.
 
@@ -147,6 +153,7 @@ def extract(
     from .pipelines import extract as run_extract
 
     _set_s3_environment(s3_endpoint, s3_region)
+    _on_cluster(ctx, address, no_wait)
     options = ExtractOptions(
         modalities=tuple(m.strip() for m in modalities.split(",") if m.strip()),
         text_model=text_model,
@@ -165,6 +172,36 @@ def extract(
     _log(summary.describe())
 
 
+def _on_cluster(ctx: typer.Context, address: Optional[str], no_wait: bool) -> None:
+    """With --address http(s)://HEAD:8265, send this very command to that cluster as a Ray Job
+    and exit with the job's status; otherwise return and run here."""
+    from .errors import ConfigError
+    from .submit import is_jobs_address, submit_job
+
+    if not is_jobs_address(address):
+        if no_wait:
+            raise ConfigError("--no-wait needs --address http://HEAD:8265 (a Ray Jobs endpoint)")
+        return
+    argv = _argv_of(ctx, drop={"address", "no_wait"})
+    raise typer.Exit(submit_job(address, argv, wait=not no_wait, log=_log))
+
+
+def _argv_of(ctx: typer.Context, drop: set[str]) -> list[str]:
+    """This command line rebuilt from its parsed values (options left at their default omitted)."""
+    args = ctx.command_path.split()[1:]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if param.name in drop or value is None or (param.param_type_name == "option" and value == param.default):
+            continue
+        if param.param_type_name == "argument":
+            args.append(str(value))
+        elif param.is_flag:
+            args.append(param.opts[0] if value else param.secondary_opts[0])
+        else:
+            args += [param.opts[0], str(value)]
+    return args
+
+
 def _set_s3_environment(endpoint: Optional[str], region: Optional[str]) -> None:
     """Flags become the AWS variables that s3fs reads here and local Ray workers inherit."""
     if endpoint:  # AWS_ENDPOINT_URL_S3 wins over AWS_ENDPOINT_URL where both are set: set both
@@ -176,6 +213,7 @@ def _set_s3_environment(endpoint: Optional[str], region: Optional[str]) -> None:
 @app.command()
 @user_errors
 def train(
+    ctx: typer.Context,
     features: str = typer.Option(..., "--features", help="Features table from `sdt-ray extract`."),
     output: str = typer.Option(..., "--output", help="RUN_DIR: metrics.jsonl, best/ checkpoint, Ray's checkpoints."),
     config: Optional[Path] = typer.Option(None, "--config", help="Recipe YAML (see jobs/); default: the laptop recipe."),
@@ -191,9 +229,11 @@ def train(
     ),
     resume: bool = typer.Option(False, help="Continue the run already in OUTPUT from its latest checkpoint."),
     address: Optional[str] = typer.Option(None, help=ADDRESS_HELP),
+    no_wait: bool = NO_WAIT,
     verbose: bool = typer.Option(False, help="Show Ray's own logs and the workers' output."),
 ) -> None:
     """Train SDT with Ray Train (DDP), selecting the epoch on dev weighted F1."""
+    _on_cluster(ctx, address, no_wait)
     from .config import RecipeConfig, load_recipe
     from .train import train as run_train
 
@@ -217,6 +257,7 @@ def train(
 @app.command()
 @user_errors
 def predict(
+    ctx: typer.Context,
     checkpoint: str = typer.Option(..., "--checkpoint", help="Checkpoint folder from `sdt-ray train` (local or s3://)."),
     input: str = typer.Option(
         ..., "--input", help="Features table (Parquet file or folder, local or s3://), dialogues kept together; "
@@ -249,6 +290,7 @@ def predict(
     s3_endpoint: Optional[str] = S3_ENDPOINT,
     s3_region: Optional[str] = S3_REGION,
     address: Optional[str] = typer.Option(None, help=ADDRESS_HELP),
+    no_wait: bool = NO_WAIT,
 ) -> None:
     """Score every utterance with a trained checkpoint, on Ray Data: the predicted label, its
     confidence, every class probability and the modality weights, or an error."""
@@ -256,6 +298,7 @@ def predict(
     from .scoring import PredictOptions
 
     _set_s3_environment(s3_endpoint, s3_region)
+    _on_cluster(ctx, address, no_wait)
 
     options = PredictOptions(
         batch_size=batch_size,
@@ -281,12 +324,16 @@ def predict(
 @app.command()
 @user_errors
 def evaluate(
+    ctx: typer.Context,
     checkpoint: str = typer.Option(..., "--checkpoint", help="Checkpoint folder, e.g. RUN_DIR/best (local or s3://)."),
     features: str = typer.Option(..., "--features", help="Features table with the split to score."),
     split: str = typer.Option("test", help="train, dev or test."),
     output: str = typer.Option(..., "--output", help="EVAL_DIR: metrics.json and confusion_matrix.png."),
+    address: Optional[str] = typer.Option(None, help=ADDRESS_HELP),
+    no_wait: bool = NO_WAIT,
 ) -> None:
     """Score a checkpoint on one split: metrics.json, confusion_matrix.png and a table."""
+    _on_cluster(ctx, address, no_wait)
     from .evaluate import evaluate as run_evaluate
     from .evaluate import format_report
 
@@ -337,6 +384,39 @@ def demo(
     from .demo import run_demo
 
     run_demo(output, log=_log)
+
+
+@app.command()
+@user_errors
+def run(
+    spec: Path = typer.Argument(..., help="Job spec: a YAML in jobs/ with `command` and `options` (e.g. jobs/meld_predict.yaml)."),
+    set_: list[str] = typer.Option([], "--set", help="Override an option of the spec: key=value (repeatable)."),
+    address: Optional[str] = typer.Option(None, help=ADDRESS_HELP),
+    dry_run: bool = typer.Option(False, help="Print the command the spec makes and stop."),
+) -> None:
+    """Run a job spec: the same file locally or on a cluster (add --address)."""
+    from .jobspec import argv, load_job
+
+    job = load_job(spec, set_)
+    args = argv(job, _flags(job.command)) + (["--address", address] if address else [])
+    _log("sdt-ray " + " ".join(args))
+    if not dry_run:
+        typer.main.get_command(app).main(args=args, prog_name="sdt-ray", standalone_mode=False)
+
+
+def _flags(command: str) -> dict:
+    """The flags `command` (e.g. "predict", "import meld") takes, read from this CLI."""
+    from .errors import ConfigError
+    from .jobspec import Flag
+
+    node = typer.main.get_command(app)
+    for word in command.split():
+        commands = getattr(node, "commands", {})
+        if word not in commands or word == "run":
+            raise ConfigError(f"unknown command {command!r}; choose from {sorted(c for c in commands if c != 'run')}")
+        node = commands[word]
+    options = [p for p in node.params if p.param_type_name == "option" and p.name != "help"]
+    return {o.opts[0].lstrip("-"): Flag(switch=o.is_flag, negatable=bool(o.secondary_opts)) for o in options}
 
 
 def main() -> None:

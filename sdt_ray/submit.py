@@ -38,11 +38,14 @@ def ray_session(
             configure_logging=True,
         )
     else:
+        # A Ray Client (ray://) driver carries the S3 endpoint to the cluster's workers; a job
+        # (auto, inside `submit_job`) already has it in the runtime env it was submitted with.
+        remote = address.startswith("ray://") and _storage_env()
         ray.init(
             address=address,
             log_to_driver=verbose,
             logging_level=logging.INFO if verbose else logging.WARNING,
-            runtime_env={"env_vars": _storage_env()} if _storage_env() else None,
+            runtime_env={"env_vars": _storage_env()} if remote else None,
         )
     try:
         yield
@@ -68,3 +71,43 @@ def cpus_per_worker(workers: int, use_gpu: bool) -> float:
     total = float(ray.cluster_resources().get("CPU", 1.0))
     share = (total - 0.5) / workers
     return max(0.25, min(1.0, round(share * 4) / 4))
+
+
+# ---------------------------------------------------------------------------
+# Ray Jobs: `--address http://HEAD:8265` submits the command to a running cluster's head.
+
+def is_jobs_address(address: str | None) -> bool:
+    """http(s)://HEAD:8265 is the Jobs API; ray://... and auto join the cluster directly."""
+    return bool(address) and address.startswith(("http://", "https://"))
+
+
+def submit_job(address: str, argv: list[str], wait: bool = True, log=print) -> int:
+    """Run `sdt-ray ARGV --address auto` as a Ray Job on the cluster at `address`.
+
+    With wait, streams the job's logs here and returns its exit status (0 when it
+    succeeded, 1 otherwise); without, prints the job id and returns 0. The job runs with the
+    cluster's own installation of sdt-ray (the image's, or setup_commands'); only the S3
+    endpoint and region travel with it, never credentials."""
+    import asyncio
+    import shlex
+
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    client = JobSubmissionClient(address)
+    entrypoint = shlex.join(["sdt-ray", *argv, "--address", "auto"])
+    env = _storage_env()
+    job_id = client.submit_job(entrypoint=entrypoint, runtime_env={"env_vars": env} if env else None)
+    log(f"submitted {job_id} to {address}: {entrypoint}")
+    if not wait:
+        log(job_id)
+        return 0
+
+    async def follow() -> None:
+        async for lines in client.tail_job_logs(job_id):
+            for line in lines.rstrip("\n").splitlines():
+                log(line)
+
+    asyncio.run(follow())
+    status = client.get_job_status(job_id)
+    log(f"job {job_id}: {status.value}")
+    return 0 if status == JobStatus.SUCCEEDED else 1
