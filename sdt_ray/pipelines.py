@@ -57,7 +57,7 @@ from .schema import (
     labels_from_metadata,
     validate_utterances,
 )
-from .submit import ray_session
+from .submit import ray_session, require_shared_storage
 
 SUPPORTED_MODALITIES = ("text", "audio", "visual")
 MEDIA_COLUMN = {"audio": "audio_uri", "visual": "video_uri"}
@@ -126,6 +126,7 @@ def extract(
 ) -> ExtractSummary:
     started = time.time()
     _check_options(options)
+    require_shared_storage(address, {"--input": input_uri, "--output": output_uri})
     table, metadata = _read_input(input_uri, options)
     # Resolving the encoders checks the models and the feature set before any output is written.
     metadata[ENCODERS_METADATA_KEY] = json.dumps(_encoders(options)).encode()
@@ -324,6 +325,7 @@ def predict_job(
     With `extraction`, the input is an utterances table: extraction and scoring run as one
     streaming job (`_predict_streaming`) and no features table is written."""
     started = time.time()
+    require_shared_storage(address, {"--checkpoint": checkpoint_uri, "--input": input_uri, "--output": output_uri})
     model_id, model_version, config = checkpoint_identity(checkpoint_uri)  # fails early on a bad checkpoint; actors load their own
     check_columns(input_uri, options)
     if extraction is not None:

@@ -25,6 +25,26 @@ def is_remote(uri: str) -> bool:
     return uri.startswith("s3://")
 
 
+NETWORK_FILESYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "lustre", "ceph", "glusterfs", "beegfs", "gpfs", "9p")
+
+
+def is_shared(uri: str, mounts: str = "/proc/mounts") -> bool:
+    """Whether every node of a cluster can see `uri`: s3://, or a local path on a network
+    filesystem (NFS, Lustre, ... or a FUSE mount such as s3fs/EFS utils), read from /proc/mounts."""
+    if is_remote(uri):
+        return True
+    path = resolve(uri)[1]
+    try:
+        table = [line.split() for line in Path(mounts).read_text().splitlines()]
+    except OSError:
+        return False  # no mount table to read (not Linux): a local path is assumed private
+    best, kind = "", ""
+    for fields in table:
+        if len(fields) >= 3 and (path == fields[1] or path.startswith(fields[1].rstrip("/") + "/")) and len(fields[1]) > len(best):
+            best, kind = fields[1], fields[2]
+    return kind in NETWORK_FILESYSTEMS or kind.startswith("fuse.")
+
+
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     """(filesystem, path inside it) for a local path, file:// or s3:// URI."""
     if uri.startswith("s3://"):

@@ -53,6 +53,25 @@ def ray_session(
         ray.shutdown()
 
 
+def require_shared_storage(address: str | None, uris: dict[str, str]) -> None:
+    """Before any work: on a cluster of several nodes, every path the job reads or writes
+    (`uris`: flag -> URI) must be visible from all of them (s3:// or a network mount)."""
+    from .errors import ConfigError
+    from .storage import is_shared
+
+    if address is None and not ray.is_initialized():
+        return  # a local Ray is one node
+    with ray_session(address):
+        nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
+    private = {flag: uri for flag, uri in uris.items() if uri and not is_shared(uri)}
+    if nodes > 1 and private:
+        listed = ", ".join(f"{flag} {uri}" for flag, uri in private.items())
+        raise ConfigError(
+            f"the cluster has {nodes} nodes, but {listed} is a path on this machine's own disk; "
+            "use s3://... or a shared mount (NFS) that every node sees"
+        )
+
+
 def _storage_env() -> dict[str, str]:
     """Where S3 lives, as set on the driver, for a remote cluster's workers (credentials
     are the nodes' own: their environment, ~/.aws or an instance role)."""

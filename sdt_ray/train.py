@@ -40,7 +40,7 @@ from .errors import ConfigError, SdtError
 from .losses import SelfDistillationLoss
 from .metrics import classification_report
 from .model import SDT
-from .submit import cpus_per_worker, ray_session
+from .submit import cpus_per_worker, ray_session, require_shared_storage
 from .training_data import TrainingData, prepare
 
 STATE_FILE = "training_state.pt"  # latest epoch: model, optimiser, counters, history
@@ -69,6 +69,7 @@ def train(
     run_dir = _absolute(run_dir)
     _check_run_dir(run_dir, resume)
     data = prepare(features_uri, recipe, recipe.train.workers)  # bad input fails here, before a run exists
+    require_shared_storage(address, {"--features": features_uri, "--output": run_dir})
     run_name = _claim_run(run_dir, recipe, features_uri, resume)
     _announce(data, recipe, log)
     with ray_session(address, verbose=verbose):

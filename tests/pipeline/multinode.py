@@ -1,0 +1,46 @@
+"""Run one sdt-ray job on a simulated 2-node Ray cluster (ray.cluster_utils.Cluster) in a
+process of its own (the test session already has its own local Ray), and print a JSON result.
+
+    python tests/pipeline/multinode.py predict CHECKPOINT FEATURES OUTPUT [LOCAL_OUTPUT]
+
+Each node gets 1 CPU; the cluster's processes are stopped by Cluster.shutdown (by PID)."""
+
+import json
+import os
+import sys
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+
+
+def main(argv: list[str]) -> dict:
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from sdt_ray.errors import ConfigError
+    from sdt_ray.pipelines import predict_job
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    cluster.add_node(num_cpus=1)
+    try:
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, log_to_driver=False, logging_level="WARNING")
+        command, checkpoint, features, output = argv[:4]
+        assert command == "predict"
+        result = {"nodes": sum(1 for n in ray.nodes() if n["Alive"])}
+        summary = predict_job(checkpoint, features, output, address=cluster.address, log=lambda m: None)
+        result.update(rows_in=summary.rows_in, rows_out=summary.rows_out, errors=summary.errors)
+        if len(argv) > 4:
+            try:
+                predict_job(checkpoint, features, argv[4], address=cluster.address, log=lambda m: None)
+                result["refused"] = None
+            except ConfigError as exc:
+                result["refused"] = str(exc)
+        return result
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(sys.argv[1:])))

@@ -1,0 +1,55 @@
+"""A simulated 2-node Ray cluster: `predict` writes to moto S3 with the single-node result's
+contract, and a path on one machine's own disk is refused before any work."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.fs as pafs
+import pytest
+import torch
+
+from synthetic import LABELS, features_table
+from sdt_ray import storage
+from sdt_ray.checkpoint import save_checkpoint, state_dict_for_saving
+from sdt_ray.config import ModelConfig
+from sdt_ray.model import SDT
+from sdt_ray.pipelines import predict_job
+
+pytestmark = pytest.mark.slow
+SCRIPT = Path(__file__).with_name("multinode.py")
+KEYS = [("dialogue_id", "ascending"), ("utterance_index", "ascending")]
+
+
+def test_predict_on_two_nodes_writes_to_s3(ray_local, s3_endpoint, tmp_path):
+    torch.manual_seed(0)
+    config = ModelConfig(input_dims=(16,), hidden=16, heads=2, n_classes=3, class_names=tuple(LABELS))
+    save_checkpoint(tmp_path / "ckpt", state_dict_for_saving(SDT(config)), config)
+    fs, bucket_path = storage.resolve("s3://sdt-test/multinode/ckpt")
+    pafs.copy_files(str(tmp_path / "ckpt"), bucket_path, destination_filesystem=fs)
+    table = features_table({"train": 4, "dev": 2, "test": 4})
+    features = "s3://sdt-test/multinode/features/part-00000.parquet"
+    storage.write_table(table, features)
+
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "predict", "s3://sdt-test/multinode/ckpt", features,
+         "s3://sdt-test/multinode/predictions", str(tmp_path / "local-predictions")],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["nodes"] == 2
+    assert result["rows_in"] == result["rows_out"] == table.num_rows and result["errors"] == {}
+    assert "the cluster has 2 nodes" in result["refused"] and "--checkpoint" not in result["refused"]
+    assert not (tmp_path / "local-predictions").exists()  # refused before anything was written
+
+    single = str(tmp_path / "single")  # the same job on the one-node session of this test run
+    predict_job(str(tmp_path / "ckpt"), features, single, log=lambda m: None)
+    two = storage.read_table("s3://sdt-test/multinode/predictions").sort_by(KEYS)
+    one = storage.read_table(single).sort_by(KEYS)
+    assert two.column("label").to_pylist() == one.column("label").to_pylist()
+    probabilities = [f"prob_{label}" for label in LABELS]
+    np.testing.assert_allclose(np.array(two.select(probabilities).to_pandas(), float),
+                               np.array(one.select(probabilities).to_pandas(), float), atol=1e-6)
