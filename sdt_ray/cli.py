@@ -227,6 +227,9 @@ def train(
     ema_decay: Optional[float] = typer.Option(
         None, help="Per-step decay of the weight average that dev scores and best/ holds; 0 = raw weights. Default: 0.995."
     ),
+    placement: Optional[str] = typer.Option(
+        None, help="Where workers go: PACK (default; fill a node first) or STRICT_SPREAD (one worker per node), SPREAD, STRICT_PACK."
+    ),
     resume: bool = typer.Option(False, help="Continue the run already in OUTPUT from its latest checkpoint."),
     address: Optional[str] = typer.Option(None, help=ADDRESS_HELP),
     no_wait: bool = NO_WAIT,
@@ -238,7 +241,8 @@ def train(
     from .train import train as run_train
 
     recipe = load_recipe(config) if config else RecipeConfig()
-    overrides = {"workers": workers, "epochs": epochs, "seed": seed, "patience": patience, "lr": lr, "batch_size": batch_size, "ema_decay": ema_decay}
+    overrides = {"workers": workers, "epochs": epochs, "seed": seed, "patience": patience, "lr": lr, "batch_size": batch_size,
+                 "ema_decay": ema_decay, "placement": placement.upper() if placement else None}
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if gpu:
         overrides["use_gpu"] = True

@@ -17,6 +17,7 @@ from .errors import ConfigError
 
 MODALITIES = ("text", "audio", "visual")  # canonical order, used everywhere
 SPEAKER_MODES = ("relative", "fixed")
+PLACEMENTS = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 
 
 @dataclass(frozen=True)
@@ -115,6 +116,13 @@ class TrainConfig:
     # (decay per optimiser step; 0.995 averages over about 200 steps, 3 MELD epochs).
     ema_decay: float = 0.995
     max_failures: int = 0  # worker-group restarts from the latest checkpoint (Ray Train FailureConfig)
+    # Where the workers go (Ray placement group strategy): PACK fills a node first (one
+    # multi-GPU node talks fastest); STRICT_SPREAD puts each worker on its own node.
+    placement: str = "PACK"
+
+    def __post_init__(self) -> None:
+        if self.placement not in PLACEMENTS:
+            raise ConfigError(f"placement {self.placement!r}: choose from {list(PLACEMENTS)}")
 
 
 @dataclass(frozen=True)

@@ -101,13 +101,14 @@ def _build_trainer(data: TrainingData, recipe: RecipeConfig, run_dir: str, run_n
             num_workers=cfg.workers,
             use_gpu=cfg.use_gpu,
             resources_per_worker={"CPU": cpus_per_worker(cfg.workers, cfg.use_gpu)},
+            placement_strategy=cfg.placement,
         ),
         datasets=datasets,
         # Shards are cut by dialogue on the driver; Ray must not re-split them by rows.
         dataset_config=DataConfig(datasets_to_split=[]),
         run_config=RunConfig(
             name=run_name,
-            storage_path=storage.join(run_dir, "ray"),
+            **_storage(storage.join(run_dir, "ray")),
             checkpoint_config=CheckpointConfig(num_to_keep=1),  # the latest holds the best weights too
             failure_config=FailureConfig(max_failures=cfg.max_failures),
         ),
@@ -122,6 +123,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     cfg = TrainConfig(**config["train"])
     torch.set_num_threads(cfg.torch_threads)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    _where(config["run_dir"], rank)
     device = ray.train.torch.get_device()
 
     shard = to_dialogues(_read_all(f"train_{rank}"), model_cfg)
@@ -313,6 +315,22 @@ def _export_best(checkpoint: ray.train.Checkpoint | None, run_dir: str) -> Train
         storage.upload_dir(os.path.join(directory, BEST_DIR), best_uri)
     best = state["history"][state["best_epoch"]] if state["best_epoch"] >= 0 else {}
     return TrainResult(run_dir, best_uri, state["best_epoch"], best, state["epoch"], state["history"])
+
+
+def _storage(uri: str) -> dict[str, Any]:
+    """RunConfig's storage for a local folder or s3:// (through our s3fs filesystem, so the
+    endpoint and region come from the same AWS variables as everywhere else)."""
+    if storage.is_remote(uri):
+        return {"storage_path": uri[len("s3://"):], "storage_filesystem": storage.s3_filesystem()}
+    return {"storage_path": uri}
+
+
+def _where(run_dir: str, rank: int) -> None:
+    """Each worker records where it ran (run_dir/workers/rank-K.json): node, host, process."""
+    import socket
+
+    record = {"rank": rank, "node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(), "pid": os.getpid()}
+    storage.write_text(storage.join(run_dir, "workers", f"rank-{rank}.json"), json.dumps(record))
 
 
 def _absolute(uri: str) -> str:

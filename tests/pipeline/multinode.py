@@ -2,6 +2,7 @@
 process of its own (the test session already has its own local Ray), and print a JSON result.
 
     python tests/pipeline/multinode.py predict CHECKPOINT FEATURES OUTPUT [LOCAL_OUTPUT]
+    python tests/pipeline/multinode.py train FEATURES RUN_DIR
 
 Each node gets 1 CPU; the cluster's processes are stopped by Cluster.shutdown (by PID)."""
 
@@ -25,9 +26,11 @@ def main(argv: list[str]) -> dict:
     try:
         cluster.wait_for_nodes()
         ray.init(address=cluster.address, log_to_driver=False, logging_level="WARNING")
+        result = {"nodes": sum(1 for n in ray.nodes() if n["Alive"])}
+        if argv[0] == "train":
+            return {**result, **train_on(cluster.address, *argv[1:3])}
         command, checkpoint, features, output = argv[:4]
         assert command == "predict"
-        result = {"nodes": sum(1 for n in ray.nodes() if n["Alive"])}
         summary = predict_job(checkpoint, features, output, address=cluster.address, log=lambda m: None)
         result.update(rows_in=summary.rows_in, rows_out=summary.rows_out, errors=summary.errors)
         if len(argv) > 4:
@@ -40,6 +43,20 @@ def main(argv: list[str]) -> dict:
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+def train_on(address: str, features: str, run_dir: str) -> dict:
+    """2 workers, one per node (STRICT_SPREAD), 2 epochs; checkpoints and best/ under run_dir."""
+    import dataclasses
+
+    from sdt_ray.config import RecipeConfig
+    from sdt_ray.train import train
+
+    recipe = RecipeConfig()
+    recipe = dataclasses.replace(recipe, train=dataclasses.replace(
+        recipe.train, workers=2, epochs=2, placement="STRICT_SPREAD", batch_size=4))
+    result = train(features, run_dir, recipe, address=address, log=lambda m: None)
+    return {"best_epoch": result.best_epoch, "best_dir": str(result.best_dir), "epochs_run": result.epochs_run}
 
 
 if __name__ == "__main__":
