@@ -227,6 +227,9 @@ def train(
     ema_decay: Optional[float] = typer.Option(
         None, help="Per-step decay of the weight average that dev scores and best/ holds; 0 = raw weights. Default: 0.995."
     ),
+    max_failures: Optional[int] = typer.Option(
+        None, help="Worker-group restarts from the latest checkpoint when a worker or node dies. Default: the recipe's (0)."
+    ),
     placement: Optional[str] = typer.Option(
         None, help="Where workers go: PACK (default; fill a node first) or STRICT_SPREAD (one worker per node), SPREAD, STRICT_PACK."
     ),
@@ -242,7 +245,7 @@ def train(
 
     recipe = load_recipe(config) if config else RecipeConfig()
     overrides = {"workers": workers, "epochs": epochs, "seed": seed, "patience": patience, "lr": lr, "batch_size": batch_size,
-                 "ema_decay": ema_decay, "placement": placement.upper() if placement else None}
+                 "ema_decay": ema_decay, "placement": placement.upper() if placement else None, "max_failures": max_failures}
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if gpu:
         overrides["use_gpu"] = True

@@ -160,6 +160,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             **{f"{config['selection_split']}_{k}": v for k, v in selection_metrics.items()},
             "best_epoch": state["best_epoch"],
             "seconds": round(time.time() - started, 2),
+            "attempt": state["attempt"],
         }
         state["history"].append(record)
         state["epoch"] = epoch + 1
@@ -228,7 +229,8 @@ def _mean_across_ranks(value: float, device: torch.device) -> float:
 
 def _restore(core, optimizer, average) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None]:
     """Training counters and the best weights so far, from Ray's latest checkpoint if any."""
-    state = {"epoch": 0, "best_score": -1.0, "best_epoch": -1, "bad_epochs": 0, "history": []}
+    # attempt: how many times the run restarted from a checkpoint (a lost worker, or --resume)
+    state = {"epoch": 0, "best_score": -1.0, "best_epoch": -1, "bad_epochs": 0, "history": [], "attempt": 0}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return state, None
@@ -241,6 +243,7 @@ def _restore(core, optimizer, average) -> tuple[dict[str, Any], dict[str, torch.
     if average is not None and average_state is not None:
         average.load_state_dict(average_state)
     state.update(saved)
+    state["attempt"] = state.get("attempt", 0) + 1
     return state, best
 
 
@@ -378,4 +381,5 @@ def format_epoch(record: dict[str, Any]) -> str:
         f"{split} acc {record.get(f'{split}_accuracy', float('nan')):.4f}  "
         f"wF1 {record.get(f'{split}_weighted_f1', float('nan')):.4f}  "
         f"mF1 {record.get(f'{split}_macro_f1', float('nan')):.4f}  {record['seconds']:.1f}s{star}"
+        + (f"  (after restart {record['attempt']})" if record.get("attempt") else "")
     )

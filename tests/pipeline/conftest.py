@@ -21,6 +21,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def processes_named(fragment: bytes) -> list[int]:
+    """PIDs whose command line holds `fragment` (Ray names actor processes ray::ClassName)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and fragment in (entry / "cmdline").read_bytes():
+                pids.append(int(entry.name))
+        except OSError:
+            pass  # the process ended while we looked
+    return pids
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """moto_server on loopback; AWS_* variables point s3fs, pyarrow and Ray workers at it."""

@@ -6,27 +6,16 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
+from conftest import processes_named
 from sdt_ray import storage
 from sdt_ray.bench_scoring import save_model, write_corpus
 from sdt_ray.pipelines import predict_job
 from sdt_ray.scoring import DONE, PredictOptions
 
 pytestmark = pytest.mark.slow
-
-
-def scoring_actor_pids() -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and b"ScoreStage" in (entry / "cmdline").read_bytes():
-                pids.append(int(entry.name))
-        except OSError:
-            pass
-    return pids
 
 
 def test_killed_actor_loses_and_duplicates_nothing(ray_local, tmp_path):
@@ -41,7 +30,7 @@ def test_killed_actor_loses_and_duplicates_nothing(ray_local, tmp_path):
     deadline = time.time() + 120
     while job.is_alive() and time.time() < deadline:
         done = storage.list_files(storage.join(out, DONE))
-        pids = scoring_actor_pids()
+        pids = processes_named(b"ScoreStage")
         if len(done) >= 2 and pids:  # mid-job: some files written, more to come
             killed = pids[0]
             os.kill(killed, signal.SIGKILL)
