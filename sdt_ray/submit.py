@@ -115,7 +115,7 @@ def submit_job(address: str, argv: list[str], wait: bool = True, log=print) -> i
     client = JobSubmissionClient(address)
     entrypoint = shlex.join(["sdt-ray", *argv, "--address", "auto"])
     env = _storage_env()
-    job_id = client.submit_job(entrypoint=entrypoint, runtime_env={"env_vars": env} if env else None)
+    job_id = _submit(client, entrypoint, {"env_vars": env} if env else None, log)
     log(f"submitted {job_id} to {address}: {entrypoint}")
     if not wait:
         log(job_id)
@@ -130,3 +130,18 @@ def submit_job(address: str, argv: list[str], wait: bool = True, log=print) -> i
     status = client.get_job_status(job_id)
     log(f"job {job_id}: {status.value}")
     return 0 if status == JobStatus.SUCCEEDED else 1
+
+
+def _submit(client, entrypoint: str, runtime_env: dict | None, log, patience_s: float = 120.0) -> str:
+    """Submit, waiting while a head that has just started has no job agent yet."""
+    import time
+
+    deadline = time.time() + patience_s
+    while True:
+        try:
+            return client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
+        except RuntimeError as exc:
+            if "No available agent" not in str(exc) or time.time() > deadline:
+                raise
+            log("the head's job agent is not up yet; retrying")
+            time.sleep(2)
