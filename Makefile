@@ -6,25 +6,32 @@ VENV        ?= .venv
 TORCH_SPEC  ?= torch==2.13.0
 TORCH_INDEX ?=
 DEB_PACKAGES ?=
+# `make test` only: the `--cluster` test brings a launcher cluster up over SSH to this machine.
+TEST_DEB_PACKAGES ?= openssh-server rsync
 PYTEST_ARGS ?=
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 
-.PHONY: setup test test-fast demo demo-model bench meld-text clean
+.PHONY: setup debs test test-fast demo demo-model bench meld-text clean
 
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml constraints.txt
-	@if [ -n "$(DEB_PACKAGES)" ]; then \
-	  missing=$$(for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
-	  if [ -n "$$missing" ]; then apt-get update -qq && apt-get install -y -qq $$missing; fi; fi
+	@$(MAKE) --no-print-directory debs PACKAGES="$(DEB_PACKAGES)"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q "$(TORCH_SPEC)" $(TORCH_INDEX)
 	$(PIP) install -q -c constraints.txt -e '.[test]'
 	touch $@
 
+# Debian packages in PACKAGES that are not installed yet (nothing to do when all are).
+debs:
+	@missing=$$(for p in $(PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then echo "apt-get install $$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
+
 # The whole suite; pytest's own exit status (5 = no tests ran) fails the target.
 test: setup
+	@$(MAKE) --no-print-directory debs PACKAGES="$(TEST_DEB_PACKAGES)"
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Skips the end-to-end runs on real data.

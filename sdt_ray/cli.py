@@ -30,7 +30,14 @@ ADDRESS_HELP = (
     "Where to run: http://HEAD:8265 submits this command as a Ray Job (logs stream here, the exit status is "
     "the job's); ray://HOST:10001 or auto joins a cluster from here; default: start a local Ray."
 )
-NO_WAIT = typer.Option(False, "--no-wait", help="With --address http://...: print the job id and return at once.")
+CLUSTER = typer.Option(
+    None,
+    help="A Ray cluster launcher config (e.g. cluster/gpu.yaml): bring that cluster up, or find it up, forward its "
+    "dashboard over SSH and run this command there as a Ray Job. Paths must be ones the cluster sees (s3://...).",
+)
+NO_WAIT = typer.Option(
+    False, "--no-wait", help="With --cluster or --address http://...: print the job id and return at once."
+)
 
 # Encoder and storage flags shared by `extract` and `predict --extract`.
 TEXT_MODEL = typer.Option(
@@ -143,6 +150,7 @@ def extract(
     s3_region: Optional[str] = S3_REGION,
     overwrite: bool = typer.Option(False, help="Replace OUTPUT if it exists (otherwise refuse, or resume an unfinished run)."),
     address: Optional[str] = typer.Option(None, help=ADDRESS_HELP),
+    cluster: Optional[Path] = CLUSTER,
     no_wait: bool = NO_WAIT,
 ) -> None:
     """Encode utterances (text, audio, video) into one fixed-size vector per modality, on Ray Data.
@@ -153,7 +161,7 @@ def extract(
     from .pipelines import extract as run_extract
 
     _set_s3_environment(s3_endpoint, s3_region)
-    _on_cluster(ctx, address, no_wait)
+    _on_cluster(ctx, address, cluster, no_wait)
     options = ExtractOptions(
         modalities=tuple(m.strip() for m in modalities.split(",") if m.strip()),
         text_model=text_model,
@@ -172,18 +180,24 @@ def extract(
     _log(summary.describe())
 
 
-def _on_cluster(ctx: typer.Context, address: Optional[str], no_wait: bool) -> None:
-    """With --address http(s)://HEAD:8265, send this very command to that cluster as a Ray Job
-    and exit with the job's status; otherwise return and run here."""
+def _on_cluster(ctx: typer.Context, address: Optional[str], cluster: Optional[Path], no_wait: bool) -> None:
+    """With --cluster FILE or --address http(s)://HEAD:8265, send this very command to that cluster
+    as a Ray Job and exit with the job's status; otherwise return and run here."""
     from .errors import ConfigError
-    from .submit import is_jobs_address, submit_job
+    from .submit import is_jobs_address, launched_cluster, submit_job
 
-    if not is_jobs_address(address):
+    if cluster is not None and address is not None:
+        raise ConfigError("give --cluster FILE or --address, not both")
+    if cluster is None and not is_jobs_address(address):
         if no_wait:
-            raise ConfigError("--no-wait needs --address http://HEAD:8265 (a Ray Jobs endpoint)")
+            raise ConfigError("--no-wait needs --cluster FILE or --address http://HEAD:8265 (a Ray Jobs endpoint)")
         return
-    argv = _argv_of(ctx, drop={"address", "no_wait"})
-    raise typer.Exit(submit_job(address, argv, wait=not no_wait, log=_log))
+    argv = _argv_of(ctx, drop={"address", "cluster", "no_wait"})
+    if cluster is None:
+        raise typer.Exit(submit_job(address, argv, wait=not no_wait, log=_log))
+    with launched_cluster(str(cluster), log=_log) as jobs_address:
+        status = submit_job(jobs_address, argv, wait=not no_wait, log=_log)
+    raise typer.Exit(status)
 
 
 def _argv_of(ctx: typer.Context, drop: set[str]) -> list[str]:
@@ -235,11 +249,12 @@ def train(
     ),
     resume: bool = typer.Option(False, help="Continue the run already in OUTPUT from its latest checkpoint."),
     address: Optional[str] = typer.Option(None, help=ADDRESS_HELP),
+    cluster: Optional[Path] = CLUSTER,
     no_wait: bool = NO_WAIT,
     verbose: bool = typer.Option(False, help="Show Ray's own logs and the workers' output."),
 ) -> None:
     """Train SDT with Ray Train (DDP), selecting the epoch on dev weighted F1."""
-    _on_cluster(ctx, address, no_wait)
+    _on_cluster(ctx, address, cluster, no_wait)
     from .config import RecipeConfig, load_recipe
     from .train import train as run_train
 
@@ -297,6 +312,7 @@ def predict(
     s3_endpoint: Optional[str] = S3_ENDPOINT,
     s3_region: Optional[str] = S3_REGION,
     address: Optional[str] = typer.Option(None, help=ADDRESS_HELP),
+    cluster: Optional[Path] = CLUSTER,
     no_wait: bool = NO_WAIT,
 ) -> None:
     """Score every utterance with a trained checkpoint, on Ray Data: the predicted label, its
@@ -305,7 +321,7 @@ def predict(
     from .scoring import PredictOptions
 
     _set_s3_environment(s3_endpoint, s3_region)
-    _on_cluster(ctx, address, no_wait)
+    _on_cluster(ctx, address, cluster, no_wait)
 
     options = PredictOptions(
         batch_size=batch_size,
@@ -337,10 +353,11 @@ def evaluate(
     split: str = typer.Option("test", help="train, dev or test."),
     output: str = typer.Option(..., "--output", help="EVAL_DIR: metrics.json and confusion_matrix.png."),
     address: Optional[str] = typer.Option(None, help=ADDRESS_HELP),
+    cluster: Optional[Path] = CLUSTER,
     no_wait: bool = NO_WAIT,
 ) -> None:
     """Score a checkpoint on one split: metrics.json, confusion_matrix.png and a table."""
-    _on_cluster(ctx, address, no_wait)
+    _on_cluster(ctx, address, cluster, no_wait)
     from .evaluate import evaluate as run_evaluate
     from .evaluate import format_report
 
@@ -399,16 +416,30 @@ def run(
     spec: Path = typer.Argument(..., help="Job spec: a YAML in jobs/ with `command` and `options` (e.g. jobs/meld_predict.yaml)."),
     set_: list[str] = typer.Option([], "--set", help="Override an option of the spec: key=value (repeatable)."),
     address: Optional[str] = typer.Option(None, help=ADDRESS_HELP),
+    cluster: Optional[Path] = CLUSTER,
+    no_wait: bool = NO_WAIT,
     dry_run: bool = typer.Option(False, help="Print the command the spec makes and stop."),
 ) -> None:
-    """Run a job spec: the same file locally or on a cluster (add --address)."""
+    """Run a job spec: the same file locally or on a cluster (add --cluster or --address)."""
     from .jobspec import argv, load_job
 
+    from .errors import ConfigError
+
     job = load_job(spec, set_)
-    args = argv(job, _flags(job.command)) + (["--address", address] if address else [])
+    flags = _flags(job.command)
+    if (address or cluster or no_wait) and "cluster" not in flags:
+        raise ConfigError(f"`{job.command}` runs on this machine only (it takes no --cluster or --address)")
+    args = argv(job, flags)
+    args += ["--address", address] if address else []
+    args += ["--cluster", str(cluster)] if cluster else []
+    args += ["--no-wait"] if no_wait else []
     _log("sdt-ray " + " ".join(args))
-    if not dry_run:
-        typer.main.get_command(app).main(args=args, prog_name="sdt-ray", standalone_mode=False)
+    if dry_run:
+        return
+    # Outside standalone mode click hands back the command's exit status instead of exiting with it.
+    status = typer.main.get_command(app).main(args=args, prog_name="sdt-ray", standalone_mode=False)
+    if isinstance(status, int) and status != 0:
+        raise typer.Exit(status)
 
 
 def _flags(command: str) -> dict:

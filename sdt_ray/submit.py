@@ -110,9 +110,9 @@ def submit_job(address: str, argv: list[str], wait: bool = True, log=print) -> i
     import asyncio
     import shlex
 
-    from ray.job_submission import JobStatus, JobSubmissionClient
+    from ray.job_submission import JobStatus
 
-    client = JobSubmissionClient(address)
+    client = _client(address)
     entrypoint = shlex.join(["sdt-ray", *argv, "--address", "auto"])
     env = _storage_env()
     job_id = _submit(client, entrypoint, {"env_vars": env} if env else None, log)
@@ -132,6 +132,24 @@ def submit_job(address: str, argv: list[str], wait: bool = True, log=print) -> i
     return 0 if status == JobStatus.SUCCEEDED else 1
 
 
+def _client(address: str):
+    """A Jobs client, with a missing or wrong token said in one line (never echoing a token)."""
+    from ray.exceptions import AuthenticationError
+    from ray.job_submission import JobSubmissionClient
+
+    from .errors import ConfigError
+
+    try:
+        return JobSubmissionClient(address)
+    except AuthenticationError:
+        mode = os.environ.get("RAY_AUTH_MODE", "unset")
+        raise ConfigError(
+            f"the cluster at {address} uses Ray's token auth and refused this client (RAY_AUTH_MODE is {mode}): "
+            "export RAY_AUTH_MODE=token and give the cluster's token in ~/.ray/auth_token, RAY_AUTH_TOKEN_PATH "
+            "or RAY_AUTH_TOKEN"
+        ) from None
+
+
 def _submit(client, entrypoint: str, runtime_env: dict | None, log, patience_s: float = 120.0) -> str:
     """Submit, waiting while a head that has just started has no job agent yet."""
     import time
@@ -145,3 +163,109 @@ def _submit(client, entrypoint: str, runtime_env: dict | None, log, patience_s: 
                 raise
             log("the head's job agent is not up yet; retrying")
             time.sleep(2)
+
+
+# ---------------------------------------------------------------------------
+# `--cluster FILE`: Ray's cluster launcher brings the cluster up (or finds it up), its dashboard
+# is forwarded here over SSH, and the command goes in as a Ray Job through that tunnel.
+
+@contextlib.contextmanager
+def launched_cluster(config_file: str, log=print, patience_s: float = 120.0) -> Iterator[str]:
+    """Yield the Jobs address (http://127.0.0.1:PORT) of the cluster described by the launcher
+    config `config_file`, creating or updating it first. Ray is not restarted on a cluster that is
+    already up, so jobs running there go on. The tunnel closes on exit; the cluster stays up
+    (`ray down FILE` takes it down)."""
+    import subprocess
+    import sys
+    import tempfile
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    from ray.autoscaler.sdk import create_or_update_cluster, get_head_node_ip
+
+    from .errors import ConfigError
+
+    config = _launcher_config(config_file)
+    log(f"cluster {config['cluster_name']}: bringing it up, or finding it up, with Ray's cluster launcher")
+    create_or_update_cluster(config_file, no_restart=True)
+    remote_port = _dashboard_port(config)
+    local_port = _free_local_port()
+    log(f"cluster {config['cluster_name']}: head {get_head_node_ip(config_file)}; "
+        f"forwarding its dashboard (port {remote_port}) to 127.0.0.1:{local_port}")
+    ray_cli = Path(sys.executable).parent / "ray"
+    with tempfile.TemporaryFile("w+") as tunnel_log:
+        tunnel = subprocess.Popen(
+            [str(ray_cli), "dashboard", "--port", str(local_port), "--remote-port", str(remote_port), config_file],
+            stdout=tunnel_log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+        try:
+            address = f"http://127.0.0.1:{local_port}"
+            deadline = time.time() + patience_s
+            while True:
+                try:
+                    urllib.request.urlopen(f"{address}/api/version", timeout=2)
+                    break
+                except OSError as exc:
+                    refused = getattr(exc, "code", None) == 401  # token auth: the head answers
+                    if refused:
+                        break
+                    if tunnel.poll() is not None or time.time() > deadline:
+                        tunnel_log.seek(0)
+                        raise ConfigError(
+                            f"no Ray dashboard answered through the tunnel to {config['cluster_name']}'s head "
+                            f"(port {remote_port}) within {patience_s:.0f} s; is Ray running there "
+                            f"(`ray up {config_file} --restart-only`)? Tunnel log: {tunnel_log.read()[-600:]}"
+                        ) from None
+                    time.sleep(1)
+            yield address
+        finally:
+            _stop_group(tunnel)
+
+
+def _launcher_config(config_file: str) -> dict:
+    import yaml
+
+    from .errors import ConfigError
+
+    try:
+        with open(config_file) as handle:
+            config = yaml.safe_load(handle)
+    except OSError as exc:
+        raise ConfigError(f"--cluster {config_file}: {exc.strerror}") from None
+    if not isinstance(config, dict) or "provider" not in config or "cluster_name" not in config:
+        raise ConfigError(f"--cluster {config_file} is not a Ray cluster launcher config (no cluster_name or provider)")
+    return config
+
+
+def _dashboard_port(config: dict) -> int:
+    """The head's dashboard port: --dashboard-port in head_start_ray_commands, else Ray's 8265."""
+    import re
+
+    for command in config.get("head_start_ray_commands", []):
+        found = re.search(r"--dashboard-port[= ](\d+)", command)
+        if found:
+            return int(found.group(1))
+    return 8265
+
+
+def _free_local_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _stop_group(process) -> None:
+    """Stop a child started with start_new_session (it and the ssh it runs), by its PID."""
+    import signal
+    import subprocess
+
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()

@@ -33,6 +33,46 @@ def processes_named(fragment: bytes) -> list[int]:
     return pids
 
 
+def own_head_ports() -> list[str]:
+    """`ray start --head` flags for ports of its own: the test session's Ray already holds the
+    defaults (the dashboard agent's 52365 above all; without its agent a head refuses jobs with
+    "No available agent")."""
+    flags = ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
+             "metrics-export-port", "ray-client-server-port")
+    return [f"--{flag}={_free_port()}" for flag in flags]
+
+
+def stop_session(leader: int, grace_s: float = 20.0) -> None:
+    """Stop every process of the session that `leader` (a `setsid` child) leads, by PID: SIGTERM,
+    then SIGKILL after `grace_s`. Ray's workers have process groups of their own in that session."""
+    import signal
+    import time
+
+    def members() -> list[int]:
+        pids = []
+        for entry in Path("/proc").iterdir():
+            try:
+                if entry.name.isdigit() and os.getsid(int(entry.name)) == leader:
+                    state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                    if state != "Z":  # a zombie is dead already, waiting for its parent
+                        pids.append(int(entry.name))
+            except OSError:
+                pass  # gone while we looked
+        return pids
+
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        for pid in members():
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+        deadline = time.time() + wait
+        while members() and time.time() < deadline:
+            time.sleep(0.5)
+        if not members():
+            return
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """moto_server on loopback; AWS_* variables point s3fs, pyarrow and Ray workers at it."""
@@ -87,3 +127,23 @@ def ray_local(s3_endpoint):
     yield
     ray.shutdown()
     shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def job_inputs(tmp_path_factory):
+    """A tiny checkpoint and a features table (train/dev/test) for commands sent to a cluster."""
+    import torch
+
+    from synthetic import LABELS, features_table
+    from sdt_ray import storage
+    from sdt_ray.checkpoint import save_checkpoint, state_dict_for_saving
+    from sdt_ray.config import ModelConfig
+    from sdt_ray.model import SDT
+
+    torch.manual_seed(0)
+    config = ModelConfig(input_dims=(16,), hidden=16, heads=2, n_classes=3, class_names=tuple(LABELS))
+    folder = tmp_path_factory.mktemp("jobs")
+    save_checkpoint(folder / "ckpt", state_dict_for_saving(SDT(config)), config)
+    table = features_table({"train": 6, "dev": 2, "test": 3})
+    storage.write_table(table, str(folder / "features.parquet"))
+    return folder, table

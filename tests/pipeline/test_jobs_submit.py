@@ -5,6 +5,7 @@ loopback, started for this module and stopped by its process group at the end (n
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,14 +15,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import torch
 
-from conftest import _free_port
-from synthetic import LABELS, features_table
+from conftest import _free_port, own_head_ports
 from sdt_ray import storage
-from sdt_ray.checkpoint import save_checkpoint, state_dict_for_saving
-from sdt_ray.config import ModelConfig
-from sdt_ray.model import SDT
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -34,14 +30,9 @@ def head(s3_endpoint):
     port, dashboard = _free_port(), _free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}:{os.environ['PATH']}"}
     log = open(Path(temp_dir) / "head.log", "w")
-    # Ports of its own: the test session's Ray already holds the defaults (the dashboard agent's
-    # 52365 above all; without its agent a head refuses jobs with "No available agent").
-    own_ports = [f"--{flag}={_free_port()}" for flag in (
-        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port",
-        "ray-client-server-port")]
     proc = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", f"--port={port}", "--dashboard-host=127.0.0.1",
-         f"--dashboard-port={dashboard}", "--num-cpus=2", f"--temp-dir={temp_dir}", "--include-dashboard=true", *own_ports],
+         f"--dashboard-port={dashboard}", "--num-cpus=2", f"--temp-dir={temp_dir}", "--include-dashboard=true", *own_head_ports()],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     address = f"http://127.0.0.1:{dashboard}"
@@ -62,17 +53,7 @@ def head(s3_endpoint):
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
     log.close()
-
-
-@pytest.fixture(scope="module")
-def inputs(tmp_path_factory):
-    torch.manual_seed(0)
-    config = ModelConfig(input_dims=(16,), hidden=16, heads=2, n_classes=3, class_names=tuple(LABELS))
-    folder = tmp_path_factory.mktemp("jobs")
-    save_checkpoint(folder / "ckpt", state_dict_for_saving(SDT(config)), config)
-    table = features_table({"train": 6, "dev": 2, "test": 3})
-    storage.write_table(table, str(folder / "features.parquet"))
-    return folder, table
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def cli(*args, timeout=300):
@@ -81,8 +62,8 @@ def cli(*args, timeout=300):
                           timeout=timeout, env=env)
 
 
-def test_predict_runs_as_a_job_and_streams_its_logs(head, inputs):
-    folder, table = inputs
+def test_predict_runs_as_a_job_and_streams_its_logs(head, job_inputs):
+    folder, table = job_inputs
     out = folder / "predictions"
     done = cli("predict", "--checkpoint", folder / "ckpt", "--input", folder / "features.parquet", "--output", out,
                "--address", head)
@@ -92,8 +73,8 @@ def test_predict_runs_as_a_job_and_streams_its_logs(head, inputs):
     assert storage.read_table(str(out)).num_rows == table.num_rows
 
 
-def test_train_then_a_failing_job_returns_its_status(head, inputs):
-    folder, _ = inputs
+def test_train_then_a_failing_job_returns_its_status(head, job_inputs):
+    folder, _ = job_inputs
     run = folder / "run"
     done = cli("train", "--features", folder / "features.parquet", "--output", run, "--workers", "1", "--epochs", "2",
                "--address", head, timeout=600)
@@ -105,10 +86,10 @@ def test_train_then_a_failing_job_returns_its_status(head, inputs):
     assert "not a checkpoint" in failed.stdout  # the job's error line came back with the logs
 
 
-def test_no_wait_prints_the_job_id(head, inputs):
+def test_no_wait_prints_the_job_id(head, job_inputs):
     from ray.job_submission import JobSubmissionClient
 
-    folder, _ = inputs
+    folder, _ = job_inputs
     done = cli("evaluate", "--checkpoint", folder / "ckpt", "--features", folder / "features.parquet",
                "--output", folder / "eval", "--address", head, "--no-wait")
     assert done.returncode == 0, done.stdout + done.stderr

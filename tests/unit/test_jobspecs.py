@@ -62,3 +62,17 @@ def test_switches_lists_and_positional_arguments():
     assert argv(spec, allowed) == ["predict", "x", "--no-overwrite", "--keep-columns", "a,b"]
     with pytest.raises(Exception, match="is a switch"):
         argv(JobSpec("predict", {"extract": "yes"}), allowed)
+
+
+def test_a_failing_command_fails_the_run(tmp_path):
+    spec = tmp_path / "evaluate.yaml"
+    spec.write_text(f"command: evaluate\noptions:\n  checkpoint: {tmp_path / 'missing'}\n"
+                    f"  features: {tmp_path / 'features.parquet'}\n  output: {tmp_path / 'eval'}\n")
+    result = CliRunner().invoke(app, ["run", str(spec)])
+    assert result.exit_code == 2  # the command's own status, not 0
+    assert "not a checkpoint" in result.output
+
+
+def test_import_runs_here_only():
+    result = dry_run(JOBS / "meld_import.yaml", "--cluster", "cluster/gpu.yaml")
+    assert result.exit_code == 2 and "runs on this machine only" in result.output
