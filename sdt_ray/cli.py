@@ -236,7 +236,7 @@ def train(
     epochs: Optional[int] = typer.Option(None, help="Maximum epochs (early stopping may end sooner)."),
     seed: Optional[int] = typer.Option(None, help="Seed for weights, shuffling and dropout."),
     patience: Optional[int] = typer.Option(None, help="Stop after this many epochs without a dev weighted-F1 gain."),
-    lr: Optional[float] = typer.Option(None, help="Adam learning rate. Default: the recipe's (3e-4)."),
+    lr: Optional[float] = typer.Option(None, help="Adam learning rate. Default: the recipe's (1e-3)."),
     batch_size: Optional[int] = typer.Option(None, help="Dialogues per step per worker. Default: the recipe's (8)."),
     ema_decay: Optional[float] = typer.Option(
         None, help="Per-step decay of the weight average that dev scores and best/ holds; 0 = raw weights. Default: 0.995."
@@ -246,6 +246,10 @@ def train(
     ),
     placement: Optional[str] = typer.Option(
         None, help="Where workers go: PACK (default; fill a node first) or STRICT_SPREAD (one worker per node), SPREAD, STRICT_PACK."
+    ),
+    modality_dropout: Optional[float] = typer.Option(
+        None, help="Hide each modality of each training utterance with this probability (never all of one "
+        "utterance's), so the model scores any subset: e.g. 0.3 for calls without video or turns without text. Default: 0."
     ),
     resume: bool = typer.Option(False, help="Continue the run already in OUTPUT from its latest checkpoint."),
     address: Optional[str] = typer.Option(None, help=ADDRESS_HELP),
@@ -260,7 +264,8 @@ def train(
 
     recipe = load_recipe(config) if config else RecipeConfig()
     overrides = {"workers": workers, "epochs": epochs, "seed": seed, "patience": patience, "lr": lr, "batch_size": batch_size,
-                 "ema_decay": ema_decay, "placement": placement.upper() if placement else None, "max_failures": max_failures}
+                 "ema_decay": ema_decay, "placement": placement.upper() if placement else None, "max_failures": max_failures,
+                 "modality_dropout": modality_dropout}
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if gpu:
         overrides["use_gpu"] = True

@@ -20,9 +20,17 @@ class Dialogue:
     features: dict[str, np.ndarray]  # modality -> (n, D_m) float32, utterances in order
     speakers: np.ndarray  # (n,) int64 speaker ids, already mapped (relative or fixed table)
     labels: np.ndarray  # (n,) int64, IGNORE_LABEL where unlabelled
+    # modality -> (n,) bool, False where the utterance lacks it (its vector is then zeros);
+    # a modality not listed is present throughout.
+    present: dict[str, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.speakers)
+
+    def presence(self, modality: str) -> np.ndarray:
+        if self.present is None or modality not in self.present:
+            return np.ones(len(self), dtype=bool)
+        return self.present[modality]
 
 
 @dataclass
@@ -32,6 +40,7 @@ class Batch:
     labels: torch.Tensor  # (B, L) long; IGNORE_LABEL on padding
     mask: torch.Tensor  # (B, L) bool, True on real utterances
     dialogue_ids: list[str]
+    present: dict[str, torch.Tensor]  # modality -> (B, L) bool, True where the utterance has it
 
     def to(self, device: torch.device | str) -> "Batch":
         return Batch(
@@ -40,6 +49,7 @@ class Batch:
             labels=self.labels.to(device),
             mask=self.mask.to(device),
             dialogue_ids=self.dialogue_ids,
+            present={m: x.to(device) for m, x in self.present.items()},
         )
 
 
@@ -70,14 +80,33 @@ def collate(dialogues: list[Dialogue], max_speakers: int) -> Batch:
     speakers = torch.full((B, L), max_speakers, dtype=torch.long)  # (B, L)
     labels = torch.full((B, L), IGNORE_LABEL, dtype=torch.long)  # (B, L)
     mask = torch.zeros(B, L, dtype=torch.bool)  # (B, L)
+    present = {m: torch.zeros(B, L, dtype=torch.bool) for m in modalities}  # m -> (B, L)
     for b, d in enumerate(dialogues):
         n = len(d)
         for m in modalities:
             features[m][b, :n] = torch.from_numpy(d.features[m])
+            present[m][b, :n] = torch.from_numpy(d.presence(m))
         speakers[b, :n] = torch.from_numpy(d.speakers)
         labels[b, :n] = torch.from_numpy(d.labels)
         mask[b, :n] = True
-    return Batch(features, speakers, labels, mask, [d.dialogue_id for d in dialogues])
+    return Batch(features, speakers, labels, mask, [d.dialogue_id for d in dialogues], present)
+
+
+def drop_modalities(
+    present: dict[str, torch.Tensor], probability: float, generator: torch.Generator | None = None
+) -> dict[str, torch.Tensor]:
+    """Modality dropout for training: each present modality of each utterance is hidden with
+    `probability`, so that a model learns to work from any subset. An utterance whose every
+    modality would go keeps them all (a prediction needs at least one).
+
+    present: modality -> (B, L) bool; returns the same shapes."""
+    names = list(present)
+    stacked = torch.stack([present[m] for m in names], dim=-1)  # (B, L, M)
+    noise = torch.rand(stacked.shape, generator=generator, device="cpu").to(stacked.device)  # (B, L, M)
+    kept = stacked & (noise >= probability)  # (B, L, M)
+    none_left = ~kept.any(dim=-1, keepdim=True)  # (B, L, 1)
+    kept = torch.where(none_left, stacked, kept)
+    return {m: kept[..., i] for i, m in enumerate(names)}
 
 
 def batches(

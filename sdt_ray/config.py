@@ -119,10 +119,16 @@ class TrainConfig:
     # Where the workers go (Ray placement group strategy): PACK fills a node first (one
     # multi-GPU node talks fastest); STRICT_SPREAD puts each worker on its own node.
     placement: str = "PACK"
+    # Each modality of each training utterance is hidden with this probability (never all of
+    # an utterance's), so the model learns to score any subset: text-only transcripts, calls
+    # without video, turns without a transcript.
+    modality_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         if self.placement not in PLACEMENTS:
             raise ConfigError(f"placement {self.placement!r}: choose from {list(PLACEMENTS)}")
+        if not 0.0 <= self.modality_dropout < 1.0:
+            raise ConfigError(f"modality_dropout {self.modality_dropout}: a probability in [0, 1)")
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ InputError naming the file, the dialogue and the problem.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,15 +24,19 @@ from .schema import failed_modalities, feature_column, vectors
 
 @dataclass
 class Exclusions:
-    """Utterances left out of training or evaluation, by reason; never silent."""
+    """Utterances left out of training or evaluation, by reason, and those kept without some
+    modality (`absent`: modality -> rows); never silent."""
 
     counts: dict[str, int]
+    absent: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def __bool__(self) -> bool:
-        return any(self.counts.values())
+        return any(self.counts.values()) or any(self.absent.values())
 
     def describe(self) -> str:
-        return ", ".join(f"{n} {reason}" for reason, n in sorted(self.counts.items()) if n)
+        parts = [f"{n} {reason}" for reason, n in sorted(self.counts.items()) if n]
+        parts += [f"{n} kept without {m}" for m, n in self.absent.items() if n]
+        return ", ".join(parts)
 
 
 def select_split(table: pa.Table, split: str, source: str) -> pa.Table:
@@ -66,20 +71,35 @@ def label_indices(table: pa.Table, labels: list[str], source: str) -> np.ndarray
     return np.array([IGNORE_LABEL if v is None else index[v] for v in values], dtype=np.int64)
 
 
+def modality_presence(table: pa.Table, modalities: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """modality -> (N,) bool: the row has a vector for it (not null) and its extraction did not fail."""
+    failed = failed_modalities(table)
+    return {
+        m: ~table.column(feature_column(m)).is_null().to_numpy(zero_copy_only=False)
+        & np.array([m not in f for f in failed], dtype=bool)
+        for m in modalities
+    }
+
+
 def usable_rows(table: pa.Table, modalities: tuple[str, ...]) -> tuple[pa.Table, Exclusions]:
-    """Drop rows whose extraction failed or whose vectors hold NaN/inf, counting each reason."""
-    keep = np.ones(table.num_rows, dtype=bool)
+    """Drop rows with a broken vector (NaN/inf) or no modality at all, counting each reason.
+    With several modalities, a row that lacks some (null vector, failed extraction) is kept
+    and the model masks what it lacks; those are counted in `absent`. The same rules as scoring."""
+    presence = modality_presence(table, modalities)
+    has_any = np.logical_or.reduce([presence[m] for m in modalities])
+    failed = np.array([bool(f & set(modalities)) for f in failed_modalities(table)], dtype=bool)
     counts: dict[str, int] = {}
     if "errors" in table.column_names:
-        failed = np.array([bool(f & set(modalities)) for f in failed_modalities(table)], dtype=bool)
-        counts["with extraction errors"] = int(failed.sum())
-        keep &= ~failed
+        counts["with extraction errors"] = int((~has_any & failed).sum())
+    if (~has_any & ~failed).any():
+        counts["with no vector"] = int((~has_any & ~failed).sum())
+    keep = has_any
     for m in modalities:
-        finite = np.isfinite(vectors(table, m)).all(axis=1)
-        bad = keep & ~finite
-        counts[f"with non-finite {m} features"] = int(bad.sum())
-        keep &= finite
-    return table.filter(pa.array(keep)), Exclusions(counts)
+        broken = keep & presence[m] & ~np.isfinite(vectors(table, m)).all(axis=1)
+        counts[f"with non-finite {m} features"] = int(broken.sum())
+        keep = keep & ~broken
+    absent = {m: int((keep & ~presence[m]).sum()) for m in modalities} if len(modalities) > 1 else {}
+    return table.filter(pa.array(keep)), Exclusions(counts, absent)
 
 
 def dialogue_rows(table: pa.Table, config: ModelConfig, labels: list[str], source: str) -> pa.Table:
@@ -100,11 +120,14 @@ def dialogue_rows(table: pa.Table, config: ModelConfig, labels: list[str], sourc
         "speakers": pa.ListArray.from_arrays(pa.array(offsets), pa.array(speaker_ids)),
         "labels": pa.ListArray.from_arrays(pa.array(offsets), pa.array(label_ids)),
     }
+    presence = modality_presence(table, config.modalities)
     for m in config.modalities:
         dim = config.input_dim(m)
-        flat = pa.array(vectors(table, m).reshape(-1))
+        values = np.where(presence[m][:, None], vectors(table, m), 0.0).astype(np.float32)  # absent: zeros, masked
+        flat = pa.array(values.reshape(-1))
         # int64 offsets: utterances x dim passes 2**31 at about 2M utterances of 1024-d vectors.
         columns[feature_column(m)] = pa.LargeListArray.from_arrays(pa.array(offsets.astype(np.int64) * dim), flat)
+        columns[_present_column(m)] = pa.ListArray.from_arrays(pa.array(offsets), pa.array(presence[m]))
     return pa.table(columns)
 
 
@@ -114,12 +137,20 @@ def to_dialogues(rows: pa.Table, config: ModelConfig) -> list[Dialogue]:
     speakers = rows.column("speakers").to_pylist()
     labels = rows.column("labels").to_pylist()
     flats = {m: rows.column(feature_column(m)).to_pylist() for m in config.modalities}
+    present = {m: rows.column(_present_column(m)).to_pylist() for m in config.modalities}
     for i, dialogue_id in enumerate(rows.column("dialogue_id").to_pylist()):
         feats = {
             m: np.asarray(flats[m][i], dtype=np.float32).reshape(-1, config.input_dim(m)) for m in config.modalities
         }
-        out.append(Dialogue(dialogue_id, feats, np.asarray(speakers[i], np.int64), np.asarray(labels[i], np.int64)))
+        out.append(Dialogue(
+            dialogue_id, feats, np.asarray(speakers[i], np.int64), np.asarray(labels[i], np.int64),
+            {m: np.asarray(present[m][i], dtype=bool) for m in config.modalities},
+        ))
     return out
+
+
+def _present_column(modality: str) -> str:
+    return f"{modality}_present"
 
 
 def _speaker_ids(names: list[str | None], config: ModelConfig) -> np.ndarray:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from .collate import Batch
+from .collate import Batch, drop_modalities
 from .losses import IGNORE_LABEL, SelfDistillationLoss
 from .model import SDT, SDTOutput
 
@@ -26,6 +26,7 @@ class Predictions:
     labels: np.ndarray  # (N,) true label index, IGNORE_LABEL where unlabelled
     probabilities: np.ndarray  # (N, C) softmax of the fused logits
     modality_weights: np.ndarray  # (N, M) gate weights α
+    present: np.ndarray  # (N, M) bool, the modalities each utterance was scored with
 
     @property
     def predicted(self) -> np.ndarray:
@@ -36,8 +37,8 @@ class Predictions:
         return self.labels[keep], self.predicted[keep]
 
 
-def forward(model: nn.Module, batch: Batch) -> SDTOutput:
-    return model(batch.features, batch.speakers, batch.mask)
+def forward(model: nn.Module, batch: Batch, present: dict[str, torch.Tensor] | None = None) -> SDTOutput:
+    return model(batch.features, batch.speakers, batch.mask, batch.present if present is None else present)
 
 
 def train_epoch(
@@ -47,18 +48,22 @@ def train_epoch(
     batches: Iterable[Batch],
     device: torch.device | str = "cpu",
     average: AveragedModel | None = None,
+    modality_dropout: float = 0.0,
+    generator: torch.Generator | None = None,
 ) -> dict[str, float]:
     """One pass; returns the mean loss parts, weighted by labelled utterances.
 
     `average`, if given, is updated after every optimiser step (an exponential
-    moving average of the weights; see `weight_average`)."""
+    moving average of the weights; see `weight_average`). `modality_dropout` hides
+    each modality of each utterance with that probability (`drop_modalities`)."""
     model.train()
     sums: dict[str, float] = {}
     count = 0
     for batch in batches:
         batch = batch.to(device)
-        output = forward(model, batch)
-        parts = loss_fn(output.logits, output.modality_logits, batch.labels, batch.mask)
+        present = drop_modalities(batch.present, modality_dropout, generator) if modality_dropout else batch.present
+        output = forward(model, batch, present)
+        parts = loss_fn(output.logits, output.modality_logits, batch.labels, batch.mask, present)
         optimizer.zero_grad(set_to_none=True)
         parts.total.backward()
         optimizer.step()
@@ -84,7 +89,7 @@ def predict(model: SDT | nn.Module, batches: Iterable[Batch], device: torch.devi
     """Eval-mode pass; collects per-utterance probabilities for real utterances only."""
     model.eval()
     ids: list[str] = []
-    positions, labels, probs, weights = [], [], [], []
+    positions, labels, probs, weights, present = [], [], [], [], []
     for batch in batches:
         batch = batch.to(device)
         output = forward(model, batch)
@@ -95,13 +100,16 @@ def predict(model: SDT | nn.Module, batches: Iterable[Batch], device: torch.devi
             positions.append(np.arange(n))
         probs.append(torch.softmax(output.logits.float(), dim=-1).cpu()[mask].numpy())
         weights.append(output.modality_weights.float().cpu()[mask].numpy())
+        present.append(torch.stack(list(batch.present.values()), dim=-1).cpu()[mask].numpy())  # (n, M)
         labels.append(batch.labels.cpu()[mask].numpy())
     if not ids:
-        return Predictions([], np.zeros(0, int), np.zeros(0, int), np.zeros((0, 0)), np.zeros((0, 0)))
+        empty = np.zeros((0, 0))
+        return Predictions([], np.zeros(0, int), np.zeros(0, int), empty, empty, empty.astype(bool))
     return Predictions(
         dialogue_ids=ids,
         positions=np.concatenate(positions),
         labels=np.concatenate(labels),
         probabilities=np.concatenate(probs),
         modality_weights=np.concatenate(weights),
+        present=np.concatenate(present),
     )

@@ -2,8 +2,9 @@
 
     L = γ1·CE(fused, y) + γ2·Σ_m CE(student_m, y) + γ3·Σ_m KL(softmax(fused/T) ‖ softmax(student_m/T))
 
-Every term averages over real, labelled utterances only. There is no T² factor
-on the KL term, as in the reference.
+Every term averages over real, labelled utterances only; a student's terms also
+leave out the utterances that lack its modality. There is no T² factor on the KL
+term, as in the reference.
 """
 
 from __future__ import annotations
@@ -81,9 +82,11 @@ class SelfDistillationLoss(nn.Module):
         student_logits: dict[str, torch.Tensor],
         labels: torch.Tensor,
         mask: torch.Tensor,
+        present: dict[str, torch.Tensor] | None = None,
     ) -> LossParts:
         """fused_logits (B, L, C); student_logits m -> (B, L, C); labels (B, L) with
-        IGNORE_LABEL where unlabelled; mask (B, L) bool, True for real utterances."""
+        IGNORE_LABEL where unlabelled; mask (B, L) bool, True for real utterances;
+        present m -> (B, L) bool, False where the utterance lacks modality m."""
         C = fused_logits.shape[-1]
         fused = fused_logits.reshape(-1, C)  # (N, C)
         y = labels.reshape(-1)  # (N,)
@@ -93,9 +96,10 @@ class SelfDistillationLoss(nn.Module):
         fused_ce = masked_cross_entropy(fused, y, keep, self.class_weights)
         zero = fused.new_zeros(())
         student_ce, kl = zero, zero
-        for logits in student_logits.values():
+        for m, logits in student_logits.items():
             student = logits.reshape(-1, C)  # (N, C)
-            student_ce = student_ce + masked_cross_entropy(student, y, keep, self.class_weights)
-            kl = kl + masked_kl(teacher, student, keep, self.temperature)
+            has_m = keep if present is None or m not in present else keep & present[m].reshape(-1)  # (N,)
+            student_ce = student_ce + masked_cross_entropy(student, y, has_m, self.class_weights)
+            kl = kl + masked_kl(teacher, student, has_m, self.temperature)
         total = self.gamma_fused * fused_ce + self.gamma_students * student_ce + self.gamma_kl * kl
         return LossParts(total=total, fused_ce=fused_ce, student_ce=student_ce, distillation_kl=kl)

@@ -22,7 +22,7 @@ MASKED_SCORE = -1e10  # the reference fills padded keys with this, not -inf
 class SDTOutput:
     logits: torch.Tensor  # (B, L, C) fused teacher logits; argmax is the prediction
     modality_logits: dict[str, torch.Tensor]  # modality -> (B, L, C) student logits
-    modality_weights: torch.Tensor  # (B, L, M) gate weights α, averaged over D; sums to 1 over M
+    modality_weights: torch.Tensor  # (B, L, M) gate weights α, averaged over D; sums to 1 over M, 0 where absent
 
 
 def sinusoid_table(max_len: int, dim: int) -> torch.Tensor:
@@ -47,16 +47,21 @@ class CrossAttention(nn.Module):
         self.out = nn.Linear(dim, dim)
         self.dropout = dropout
 
-    def forward(self, target: torch.Tensor, source: torch.Tensor, key_bias: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, target: torch.Tensor, source: torch.Tensor, key_bias: torch.Tensor, has_keys: torch.Tensor
+    ) -> torch.Tensor:
         B, L, D = target.shape
         H = self.heads
         q = self.query(target).view(B, L, H, D // H).transpose(1, 2)  # (B, H, L, D/H)
         k = self.key(source).view(B, L, H, D // H).transpose(1, 2)  # (B, H, L, D/H)
         v = self.value(source).view(B, L, H, D // H).transpose(1, 2)  # (B, H, L, D/H)
-        # key_bias (B, 1, 1, L): 0 for real keys, MASKED_SCORE for padding.
+        # key_bias (B, 1, 1, L): 0 for real keys, MASKED_SCORE for padding and absent ones.
         ctx = F.scaled_dot_product_attention(
             q, k, v, attn_mask=key_bias, dropout_p=self.dropout if self.training else 0.0
         )  # (B, H, L, D/H)
+        # A dialogue where the source modality is absent throughout has nothing to attend to:
+        # its softmax over all-masked keys would average padding, so it reads nothing instead.
+        ctx = ctx * has_keys[:, None, None, None]  # has_keys (B,) 1.0 or 0.0
         return self.out(ctx.transpose(1, 2).reshape(B, L, D))  # (B, L, D)
 
 
@@ -72,8 +77,10 @@ class TransformerBlock(nn.Module):
         self.ff_out = nn.Linear(dim, dim)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, target: torch.Tensor, source: torch.Tensor, key_bias: torch.Tensor) -> torch.Tensor:
-        y = self.drop(self.attention(target, source, key_bias)) + target  # (B, L, D)
+    def forward(
+        self, target: torch.Tensor, source: torch.Tensor, key_bias: torch.Tensor, has_keys: torch.Tensor
+    ) -> torch.Tensor:
+        y = self.drop(self.attention(target, source, key_bias, has_keys)) + target  # (B, L, D)
         hidden = self.drop(F.gelu(self.ff_in(self.ff_norm(y)), approximate="tanh"))  # (B, L, D)
         return y + self.drop(self.ff_out(hidden))  # (B, L, D)
 
@@ -135,9 +142,13 @@ class SDT(nn.Module):
         features: dict[str, torch.Tensor],
         speakers: torch.Tensor,
         mask: torch.Tensor,
+        present: dict[str, torch.Tensor] | None = None,
     ) -> SDTOutput:
         """features: modality -> (B, L, D_m); speakers: (B, L) long, padding = max_speakers;
-        mask: (B, L) bool, True for real utterances."""
+        mask: (B, L) bool, True for real utterances; present: modality -> (B, L) bool, False
+        where an utterance lacks that modality (no transcript for a turn, a segment too short).
+        An absent modality is no key in any attention and gets α = 0 in the fusion, so what its
+        (zero-filled) vector holds never reaches the output. Default: all present."""
         cfg = self.config
         B, L = mask.shape
         if L > cfg.max_len:
@@ -145,8 +156,11 @@ class SDT(nn.Module):
         missing = [m for m in cfg.modalities if m not in features]
         if missing:
             raise ValueError(f"model needs modalities {list(cfg.modalities)}; missing {missing}")
-        key_bias = torch.zeros(B, 1, 1, L, dtype=features[cfg.modalities[0]].dtype, device=mask.device)
-        key_bias = key_bias.masked_fill(~mask[:, None, None, :], MASKED_SCORE)  # (B, 1, 1, L)
+        present = {m: mask if present is None or m not in present else present[m] & mask for m in cfg.modalities}
+        dtype = features[cfg.modalities[0]].dtype
+        zeros = torch.zeros(B, 1, 1, L, dtype=dtype, device=mask.device)
+        key_bias = {m: zeros.masked_fill(~present[m][:, None, None, :], MASKED_SCORE) for m in cfg.modalities}
+        has_keys = {m: present[m].any(dim=1).to(dtype) for m in cfg.modalities}  # m -> (B,)
         context = self.positions[:L] + self.speaker_embedding(speakers)  # (B, L, D)
         if self.input_norms is not None:
             features = {m: self.input_norms[m](features[m]) for m in cfg.modalities}
@@ -157,7 +171,7 @@ class SDT(nn.Module):
             name = _pair_name(src, tgt)
             target = self.embed_dropout(projected[tgt] + context)  # (B, L, D)
             source = target if src == tgt else self.embed_dropout(projected[src] + context)
-            o = self.blocks[name](target, source, key_bias)  # (B, L, D)
+            o = self.blocks[name](target, source, key_bias[src], has_keys[src])  # (B, L, D)
             gated[src, tgt] = torch.sigmoid(self.gates[name](o)) * o  # unimodal gate (§4)
 
         reduced = [
@@ -168,7 +182,9 @@ class SDT(nn.Module):
         if self.fusion is None:
             alpha = torch.ones_like(stacked)  # (B, L, 1, D)
         else:
-            alpha = torch.softmax(self.fusion(stacked), dim=2)  # (B, L, M, D), softmax over M per dim
+            absent = mask[..., None] & ~torch.stack([present[m] for m in cfg.modalities], dim=2)  # (B, L, M)
+            scores = self.fusion(stacked).masked_fill(absent[..., None], MASKED_SCORE)  # (B, L, M, D)
+            alpha = torch.softmax(scores, dim=2)  # (B, L, M, D), softmax over M per dim; 0 where absent
         fused = (alpha * stacked).sum(dim=2)  # (B, L, D)
 
         modality_logits = {

@@ -259,8 +259,10 @@ def predictions_schema(labels: list[str], modalities: tuple[str, ...], keep: lis
 def predictions_table(
     rows: pa.Table, probabilities: np.ndarray, weights: np.ndarray, errors: list[str | None], labels: list[str],
     modalities: tuple[str, ...], model_id: str, model_version: str, keep_columns: list[str] = (),
+    used: list[list[str] | None] | None = None,
 ) -> pa.Table:
-    """rows: the input rows (keys first); probabilities (N, C) and weights (N, M), NaN where errors[i] is set."""
+    """rows: the input rows (keys first); probabilities (N, C) and weights (N, M), NaN where errors[i] is set;
+    used: per row, the modalities it was scored with (default: all of them)."""
     n = rows.num_rows
     scored = np.array([e is None for e in errors], dtype=bool)
     null = pa.array(~scored)
@@ -271,7 +273,9 @@ def predictions_table(
     columns += [pa.array(probabilities[:, c], pa.float32(), mask=~scored) for c in range(len(labels))]
     weight_fields = [pa.array(weights[:, m], pa.float32()) for m in range(len(modalities))]
     columns.append(pa.StructArray.from_arrays(weight_fields, names=list(modalities), mask=null))
-    columns.append(pa.array([list(modalities) if ok else None for ok in scored], pa.list_(pa.string())))
+    if used is None:
+        used = [list(modalities) if ok else None for ok in scored]
+    columns.append(pa.array(used, pa.list_(pa.string())))
     columns.append(pa.array(errors, pa.string()))
     columns.append(pa.array([model_id] * n, pa.string()))
     columns.append(pa.array([model_version] * n, pa.string()))

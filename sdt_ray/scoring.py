@@ -16,7 +16,7 @@ one pass, exactly as without windows.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -56,24 +56,40 @@ def best_window(spans: list[tuple[int, int]], n: int) -> np.ndarray:
 
 @dataclass
 class RowChecks:
-    """Per row of a dialogue-sorted table: the reason it cannot be scored, or None; and
-    each modality's vectors for the rows that have the right size (read once, reused)."""
+    """Per row of a dialogue-sorted table: the reason it cannot be scored, or None; which
+    modalities it has; and each modality's vectors for the rows that have them (read once)."""
 
     errors: list[str | None]
     vectors: dict[str, tuple[np.ndarray, np.ndarray]]  # modality -> (row indices (k,), values (k, D))
+    present: dict[str, np.ndarray]  # modality -> (n,) bool
 
     @property
     def ok(self) -> np.ndarray:
         return np.array([e is None for e in self.errors], dtype=bool)
 
     def matrix(self, modality: str, rows: np.ndarray) -> np.ndarray:
-        """(len(rows), D) vectors of `rows`, which must all have passed the checks."""
+        """(len(rows), D) vectors of `rows`; zeros where a row lacks the modality (it is masked)."""
         have, values = self.vectors[modality]
-        return values[np.searchsorted(have, rows)]
+        at = np.minimum(np.searchsorted(have, rows), max(len(have) - 1, 0))
+        found = (have[at] == rows) if len(have) else np.zeros(len(rows), dtype=bool)
+        out = np.zeros((len(rows), values.shape[1]), dtype=np.float32)
+        out[found] = values[at[found]]
+        return out
+
+    def used(self, modalities: tuple[str, ...]) -> list[list[str] | None]:
+        """Per row, the modalities it is scored with (None for rows with an error)."""
+        return [
+            [m for m in modalities if self.present[m][i]] if error is None else None
+            for i, error in enumerate(self.errors)
+        ]
 
 
 def check_rows(table: pa.Table, config: ModelConfig) -> RowChecks:
-    """Input rows sorted by (dialogue_id, utterance_index); the first failing check wins."""
+    """Input rows sorted by (dialogue_id, utterance_index); the first failing check wins.
+
+    A modality that a row lacks (a null vector, failed extraction, no such column) is absent
+    and masked in the model; a row lacking all of them is an error with the first reason.
+    A vector that is there but broken (wrong size, NaN) is an error: bad data, not absence."""
     n = table.num_rows
     errors = np.full(n, None, dtype=object)
     ids = table.column("dialogue_id").combine_chunks()
@@ -84,11 +100,16 @@ def check_rows(table: pa.Table, config: ModelConfig) -> RowChecks:
         repeated[1:] = same_dialogue & (positions[1:] == positions[:-1])
     errors[repeated] = "duplicate_utterance_index"
     errors[table.column("speaker").is_null().to_numpy(zero_copy_only=False)] = "null_speaker"
-    vectors = {}
+    vectors, present = {}, {}
+    why_absent = np.full(n, None, dtype=object)
     for modality, dim in zip(config.modalities, config.input_dims):
-        problems, vectors[modality] = _vector_problems(table, modality, dim)
-        errors = np.where((errors == None) & (problems != None), problems, errors)  # noqa: E711 (elementwise)
-    return RowChecks(errors.tolist(), vectors)
+        absent, broken, vectors[modality] = _vector_problems(table, modality, dim)
+        errors = np.where((errors == None) & (broken != None), broken, errors)  # noqa: E711 (elementwise)
+        why_absent = np.where((why_absent == None) & (absent != None), absent, why_absent)  # noqa: E711
+        present[modality] = (absent == None) & (broken == None)  # noqa: E711
+    nothing = ~np.logical_or.reduce(list(present.values()))
+    errors = np.where((errors == None) & nothing, why_absent, errors)  # noqa: E711
+    return RowChecks(errors.tolist(), vectors, present)
 
 
 def _extraction_reasons(table: pa.Table, modality: str, rows: np.ndarray) -> list[str | None]:
@@ -102,27 +123,31 @@ def _extraction_reasons(table: pa.Table, modality: str, rows: np.ndarray) -> lis
     return reasons
 
 
-def _vector_problems(table: pa.Table, modality: str, dim: int) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
-    """(n,) reason or None per row, and (rows, values) of the rows whose vectors are whole and finite."""
+def _vector_problems(
+    table: pa.Table, modality: str, dim: int
+) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """Per row (n,): why the modality is absent, or None; why its vector is broken, or None;
+    and (rows, values) of the rows whose vectors are whole and finite."""
     n = table.num_rows
     name = feature_column(modality)
-    problems = np.full(n, None, dtype=object)
+    absent = np.full(n, None, dtype=object)
+    broken = np.full(n, None, dtype=object)
     if name not in table.column_names:
-        problems[:] = f"no_{modality}_features"
-        return problems, (np.zeros(0, np.int64), np.zeros((0, dim), np.float32))
+        absent[:] = f"no_{modality}_features"
+        return absent, broken, (np.zeros(0, np.int64), np.zeros((0, dim), np.float32))
     column = table.column(name)
     lengths = pc.list_value_length(column).fill_null(-1).to_numpy(zero_copy_only=False)
     null = np.flatnonzero(lengths < 0)
     if len(null):  # why extraction left a vector null, when it says so
         reasons = _extraction_reasons(table, modality, null)
-        problems[null] = [r or f"null_{modality}_features" for r in reasons]
+        absent[null] = [r or f"null_{modality}_features" for r in reasons]
     for length in np.unique(lengths[(lengths >= 0) & (lengths != dim)]):
-        problems[lengths == length] = f"{modality}_features_dim_{length}_not_{dim}"
+        broken[lengths == length] = f"{modality}_features_dim_{length}_not_{dim}"
     rows = np.flatnonzero(lengths == dim)
     values = _matrix(column, rows, dim) if len(rows) else np.zeros((0, dim), np.float32)  # (k, dim)
     finite = np.isfinite(values).all(axis=1)
-    problems[rows[~finite]] = f"non_finite_{modality}_features"
-    return problems, (rows[finite], values[finite])
+    broken[rows[~finite]] = f"non_finite_{modality}_features"
+    return absent, broken, (rows[finite], values[finite])
 
 
 def _matrix(column: pa.ChunkedArray, rows: np.ndarray, dim: int) -> np.ndarray:
@@ -158,7 +183,7 @@ class DialogueScorer:
                 weights[row] = result.modality_weights[k]
         return predictions_table(
             table, probabilities, weights, checks.errors, self.labels, self.config.modalities,
-            self.model_id, self.model_version, keep_columns,
+            self.model_id, self.model_version, keep_columns, checks.used(self.config.modalities),
         )
 
     def _windows(self, table: pa.Table, checks: RowChecks) -> tuple[list[Dialogue], dict[int, tuple[str, int]]]:
@@ -186,7 +211,9 @@ class DialogueScorer:
         for w, (s, e) in enumerate(spans):
             window_id = f"{dialogue_id}#{w}"
             feats = {m: checks.matrix(m, rows[s:e]) for m in self.config.modalities}
-            windows.append(Dialogue(window_id, feats, speaker_ids[s:e], np.full(e - s, IGNORE_LABEL, np.int64)))
+            present = {m: checks.present[m][rows[s:e]] for m in self.config.modalities}
+            labels = np.full(e - s, IGNORE_LABEL, np.int64)
+            windows.append(Dialogue(window_id, feats, speaker_ids[s:e], labels, present))
             for i in range(s, e):
                 if owner[i] == w:
                     owners[int(rows[i])] = (window_id, i - s)
@@ -228,6 +255,7 @@ class PredictSummary:
     output: str
     seconds: float
     skipped_files: int = 0
+    modalities: dict[str, int] = field(default_factory=dict)  # "text+audio" -> scored rows
 
     def describe(self) -> str:
         labels = ", ".join(f"{k} {v}" for k, v in sorted(self.labels.items(), key=lambda kv: -kv[1])) or "none"
@@ -236,6 +264,7 @@ class PredictSummary:
             f"wrote {self.output}: {self.rows_out} rows for {self.rows_in} utterances"
             + (f" ({self.skipped_files} files from an earlier run)" if self.skipped_files else ""),
             f"predicted: {labels}",
+            "scored with: " + (", ".join(f"{k} {v}" for k, v in sorted(self.modalities.items(), key=lambda kv: -kv[1])) or "none"),
             f"errors by kind: {errors}",
             f"throughput: {self.rows_in / max(self.seconds, 1e-9):.0f} utterances/s over {self.seconds:.1f} s",
         ])
@@ -422,12 +451,13 @@ def predict_summary(output_uri: str, rows_in: int, seconds: float, skipped: int)
     from . import storage
     from .errors import InputError
 
-    table = storage.read_table(output_uri, columns=["label", "error"])
+    table = storage.read_table(output_uri, columns=["label", "error", "modalities_used"])
     if table.num_rows != rows_in:
         raise InputError(f"scoring wrote {table.num_rows} rows for {rows_in} input utterances")
     labels = _counts(table.column("label"))
     errors = _counts(table.column("error"))
-    return PredictSummary(rows_in, table.num_rows, labels, errors, output_uri, seconds, skipped)
+    used = pc.binary_join(table.column("modalities_used"), "+")
+    return PredictSummary(rows_in, table.num_rows, labels, errors, output_uri, seconds, skipped, _counts(used))
 
 
 def _counts(column: pa.ChunkedArray) -> dict[str, int]:

@@ -145,7 +145,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         started = time.time()
         epoch_batches = batches(shard, cfg.batch_size, model_cfg.max_speakers, shuffle=True, seed=_seed(cfg.seed, epoch, rank))
         epoch_batches = (epoch_batches * (steps // max(len(epoch_batches), 1) + 1))[:steps]  # equal steps on all ranks
-        losses = train_epoch(model, loss_fn, optimizer, epoch_batches, device, average)
+        hiding = torch.Generator().manual_seed(_seed(cfg.seed, epoch, rank))  # modality dropout, reproducible
+        losses = train_epoch(model, loss_fn, optimizer, epoch_batches, device, average, cfg.modality_dropout, hiding)
         score, selection_metrics = _evaluate_selection(scored, selection_batches, model_cfg, device, rank)
         improved = score > state["best_score"]
         if improved:

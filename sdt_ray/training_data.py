@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .config import ModelConfig, RecipeConfig
-from .dialogues import Exclusions, dialogue_rows, label_indices, select_split, usable_rows
+from .dialogues import Exclusions, dialogue_rows, label_indices, modality_presence, select_split, usable_rows
 from .errors import ConfigError, InputError
 from .schema import validate_features, vectors
 from .storage import read_table
@@ -77,7 +77,7 @@ def prepare(features_uri: str, recipe: RecipeConfig, workers: int) -> TrainingDa
         exclusions=exclusions,
         notes=notes,
         train_utterances=train.num_rows,
-        input_statistics={m: _mean_std(vectors(train, m)) for m in model.modalities},
+        input_statistics=_input_statistics(train, model.modalities, features_uri),
         class_weights=list(recipe.loss.class_weights)
         or balanced_class_weights(label_indices(train, labels, features_uri), len(labels), recipe.loss.class_weight_power),
     )
@@ -95,6 +95,15 @@ def balanced_class_weights(label_ids: np.ndarray, n_classes: int, power: float) 
     weights[present] = freq[present] ** -power
     weights[~present] = weights[present].max()
     return (weights / (weights * freq).sum()).tolist()
+
+
+def _input_statistics(train: pa.Table, modalities: tuple[str, ...], source: str) -> dict:
+    """modality -> (mean, std) per input dim over the train utterances that have it."""
+    presence = modality_presence(train, modalities)
+    empty = [m for m in modalities if not presence[m].any()]
+    if empty:
+        raise InputError(f"{source}: no train utterance has usable {' or '.join(empty)} features to learn from")
+    return {m: _mean_std(vectors(train, m)[presence[m]]) for m in modalities}
 
 
 def _mean_std(values: np.ndarray) -> tuple[list[float], list[float]]:

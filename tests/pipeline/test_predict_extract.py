@@ -1,6 +1,6 @@
 """`predict --extract` on real local Ray: utterances stream through extraction into the
-scorer. Its rows equal the two-step path (extract, then predict), bad media and empty
-text come out as rows with errors, and an interrupted run resumes to the same output."""
+scorer. Its rows equal the two-step path (extract, then predict), a row with empty text or
+missing media is scored with the modality it has, and an interrupted run resumes to the same output."""
 
 import json
 import os
@@ -76,11 +76,15 @@ def test_streaming_equals_extract_then_predict(ray_local, checkpoint, utterances
     out = str(tmp_path / "predictions")
     summary = streamed(checkpoint, path, out)
     assert summary.rows_in == summary.rows_out == table.num_rows == 57
-    assert summary.errors == {"text:empty_text": 1, "audio:missing_file": 1}
+    # The empty text and the missing audio file are absent modalities: those rows are scored
+    # with what they have, and modalities_used says so.
+    assert summary.errors == {} and summary.modalities == {"text+audio": 55, "audio": 1, "text": 1}
     assert sorted(os.listdir(out)) == [DONE, PREDICT_PLAN, "part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
     ours = storage.read_table(out).sort_by(KEYS)
     assert_same_rows(ours, two_step)
-    assert ours.column("label").null_count == 2 and ours.column("modalities_used").to_pylist()[0] == ["text", "audio"]
+    used = ours.column("modalities_used").to_pylist()
+    assert ours.column("label").null_count == 0 and used[0] == ["text", "audio"]
+    assert used[3] == ["audio"] and used[10] == ["text"]
 
     with pytest.raises(InputError, match="already exists; pass --overwrite"):
         streamed(checkpoint, path, out)

@@ -131,3 +131,34 @@ def test_too_long_dialogues_fail_before_training():
     check_dialogue_lengths(rows, 6, "t")  # the synthetic dialogues have 2-6 utterances
     with pytest.raises(InputError, match=r"t: \d+ dialogue\(s\) longer than the model's max_len=3 utterances"):
         check_dialogue_lengths(rows, 3, "t")
+
+
+def test_a_row_missing_one_of_several_modalities_is_kept_and_masked():
+    from sdt_ray.schema import vector_array
+
+    table = features_table({"train": 4}, dims={"text": 6, "audio": 5})
+    audio = np.stack(table.column("audio_features").to_pylist()).astype(np.float32)
+    valid = np.ones(table.num_rows, dtype=bool)
+    valid[[1, 2]] = False  # no audio (a null vector)
+    audio[3] = np.nan  # broken audio: bad data, the row is left out (as scoring calls it an error)
+    table = table.set_column(table.column_names.index("audio_features"), "audio_features", vector_array(audio, valid))
+    errors = [[] for _ in range(table.num_rows)]
+    errors[4] = [{"modality": "text", "reason": "empty_text", "detail": ""}]  # no transcript for this turn
+    errors[5] = [{"modality": "text", "reason": "empty_text", "detail": ""}, {"modality": "audio", "reason": "silence", "detail": ""}]
+    table = with_values(table, "errors", errors)
+    config = ModelConfig(modalities=("text", "audio"), input_dims=(6, 5), hidden=8, heads=2, n_classes=len(LABELS))
+    kept, exclusions = usable_rows(table, config.modalities)
+    assert kept.num_rows == table.num_rows - 2  # row 5 has nothing left, row 3 a broken vector
+    assert exclusions.counts == {"with extraction errors": 1, "with non-finite text features": 0,
+                                 "with non-finite audio features": 1}
+    assert exclusions.absent == {"text": 1, "audio": 2}
+    assert "2 kept without audio" in exclusions.describe()
+    dialogues = to_dialogues(dialogue_rows(kept, config, LABELS, "t"), config)
+    present_audio = np.concatenate([d.presence("audio") for d in dialogues])
+    present_text = np.concatenate([d.presence("text") for d in dialogues])
+    assert present_audio.sum() == kept.num_rows - 2 and present_text.sum() == kept.num_rows - 1
+    audio_vectors = np.concatenate([d.features["audio"] for d in dialogues])
+    assert np.isfinite(audio_vectors).all() and (audio_vectors[~present_audio] == 0).all()
+    (batch,) = batches(dialogues, len(dialogues), config.max_speakers)
+    assert int(batch.present["audio"].sum()) == present_audio.sum()  # padding is never present
+    assert not (batch.present["audio"] & ~batch.mask).any()

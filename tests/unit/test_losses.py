@@ -72,3 +72,14 @@ def test_temperature_divides_logits_without_t_squared():
     # By hand: p = softmax([1, 0]) = (p0, 1 - p0), q = (1 - p0, p0) and ln(p0 / (1 - p0)) = 1,
     # so KL = (2 p0 - 1) * 1 = (e - 1) / (e + 1) = 0.462117; no T^2 factor.
     assert math.isclose(at_t2.item(), (math.e - 1) / (math.e + 1), rel_tol=1e-6)
+
+
+def test_a_student_skips_utterances_without_its_modality():
+    fused, students, labels, mask = two_dialogues()
+    present = {"text": torch.tensor([[True, False], [True, True]])}  # no text for dialogue 1's 2nd turn
+    parts = SelfDistillationLoss()(fused, students, labels, mask, present)
+    # Student CE over (1,1) and (2,1) only: ln(4/3) and ln2.
+    assert math.isclose(parts.student_ce.item(), (2 * LN2 - LN3 + LN2) / 2, rel_tol=1e-6)
+    # KL over the same two: (ln2 - ln3/2) and (3/4 ln3 - ln2).
+    assert math.isclose(parts.distillation_kl.item(), (LN3 / 4) / 2, rel_tol=1e-6)
+    assert math.isclose(parts.fused_ce.item(), (5 * LN2 - LN3) / 3, rel_tol=1e-6)  # the teacher still sees all

@@ -150,3 +150,52 @@ def test_saved_state_is_a_snapshot_not_a_view():
     with torch.no_grad():
         model.teacher_head.weight.add_(1.0)  # a later training step
     assert torch.equal(saved["teacher_head.weight"], before)
+
+
+def absent_pattern(B=3, L=6, seed=1):
+    """present m -> (B, L): random absences, at least one modality per utterance, and in
+    dialogue 2 the audio absent throughout."""
+    g = torch.Generator().manual_seed(seed)
+    present = {m: torch.rand(B, L, generator=g) > 0.4 for m in MODALITIES}
+    present["audio"][2] = False
+    nothing = ~(present["text"] | present["audio"] | present["visual"])
+    present["text"] = present["text"] | nothing
+    return present
+
+
+def test_absent_modality_gets_no_weight_and_the_present_ones_sum_to_one():
+    config = tiny()
+    features, speakers, mask = inputs(config, B=3, L=6)
+    present = absent_pattern()
+    alpha = SDT(config).eval()(features, speakers, mask, present).modality_weights  # (B, L, M)
+    stacked = torch.stack([present[m] for m in config.modalities], dim=-1)  # (B, L, M)
+    assert (alpha[~stacked] == 0).all()  # exactly: exp underflows to 0
+    sums = (alpha * stacked).sum(dim=-1)
+    torch.testing.assert_close(sums, torch.ones_like(sums), atol=1e-6, rtol=0)
+
+
+def test_what_an_absent_vector_holds_never_reaches_the_output():
+    config = tiny()
+    torch.manual_seed(0)
+    model = SDT(config).eval()
+    features, speakers, mask = inputs(config, B=3, L=6)
+    present = absent_pattern()
+    out = model(features, speakers, mask, present)
+    garbage = {m: torch.where(present[m][..., None], x, torch.randn_like(x) * 1e3) for m, x in features.items()}
+    again = model(garbage, speakers, mask, present)
+    torch.testing.assert_close(again.logits, out.logits, atol=1e-5, rtol=0)
+    for m in config.modalities:  # a student's logits matter only where its modality is present
+        torch.testing.assert_close(again.modality_logits[m][present[m]], out.modality_logits[m][present[m]],
+                                   atol=1e-5, rtol=0)
+    zero_filled = model({m: torch.where(present[m][..., None], x, 0.0) for m, x in features.items()},
+                        speakers, mask)  # the same zeros read as data, without the mask
+    assert (zero_filled.logits - out.logits).abs().max() > 1e-3
+
+
+def test_all_present_is_the_unmasked_model():
+    config = tiny()
+    model = SDT(config).eval()
+    features, speakers, mask = inputs(config)
+    plain = model(features, speakers, mask)
+    masked = model(features, speakers, mask, {m: torch.ones_like(mask) for m in config.modalities})
+    assert torch.equal(plain.logits, masked.logits) and torch.equal(plain.modality_weights, masked.modality_weights)

@@ -152,3 +152,57 @@ def test_resumed_rows_widen_to_whole_dialogues():
     table = numbered([3, 2, 2])
     pending = np.array([False, True, False, False, False, False, True])
     assert whole_dialogues(pending, table).tolist() == [True, True, True, False, False, True, True]
+
+
+BIMODAL = ModelConfig(modalities=("text", "audio"), input_dims=(6, 4), hidden=8, heads=2, n_classes=3, dropout=0.0)
+
+
+def bimodal_rows():
+    """One dialogue of 6 turns: 0-1 have both, 2 no audio, 3 no transcript (extraction says
+    why), 4 neither, 5 a broken audio vector."""
+    table = rows(1, 6)
+    audio = np.random.default_rng(1).normal(size=(6, 4)).astype(np.float32).tolist()
+    audio[2] = audio[4] = None
+    audio[5] = [float("nan")] * 4
+    text = table.column("text_features").to_pylist()
+    text[3] = text[4] = None
+    errors_type = pa.list_(pa.struct([("modality", pa.string()), ("reason", pa.string()), ("detail", pa.string())]))
+    empty = [{"modality": "text", "reason": "empty_text", "detail": ""}]
+    return pa.table({
+        "dialogue_id": table.column("dialogue_id"), "utterance_index": table.column("utterance_index"),
+        "speaker": table.column("speaker"), "text_features": pa.array(text, pa.list_(pa.float32(), 6)),
+        "audio_features": pa.array(audio, pa.list_(pa.float32(), 4)),
+        "errors": pa.array([[], [], [], empty, empty, []], errors_type),
+    })
+
+
+def test_a_turn_is_scored_with_the_modalities_it_has():
+    torch.manual_seed(0)
+    model = SDT(BIMODAL).eval()
+    table = bimodal_rows()
+    out = DialogueScorer(model, BIMODAL, LABELS, "abc", "0.1.0")(table)
+    assert out.num_rows == 6
+    assert out.column("modalities_used").to_pylist() == [
+        ["text", "audio"], ["text", "audio"], ["text"], ["audio"], None, None]
+    assert out.column("error").to_pylist() == [None] * 4 + ["text:empty_text", "non_finite_audio_features"]
+    weights = out.column("modality_weights").to_pylist()
+    assert weights[2]["audio"] == 0.0 and weights[2]["text"] == pytest.approx(1.0, abs=1e-6)
+    assert weights[3]["text"] == 0.0 and weights[3]["audio"] == pytest.approx(1.0, abs=1e-6)
+    # The same as the model run by hand on the four scorable turns with the absences masked.
+    text = np.nan_to_num(np.array([v or [0.0] * 6 for v in table.column("text_features").to_pylist()], np.float32))
+    audio = np.nan_to_num(np.array([v or [0.0] * 4 for v in table.column("audio_features").to_pylist()], np.float32))
+    by_hand = Dialogue("d0", {"text": text[:4], "audio": audio[:4]}, relative_speaker_ids(list("ABAB"), 9),
+                       np.full(4, IGNORE_LABEL), {"text": np.array([1, 1, 1, 0], bool), "audio": np.array([1, 1, 0, 1], bool)})
+    direct = predict(model, batches([by_hand], 1, BIMODAL.max_speakers))
+    got = np.stack([out.column(f"prob_{label}").to_numpy() for label in LABELS], axis=1)[:4]
+    np.testing.assert_allclose(got, direct.probabilities, atol=1e-6)
+
+
+def test_a_text_only_table_is_scored_by_a_text_and_audio_model():
+    torch.manual_seed(0)
+    model = SDT(BIMODAL).eval()
+    table = rows(2, 5)  # no audio_features column at all
+    out = DialogueScorer(model, BIMODAL, LABELS, "abc", "0.1.0")(table)
+    assert out.column("error").null_count == 10
+    assert out.column("modalities_used").to_pylist() == [["text"]] * 10
+    assert all(w["audio"] == 0.0 for w in out.column("modality_weights").to_pylist())
