@@ -116,6 +116,33 @@ def import_manifest(
     _log(f"wrote {output}: {table.num_rows} utterances in {len(table.column('dialogue_id').unique())} dialogues")
 
 
+@import_app.command("calls")
+@user_errors
+def import_calls(
+    source: str = typer.Argument(
+        ..., help="Folder or s3:// prefix of recordings (wav, flac, mp3, ogg, opus, m4a), each with an optional "
+        "transcript of the same name: CALL.json (whisper/WhisperX segments) or CALL.csv (start, end, speaker, text)."
+    ),
+    output: str = typer.Option(..., "--output", help="Utterances Parquet file to write (local path or s3://)."),
+    split: Optional[str] = typer.Option(None, help="Split to record for every turn (train, dev or test); default none."),
+    min_silence_s: float = typer.Option(0.5, help="Calls without transcript: pauses shorter than this stay in one turn."),
+    min_turn_s: float = typer.Option(0.25, help="Calls without transcript: shorter bursts of sound are not turns."),
+    s3_endpoint: Optional[str] = S3_ENDPOINT,
+    s3_region: Optional[str] = S3_REGION,
+) -> None:
+    """Call recordings: one utterance row per turn, the call as the dialogue. Turns come from the
+    transcript, or, without one, from each channel's energy (stereo: agent and customer apart).
+    Faulty transcript entries are listed and left out; the call's other turns still import."""
+    from .calls import EnergyOptions
+    from .calls import import_calls as read_calls
+    from .storage import write_table
+
+    _set_s3_environment(s3_endpoint, s3_region)
+    result = read_calls(source, split, EnergyOptions(min_silence_s=min_silence_s, min_turn_s=min_turn_s))
+    write_table(result.table, output)
+    _log(f"wrote {output}: {result.describe()}")
+
+
 def _import(corpus: str, source_dir: Path, output: str, limit_dialogues: Optional[int]) -> None:
     from .importers import import_corpus
     from .storage import write_table

@@ -127,6 +127,16 @@ def list_files(uri: str) -> list[str]:
     return sorted(join(uri, Path(i.path).name) for i in infos if i.type == pafs.FileType.File)
 
 
+def walk(uri: str) -> list[str]:
+    """URIs of every file below a folder (any depth), sorted; [] when it does not exist."""
+    fs, path = resolve(uri)
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        return []
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+    root = path.rstrip("/") + "/"
+    return sorted(join(uri, i.path[len(root):]) for i in infos if i.type == pafs.FileType.File)
+
+
 def delete(uri: str) -> None:
     """Remove a file or a folder with its contents; nothing when absent."""
     fs, path = resolve(uri)

@@ -10,6 +10,7 @@ A failure is a MediaError whose `reason` is a short machine-readable kind
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import os
 from collections.abc import Iterator
@@ -117,6 +118,31 @@ def decode_audio(uri: str) -> np.ndarray:
     if not chunks:
         raise MediaError("empty_segment", f"{uri}: the audio track holds no samples")
     return np.concatenate(chunks, axis=1).astype(np.float32, copy=False)  # (C, T)
+
+
+def audio_levels(uri: str, frame_s: float = 0.03) -> tuple[np.ndarray, float]:
+    """Per channel, the RMS level of each `frame_s` frame in dBFS, (C, F) float32, and the
+    file's duration in seconds. Streams the file: a 2-hour call never sits in memory whole
+    (at 16 kHz a stereo float32 copy would be 920 MB), only its 480,000 frame levels."""
+    import av
+
+    hop = int(round(frame_s * SAMPLE_RATE))
+    with _stream(uri, "audio") as (container, stream):
+        resampler = av.AudioResampler(format="fltp", layout=None, rate=SAMPLE_RATE)
+        levels, carry, total = [], None, 0
+        frames = (f for decoded in container.decode(stream) for f in resampler.resample(decoded))
+        for frame in itertools.chain(frames, resampler.resample(None)):
+            samples = frame.to_ndarray()  # (C, n)
+            total += samples.shape[1]
+            carry = samples if carry is None else np.concatenate([carry, samples], axis=1)
+            usable = carry.shape[1] // hop * hop
+            if usable:
+                blocks = carry[:, :usable].reshape(carry.shape[0], -1, hop)  # (C, F', hop)
+                levels.append(10 * np.log10(np.mean(blocks.astype(np.float64) ** 2, axis=2) + 1e-12))
+                carry = carry[:, usable:]
+    if not total:
+        raise MediaError("empty_segment", f"{uri}: the audio track holds no samples")
+    return np.concatenate(levels, axis=1).astype(np.float32), total / SAMPLE_RATE
 
 
 def cut_audio(audio: np.ndarray, segment: Segment, source: str) -> np.ndarray:
