@@ -6,8 +6,9 @@ VENV        ?= .venv
 TORCH_SPEC  ?= torch==2.13.0
 TORCH_INDEX ?=
 DEB_PACKAGES ?=
-# `make test` only: the `--cluster` test brings a launcher cluster up over SSH to this machine.
-TEST_DEB_PACKAGES ?= openssh-server rsync
+# `make test` only: the `--cluster` test brings a launcher cluster up over SSH to this machine,
+# the call tests speak with espeak-ng, and the report test renders its page in headless Chromium.
+TEST_DEB_PACKAGES ?= openssh-server rsync espeak-ng chromium
 PYTEST_ARGS ?=
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check

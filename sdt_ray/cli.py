@@ -444,6 +444,32 @@ def demo(
 
 @app.command()
 @user_errors
+def report(
+    predictions: str = typer.Argument(..., help="Predictions from `sdt-ray predict` (a folder or file, local or s3://); "
+                                      "keep start_s,end_s (--keep-columns) to draw turns over time."),
+    output: str = typer.Option(..., "--output", help="Folder for calls.parquet, timelines/*.png and index.html."),
+    customer: Optional[str] = typer.Option(
+        None, help="The customer's speaker name in every call (e.g. ch1, SPEAKER_01); default: per call, the first "
+        "speaker other than the one who opens it."),
+    negative: Optional[str] = typer.Option(
+        None, help="Emotions counted as negative, comma-separated, any case; default: anger, angry, disgust, fear, "
+        "sadness, sad, mad, scared, frustrated, frustration (MELD's, EmoryNLP's and common names)."),
+    timelines: int = typer.Option(100, help="Draw a timeline for this many calls, the most negative first (0: none)."),
+    last_turns: int = typer.Option(3, help="List the emotions of the customer's last this-many turns."),
+    s3_endpoint: Optional[str] = S3_ENDPOINT,
+    s3_region: Optional[str] = S3_REGION,
+) -> None:
+    """Per-call report: a summary Parquet, a timeline PNG per call and an index page sortable by negative share."""
+    from .report import NEGATIVE, ReportOptions, build_report
+
+    _set_s3_environment(s3_endpoint, s3_region)
+    chosen = frozenset(n.strip() for n in negative.split(",") if n.strip()) if negative else NEGATIVE
+    options = ReportOptions(customer=customer, negative=chosen, timelines=timelines, last_turns=last_turns)
+    _log(build_report(predictions, output, options).describe())
+
+
+@app.command()
+@user_errors
 def run(
     spec: Path = typer.Argument(..., help="Job spec: a YAML in jobs/ with `command` and `options` (e.g. jobs/meld_predict.yaml)."),
     set_: list[str] = typer.Option([], "--set", help="Override an option of the spec: key=value (repeatable)."),

@@ -74,11 +74,14 @@ def label_indices(table: pa.Table, labels: list[str], source: str) -> np.ndarray
 def modality_presence(table: pa.Table, modalities: tuple[str, ...]) -> dict[str, np.ndarray]:
     """modality -> (N,) bool: the row has a vector for it (not null) and its extraction did not fail."""
     failed = failed_modalities(table)
-    return {
-        m: ~table.column(feature_column(m)).is_null().to_numpy(zero_copy_only=False)
-        & np.array([m not in f for f in failed], dtype=bool)
-        for m in modalities
-    }
+    presence = {}
+    for m in modalities:
+        if feature_column(m) not in table.column_names:  # the table lacks it altogether
+            presence[m] = np.zeros(table.num_rows, dtype=bool)
+            continue
+        has_vector = ~table.column(feature_column(m)).is_null().to_numpy(zero_copy_only=False)
+        presence[m] = has_vector & np.array([m not in f for f in failed], dtype=bool)
+    return presence
 
 
 def usable_rows(table: pa.Table, modalities: tuple[str, ...]) -> tuple[pa.Table, Exclusions]:
@@ -95,6 +98,8 @@ def usable_rows(table: pa.Table, modalities: tuple[str, ...]) -> tuple[pa.Table,
         counts["with no vector"] = int((~has_any & ~failed).sum())
     keep = has_any
     for m in modalities:
+        if feature_column(m) not in table.column_names:
+            continue
         broken = keep & presence[m] & ~np.isfinite(vectors(table, m)).all(axis=1)
         counts[f"with non-finite {m} features"] = int(broken.sum())
         keep = keep & ~broken
@@ -123,7 +128,8 @@ def dialogue_rows(table: pa.Table, config: ModelConfig, labels: list[str], sourc
     presence = modality_presence(table, config.modalities)
     for m in config.modalities:
         dim = config.input_dim(m)
-        values = np.where(presence[m][:, None], vectors(table, m), 0.0).astype(np.float32)  # absent: zeros, masked
+        given = vectors(table, m) if feature_column(m) in table.column_names else np.zeros((table.num_rows, dim))
+        values = np.where(presence[m][:, None], given, 0.0).astype(np.float32)  # absent: zeros, masked
         flat = pa.array(values.reshape(-1))
         # int64 offsets: utterances x dim passes 2**31 at about 2M utterances of 1024-d vectors.
         columns[feature_column(m)] = pa.LargeListArray.from_arrays(pa.array(offsets.astype(np.int64) * dim), flat)

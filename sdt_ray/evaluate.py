@@ -33,7 +33,7 @@ def evaluate(checkpoint_uri: str, features_uri: str, split: str, output_uri: str
     loaded = load_checkpoint(checkpoint_uri)
     config = loaded.config
     table = storage.read_table(features_uri)
-    validate_features(table, features_uri, expected_dims=dict(zip(config.modalities, config.input_dims)))
+    validate_features(table, features_uri, expected_dims=dict(zip(config.modalities, config.input_dims)), absent_ok=True)
     table, exclusions = usable_rows(select_split(table, split, features_uri), config.modalities)
     dialogues = to_dialogues(dialogue_rows(table, config, loaded.labels, features_uri), config)
     predictions = predict(loaded.model, batches(dialogues, batch_size, config.max_speakers))
@@ -44,6 +44,7 @@ def evaluate(checkpoint_uri: str, features_uri: str, split: str, output_uri: str
         model_id=loaded.model_id,
         features=features_uri,
         excluded=exclusions.counts,
+        scored_without=exclusions.absent,  # modality -> utterances scored without it (masked)
         selected_on=loaded.meta.get("recipe", {}).get("train", {}).get("select_on", "dev"),
     )
     _write(metrics, output_uri, f"{split}: acc {metrics['accuracy']:.3f}, weighted F1 {metrics['weighted_f1']:.3f}")

@@ -135,8 +135,9 @@ def extract(
     done = fragments.done_rows(output_uri, plan)
     pending = numbered.filter(pa.array(~done))
     run_id = uuid.uuid4().hex[:8]
+    timing = _timing_columns(table)
     with ray_session(address):
-        pools = _run_stages(pending, output_uri, options, run_id, int(done.sum()), log) if pending.num_rows else {}
+        pools = _run_stages(pending, output_uri, options, run_id, int(done.sum()), log, timing) if pending.num_rows else {}
         stats = _compact(output_uri, plan, metadata, run_id)
     storage.delete(storage.join(output_uri, fragments.FRAGMENTS))
     summary = _finish(output_uri, numbered.num_rows, int(done.sum()), time.time() - started, stats)
@@ -234,8 +235,17 @@ def _pool_sizes(demands: list[StageDemand], actors: int | None) -> dict[str, Poo
         raise ConfigError(f"{exc} (drop --gpus-per-actor, or connect to a cluster with GPUs)") from None
 
 
+def _timing_columns(table: pa.Table) -> list[str]:
+    """start_s, end_s, channel travel into the features table when the utterances cut media
+    by time (calls, meetings), so predictions can keep them (`--keep-columns`) and reports
+    can draw turns over time; decided on the whole input, so every part has the same columns."""
+    cut = "start_s" in table.column_names and table.column("start_s").null_count < table.num_rows
+    return [c for c in ("start_s", "end_s", "channel") if cut and c in table.column_names]
+
+
 def _run_stages(
-    pending: pa.Table, output_uri: str, options: ExtractOptions, run_id: str, resumed: int, log
+    pending: pa.Table, output_uri: str, options: ExtractOptions, run_id: str, resumed: int, log,
+    timing: list[str] = (),
 ) -> dict[str, PoolSize]:
     stages = _stage_demands(options)
     sizes = _pool_sizes([demand for demand, _, _ in stages], options.actors)
@@ -248,7 +258,7 @@ def _run_stages(
     size = options.batch_size
     ds = ray.data.from_arrow([pending.slice(i, size) for i in range(0, pending.num_rows, size)])
     ds = _map_stages(ds, stages, sizes, size)
-    columns = _fragment_columns(options.modalities)
+    columns = _fragment_columns(options.modalities, timing)
     ds = ds.map_batches(
         lambda batch: fragments.write_fragments(batch.select(columns), output_uri, run_id),
         batch_size=None,
@@ -286,8 +296,8 @@ def _describe_pools(sizes: dict[str, PoolSize]) -> str:
     return ", ".join(f"{n} {s.actors}x{s.num_cpus:g} CPU" + (f" {s.num_gpus:g} GPU" if s.num_gpus else "") for n, s in sizes.items())
 
 
-def _fragment_columns(modalities: tuple[str, ...]) -> list[str]:
-    names = [f.name for f in KEY_FIELDS + LABEL_FIELDS]
+def _fragment_columns(modalities: tuple[str, ...], timing: list[str] = ()) -> list[str]:
+    names = [f.name for f in KEY_FIELDS + LABEL_FIELDS] + list(timing)
     names += [feature_column(m) for m in SUPPORTED_MODALITIES if m in modalities] + ["errors", fragments.ROW, fragments.PART]
     return names + (list(fragments.STATS_COLUMNS) if "audio" in modalities else [])
 

@@ -93,12 +93,13 @@ class FeaturesInfo:
 
 
 def validate_features(
-    table: pa.Table, source: str, expected_dims: dict[str, int] | None = None
+    table: pa.Table, source: str, expected_dims: dict[str, int] | None = None, absent_ok: bool = False
 ) -> FeaturesInfo:
     """Check keys, label/split types and each vector column's type and size.
 
-    expected_dims: modality -> size that a model or recipe needs; a missing
-    modality or a different size is an error naming the column.
+    expected_dims: modality -> size that a model or recipe needs; a different size is an
+    error naming the column, and so is a missing modality unless `absent_ok` (scoring: the
+    model masks a modality the table lacks, as long as one it needs is there).
     """
     _require_columns(table, ("dialogue_id", "utterance_index", "speaker", "label", "split"), source, "features")
     for field in KEY_FIELDS + LABEL_FIELDS:
@@ -109,7 +110,12 @@ def validate_features(
             f"{source}: no feature columns; expected at least one of "
             f"{[feature_column(m) for m in MODALITIES]} (run `sdt-ray extract` first)"
         )
-    for modality, dim in (expected_dims or {}).items():
+    expected_dims = expected_dims or {}
+    if absent_ok and expected_dims and not set(expected_dims) & set(dims):
+        raise InputError(f"{source}: none of the model's feature columns {[feature_column(m) for m in expected_dims]}")
+    for modality, dim in expected_dims.items():
+        if modality not in dims and absent_ok:
+            continue
         if modality not in dims:
             raise InputError(f"{source}: column '{feature_column(modality)}' is missing; the model needs {modality}")
         if dims[modality] != dim:

@@ -13,7 +13,9 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import ConfigError
-from .media import INTERNAL_ERROR, SAMPLE_RATE, MediaError, Segment, cut_audio, decode_audio, segments
+from .media import (
+    INTERNAL_ERROR, SAMPLE_RATE, MediaError, Segment, audio_duration, cut_audio, decode_audio, decode_audio_span, segments,
+)
 
 # name -> (opensmile FeatureSet member, or a config file shipped in the opensmile wheel; vector size)
 FEATURE_SETS = {
@@ -71,16 +73,19 @@ class AcousticEncoder:
 class AudioFeatureStage:
     """Rows with `audio_uri` (+ start_s, end_s, channel) in; `audio_features` out.
 
-    Consecutive rows often cut the same long recording (calls, meetings), so the
-    last decoded files stay cached in this actor. Adds `_audio_s` (segment
+    Consecutive rows often cut the same recording, so the last decoded files stay
+    cached in this actor. A recording longer than `long_file_s` (a call, a meeting)
+    is never decoded whole: each row decodes only its own span, so memory stays
+    bounded by the longest turn, not the longest call. Adds `_audio_s` (segment
     seconds) and `_audio_cpu_s` (this thread's CPU seconds per row) for the
     job's real-time-factor summary.
     """
 
-    def __init__(self, feature_set: str = DEFAULT_FEATURE_SET, cached_files: int = 2):
+    def __init__(self, feature_set: str = DEFAULT_FEATURE_SET, cached_files: int = 2, long_file_s: float = 600.0):
         self.encoder = AcousticEncoder(feature_set)
-        self.cache: OrderedDict[str, np.ndarray | MediaError] = OrderedDict()
+        self.cache: OrderedDict[str, np.ndarray | MediaError | float] = OrderedDict()
         self.cached_files = cached_files
+        self.long_file_s = long_file_s  # 10 min of stereo float32 at 16 kHz is 77 MB
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from ..schema import add_feature_column
@@ -92,7 +97,7 @@ class AudioFeatureStage:
         seconds = np.zeros(n)
         for i, segment in enumerate(segments(batch, "audio_uri")):
             try:
-                signal = cut_audio(self._decoded(segment), segment, segment.uri)
+                signal = self._signal(segment)
                 seconds[i] = len(signal) / SAMPLE_RATE
                 vectors[i] = self.encoder(signal)
             except MediaError as exc:
@@ -103,12 +108,26 @@ class AudioFeatureStage:
         batch = add_feature_column(batch, "audio", vectors, errors)
         return batch.append_column("_audio_s", pa.array(seconds)).append_column("_audio_cpu_s", pa.array(cpu))
 
-    def _decoded(self, segment: Segment) -> np.ndarray:
-        """The file's decoded audio, or its MediaError: a broken long recording is read once, not once per row."""
+    def _signal(self, segment: Segment) -> np.ndarray:
+        """The segment's mono signal: cut from the cached file, or decoded alone from a long one."""
+        decoded = self._decoded(segment)
+        if isinstance(decoded, np.ndarray):
+            return cut_audio(decoded, segment, segment.uri)
+        if segment.start_s is None or segment.end_s is None:
+            raise MediaError("bad_segment", f"{segment.uri} is {decoded / 60:.0f} min long: give start_s and end_s")
+        span, origin = decode_audio_span(segment.uri, segment.start_s, segment.end_s)
+        shifted = Segment(segment.uri, segment.start_s - origin, segment.end_s - origin, segment.channel)
+        return cut_audio(span, shifted, segment.uri)
+
+    def _decoded(self, segment: Segment) -> np.ndarray | float:
+        """The file's decoded audio, or its length in seconds when it is too long to hold, or its
+        MediaError: a broken recording is read once, not once per row."""
         segment.check("audio")
         if segment.uri not in self.cache:
             try:
-                self.cache[segment.uri] = decode_audio(segment.uri)
+                duration = audio_duration(segment.uri)
+                long = duration is not None and duration > self.long_file_s
+                self.cache[segment.uri] = duration if long else decode_audio(segment.uri)
             except MediaError as exc:
                 self.cache[segment.uri] = exc
             while len(self.cache) > self.cached_files:

@@ -120,6 +120,38 @@ def decode_audio(uri: str) -> np.ndarray:
     return np.concatenate(chunks, axis=1).astype(np.float32, copy=False)  # (C, T)
 
 
+def audio_duration(uri: str) -> float | None:
+    """Seconds, from the container's header (nothing decoded); None when it does not say."""
+    with _stream(uri, "audio") as (container, stream):
+        return _duration(container, stream)
+
+
+def decode_audio_span(uri: str, start_s: float, end_s: float) -> tuple[np.ndarray, float]:
+    """Only [start_s, end_s) of a long recording: (C, T) float32 at SAMPLE_RATE and the time in
+    seconds of its first sample. Seeks to the nearest point before start_s, so a turn two hours
+    into a call costs as much as one at its start."""
+    import av
+
+    with _stream(uri, "audio") as (container, stream):
+        container.seek(int(max(0.0, start_s - 1.0) / stream.time_base), stream=stream, backward=True)
+        resampler = av.AudioResampler(format="fltp", layout=None, rate=SAMPLE_RATE)
+        chunks, origin = [], None
+        for frame in container.decode(stream):
+            if frame.time is None:
+                raise MediaError("decode_error", f"{uri}: frames carry no timestamps; cannot cut by time")
+            frame_end = frame.time + frame.samples / frame.sample_rate
+            if frame_end <= start_s:
+                continue
+            origin = frame.time if origin is None else origin
+            chunks.extend(f.to_ndarray() for f in resampler.resample(frame))
+            if frame_end >= end_s:
+                break
+        chunks.extend(f.to_ndarray() for f in resampler.resample(None))
+    if not chunks:
+        raise MediaError("empty_segment", f"{uri}: no audio in [{start_s}, {end_s}) s")
+    return np.concatenate(chunks, axis=1).astype(np.float32, copy=False), float(origin)
+
+
 def audio_levels(uri: str, frame_s: float = 0.03) -> tuple[np.ndarray, float]:
     """Per channel, the RMS level of each `frame_s` frame in dBFS, (C, F) float32, and the
     file's duration in seconds. Streams the file: a 2-hour call never sits in memory whole

@@ -162,3 +162,12 @@ def test_a_row_missing_one_of_several_modalities_is_kept_and_masked():
     (batch,) = batches(dialogues, len(dialogues), config.max_speakers)
     assert int(batch.present["audio"].sum()) == present_audio.sum()  # padding is never present
     assert not (batch.present["audio"] & ~batch.mask).any()
+
+
+def test_a_table_without_a_modality_column_is_all_absent_for_scoring():
+    config = ModelConfig(modalities=("text", "audio"), input_dims=(6, 5), hidden=8, heads=2, n_classes=len(LABELS))
+    table = features_table({"test": 3}, dims={"text": 6})  # no audio_features at all
+    kept, exclusions = usable_rows(table, config.modalities)
+    assert kept.num_rows == table.num_rows and exclusions.absent == {"text": 0, "audio": table.num_rows}
+    dialogues = to_dialogues(dialogue_rows(kept, config, LABELS, "t"), config)
+    assert all(not d.presence("audio").any() and d.features["audio"].shape[1] == 5 for d in dialogues)

@@ -121,3 +121,33 @@ def test_face_in_a_large_frame_is_found_on_a_downscaled_copy():
     crop = cropper(large)
     assert cropper.faces_found == 1
     assert crop.mean() > 40  # the crop is on the face, not the black background around it
+
+
+def test_a_span_of_a_long_recording_decodes_alone(tmp_path):
+    """decode_audio_span gives the same samples as cutting the whole decode (16 kHz: no resampling)."""
+    from sdt_ray.features.media import decode_audio_span
+
+    rng = np.random.default_rng(0)
+    left, right = rng.normal(0, 0.1, 30 * SAMPLE_RATE), rng.normal(0, 0.1, 30 * SAMPLE_RATE)
+    path = str(write_wav(tmp_path / "call.wav", [left.astype(np.float32), right.astype(np.float32)], SAMPLE_RATE))
+    whole = decode_audio(path)
+    for start, end, channel in [(0.0, 1.5, 0), (12.34, 15.0, 1), (28.0, 30.0, 0)]:
+        span, origin = decode_audio_span(path, start, end)
+        assert origin <= start and span.shape[1] < 4 * SAMPLE_RATE + (end - start) * SAMPLE_RATE
+        ours = cut_audio(span, Segment(path, start - origin, end - origin, channel), "x")
+        np.testing.assert_array_equal(ours, cut_audio(whole, Segment(path, start, end, channel), "x"))
+
+
+def test_the_audio_stage_cuts_long_files_by_span_with_the_same_features(tmp_path):
+    import pyarrow as pa
+
+    from sdt_ray.features.audio import AudioFeatureStage
+
+    voice = voice_like(6.0, SAMPLE_RATE)
+    path = str(write_wav(tmp_path / "call.wav", [voice, voice[::-1].copy()], SAMPLE_RATE))
+    rows = pa.table({"audio_uri": [path] * 3, "start_s": [0.5, 2.0, 4.0], "end_s": [1.8, 3.5, 5.9],
+                     "channel": pa.array([0, 1, 0], pa.int16())})
+    cached = AudioFeatureStage()(rows)
+    by_span = AudioFeatureStage(long_file_s=1.0)(rows)  # every file counts as long
+    np.testing.assert_allclose(np.stack(by_span.column("audio_features").to_pylist()),
+                               np.stack(cached.column("audio_features").to_pylist()), rtol=1e-5, atol=1e-5)
