@@ -147,3 +147,22 @@ def job_inputs(tmp_path_factory):
     table = features_table({"train": 6, "dev": 2, "test": 3})
     storage.write_table(table, str(folder / "features.parquet"))
     return folder, table
+
+
+@pytest.fixture(scope="module")
+def text_audio_checkpoint(tmp_path_factory):
+    """A random text (MiniLM, 384) + audio (eGeMAPS, 88) model with MELD's labels: contracts
+    (rows, columns, equality of two paths) need no training."""
+    import torch
+
+    from sdt_ray.checkpoint import save_checkpoint, state_dict_for_saving
+    from sdt_ray.config import ModelConfig
+    from sdt_ray.importers import MELD_LABELS
+    from sdt_ray.model import SDT
+
+    torch.manual_seed(0)
+    config = ModelConfig(modalities=("text", "audio"), input_dims=(384, 88), hidden=16, heads=2,
+                         n_classes=len(MELD_LABELS), class_names=tuple(MELD_LABELS))
+    folder = tmp_path_factory.mktemp("ckpt")
+    save_checkpoint(folder, state_dict_for_saving(SDT(config)), config)
+    return str(folder)

@@ -10,14 +10,10 @@ from pathlib import Path
 
 import pyarrow.compute as pc
 import pytest
-import torch
 
 from sdt_ray import storage
 from sdt_ray.calls import import_calls
-from sdt_ray.checkpoint import save_checkpoint, state_dict_for_saving
-from sdt_ray.config import ModelConfig
-from sdt_ray.importers import DEMO_CORPUS, MELD_LABELS
-from sdt_ray.model import SDT
+from sdt_ray.importers import DEMO_CORPUS
 from sdt_ray.pipelines import ExtractOptions, extract, predict_job
 from sdt_ray.report import build_report
 from sdt_ray.scoring import PredictOptions
@@ -37,14 +33,8 @@ def corpus(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """A random text (MiniLM, 384) + audio (eGeMAPS, 88) model: the contract needs no training."""
-    torch.manual_seed(0)
-    config = ModelConfig(modalities=("text", "audio"), input_dims=(384, 88), hidden=16, heads=2,
-                         n_classes=len(MELD_LABELS), class_names=tuple(MELD_LABELS))
-    folder = tmp_path_factory.mktemp("ckpt")
-    save_checkpoint(folder, state_dict_for_saving(SDT(config)), config)
-    return str(folder)
+def checkpoint(text_audio_checkpoint):
+    return text_audio_checkpoint
 
 
 def run_flow(source: str, work: str, checkpoint: str) -> tuple:

@@ -8,14 +8,10 @@ import os
 import numpy as np
 import pyarrow as pa
 import pytest
-import torch
 
 from sdt_ray import storage
-from sdt_ray.checkpoint import save_checkpoint, state_dict_for_saving
-from sdt_ray.config import ModelConfig
 from sdt_ray.errors import ConfigError, InputError
 from sdt_ray.importers import DEMO_MEDIA, MELD_LABELS, import_manifest
-from sdt_ray.model import SDT
 from sdt_ray.pipelines import ExtractOptions, extract, predict_job
 from sdt_ray.scoring import DONE, PREDICT_PLAN, PredictOptions
 
@@ -25,14 +21,8 @@ PROBABILITIES = [f"prob_{label}" for label in MELD_LABELS]
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """A random text (MiniLM, 384) + audio (eGeMAPS, 88) model: equality needs no training."""
-    torch.manual_seed(0)
-    config = ModelConfig(modalities=("text", "audio"), input_dims=(384, 88), hidden=16, heads=2,
-                         n_classes=len(MELD_LABELS), class_names=tuple(MELD_LABELS))
-    folder = tmp_path_factory.mktemp("ckpt")
-    save_checkpoint(folder, state_dict_for_saving(SDT(config)), config)
-    return str(folder)
+def checkpoint(text_audio_checkpoint):
+    return text_audio_checkpoint
 
 
 @pytest.fixture(scope="module")
