@@ -47,6 +47,11 @@ TEXT_MAX_LENGTH = typer.Option(128, help="Tokens per utterance; longer texts are
 AUDIO_FEATURE_SET = typer.Option(
     "eGeMAPSv02", help="openSMILE functionals: eGeMAPSv02 (88), IS10 (1582), ComParE_2016 (6373) or emobase (988)."
 )
+AUDIO_ENCODER = typer.Option(
+    None, help="A transformers speech encoder (wav2vec2 / HuBERT / WavLM family: a local folder or an id in your own "
+    "HF cache), mean-pooled, instead of openSMILE. openSMILE's licence forbids commercial use; these models' "
+    "licences mostly allow it (check yours).",
+)
 VISUAL_MODEL = typer.Option(
     None,
     help="Image encoder for face crops: a local transformers folder, an id in your own HF cache, "
@@ -166,6 +171,7 @@ def extract(
     text_model: Optional[str] = TEXT_MODEL,
     text_max_length: int = TEXT_MAX_LENGTH,
     audio_feature_set: str = AUDIO_FEATURE_SET,
+    audio_encoder: Optional[str] = AUDIO_ENCODER,
     visual_model: Optional[str] = VISUAL_MODEL,
     frames: int = FRAMES,
     batch_size: int = typer.Option(64, help="Utterances per batch handed to each stage; also the resume granularity."),
@@ -194,6 +200,7 @@ def extract(
         text_model=text_model,
         text_max_length=text_max_length,
         audio_feature_set=audio_feature_set,
+        audio_encoder=audio_encoder,
         visual_model=visual_model,
         frames=frames,
         batch_size=batch_size,
@@ -324,6 +331,7 @@ def predict(
     text_model: Optional[str] = TEXT_MODEL,
     text_max_length: int = TEXT_MAX_LENGTH,
     audio_feature_set: str = AUDIO_FEATURE_SET,
+    audio_encoder: Optional[str] = AUDIO_ENCODER,
     visual_model: Optional[str] = VISUAL_MODEL,
     frames: int = FRAMES,
     chunk_size: int = typer.Option(
@@ -369,7 +377,7 @@ def predict(
     extraction = None
     if extract:
         extraction = ExtractOptions(
-            text_model=text_model, text_max_length=text_max_length, audio_feature_set=audio_feature_set,
+            text_model=text_model, text_max_length=text_max_length, audio_feature_set=audio_feature_set, audio_encoder=audio_encoder,
             visual_model=visual_model, frames=frames, batch_size=chunk_size,
             cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor,
         )

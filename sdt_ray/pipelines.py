@@ -26,6 +26,7 @@ from ray.data import ActorPoolStrategy
 from . import fragments, storage
 from .errors import ConfigError, InputError
 from .features.audio import DEFAULT_FEATURE_SET, AudioFeatureStage, feature_set_dim
+from .features.speech import resolve_speech_model, speech_model_dim
 from .features.text import TextFeatureStage, resolve_text_model, text_model_dim
 from .features.visual import DEFAULT_FRAMES, FrameStage, VisualFeatureStage, resolve_visual_model
 from .pools import PoolSize, StageDemand, size_pools
@@ -70,6 +71,7 @@ class ExtractOptions:
     text_model: str | None = None  # local folder, `minilm`, or an id in the user's own HF cache
     text_max_length: int = 128  # tokens
     audio_feature_set: str = DEFAULT_FEATURE_SET
+    audio_encoder: str | None = None  # a transformers speech model instead of openSMILE (local folder or cached id)
     visual_model: str | None = None  # local folder, an id in the user's HF cache, or `random-vit`
     frames: int = DEFAULT_FRAMES  # frames sampled per utterance
     batch_size: int = 64  # utterances per batch handed to a stage
@@ -204,7 +206,11 @@ def _encoders(options: ExtractOptions) -> dict[str, str]:
     """What made each vector, for the features table's metadata."""
     described = {
         "text": lambda: resolve_text_model(options.text_model),
-        "audio": lambda: f"opensmile {options.audio_feature_set} functionals ({feature_set_dim(options.audio_feature_set)})",
+        "audio": lambda: (
+            f"{resolve_speech_model(options.audio_encoder)} (mean of last hidden states, {speech_model_dim(options.audio_encoder)})"
+            if options.audio_encoder
+            else f"opensmile {options.audio_feature_set} functionals ({feature_set_dim(options.audio_feature_set)})"
+        ),
         "visual": lambda: f"{resolve_visual_model(options.visual_model)} (mean of {options.frames} face crops)",
     }
     return {m: described[m]() for m in options.modalities}
@@ -215,7 +221,10 @@ def _stage_demands(options: ExtractOptions) -> list[tuple[StageDemand, type, dic
     cpu, gpu = options.cpus_per_actor, options.gpus_per_actor
     stages = []
     if "audio" in options.modalities:
-        stages.append((StageDemand("audio", cpu, weight=3.0), AudioFeatureStage, {"feature_set": options.audio_feature_set}))
+        if options.audio_encoder:  # a torch model: GPUs help, and it takes the actor's CPUs as threads
+            stages.append((StageDemand("audio", cpu, gpu, weight=3.0), AudioFeatureStage, {"speech_model": options.audio_encoder}))
+        else:
+            stages.append((StageDemand("audio", cpu, weight=3.0), AudioFeatureStage, {"feature_set": options.audio_feature_set}))
     if "visual" in options.modalities:
         frames = {"model": options.visual_model, "frames": options.frames}
         stages.append((StageDemand("frames", cpu, weight=3.0), FrameStage, frames))
@@ -278,7 +287,7 @@ def _map_stages(ds, stages: list[tuple[StageDemand, type, dict]], sizes: dict[st
     """Each stage as an actor pool over the stream; batch_size None hands each stage whole blocks."""
     for demand, stage, kwargs in stages:
         pool = sizes[demand.name]
-        if demand.name in MODEL_STAGES:
+        if demand.name in MODEL_STAGES or kwargs.get("speech_model"):
             kwargs = {**kwargs, "threads": max(1, int(pool.num_cpus))}
         ds = ds.map_batches(
             stage,
@@ -412,7 +421,9 @@ def _check_encoder_dims(config, extraction: ExtractOptions) -> None:
     made = {}
     if "text" in needed:
         made["text"] = (text_model_dim(extraction.text_model), f"--text-model {extraction.text_model or 'minilm'}")
-    if "audio" in needed:
+    if "audio" in needed and extraction.audio_encoder:
+        made["audio"] = (speech_model_dim(extraction.audio_encoder), f"--audio-encoder {extraction.audio_encoder}")
+    elif "audio" in needed:
         made["audio"] = (feature_set_dim(extraction.audio_feature_set), f"--audio-feature-set {extraction.audio_feature_set}")
     wrong = [f"{m} vectors of {needed[m]} values, but {flag} makes {dim}" for m, (dim, flag) in made.items() if dim != needed[m]]
     if wrong:

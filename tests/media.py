@@ -75,3 +75,19 @@ def save_tiny_vit(folder: Path, side: int = 32) -> str:
     ViTModel(config, add_pooling_layer=False).save_pretrained(folder)
     ViTImageProcessor(size={"height": side, "width": side}).save_pretrained(folder)
     return str(folder)
+
+
+def save_tiny_speech_model(folder: Path) -> str:
+    """A randomly initialised wav2vec2 and its feature extractor, as a user's model folder looks."""
+    import torch
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
+
+    torch.manual_seed(0)
+    config = Wav2Vec2Config(
+        hidden_size=20, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+        conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 4), num_conv_pos_embeddings=8,
+        num_conv_pos_embedding_groups=2,
+    )
+    Wav2Vec2Model(config).save_pretrained(folder)
+    Wav2Vec2FeatureExtractor(sampling_rate=16_000, do_normalize=True).save_pretrained(folder)
+    return str(folder)

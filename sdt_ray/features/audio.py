@@ -71,7 +71,8 @@ class AcousticEncoder:
 
 
 class AudioFeatureStage:
-    """Rows with `audio_uri` (+ start_s, end_s, channel) in; `audio_features` out.
+    """Rows with `audio_uri` (+ start_s, end_s, channel) in; `audio_features` out, from openSMILE
+    functionals or, with `speech_model`, a transformers speech encoder (features/speech.py).
 
     Consecutive rows often cut the same recording, so the last decoded files stay
     cached in this actor. A recording longer than `long_file_s` (a call, a meeting)
@@ -81,8 +82,16 @@ class AudioFeatureStage:
     job's real-time-factor summary.
     """
 
-    def __init__(self, feature_set: str = DEFAULT_FEATURE_SET, cached_files: int = 2, long_file_s: float = 600.0):
-        self.encoder = AcousticEncoder(feature_set)
+    def __init__(
+        self, feature_set: str = DEFAULT_FEATURE_SET, cached_files: int = 2, long_file_s: float = 600.0,
+        speech_model: str | None = None, threads: int = 1,
+    ):
+        if speech_model:  # the licence-clean path: a transformers speech encoder instead of openSMILE
+            from .speech import SpeechEncoder
+
+            self.encoder = SpeechEncoder(speech_model, threads)
+        else:
+            self.encoder = AcousticEncoder(feature_set)
         self.cache: OrderedDict[str, np.ndarray | MediaError | float] = OrderedDict()
         self.cached_files = cached_files
         self.long_file_s = long_file_s  # 10 min of stereo float32 at 16 kHz is 77 MB

@@ -117,3 +117,21 @@ def test_the_index_page_lists_every_call_in_a_browser(tmp_path):
     by_turns = rendered("#sort=turns&order=asc")
     assert re.findall(r'<tr data-call="([^"]+)"', by_turns)[-1] == "sad"  # 4 turns, the most
     assert default.count('href="timelines/') == 2  # two timelines drawn, both linked
+
+
+def test_a_speech_encoder_instead_of_opensmile(ray_local, corpus, tmp_path):
+    """`extract --audio-encoder FOLDER` on Ray: a tiny random wav2vec2 saved here, as a user's model."""
+    import json
+
+    from media import save_tiny_speech_model
+    from sdt_ray.schema import ENCODERS_METADATA_KEY
+
+    model = save_tiny_speech_model(tmp_path / "w2v")
+    storage.write_table(import_calls(str(corpus)).table.slice(0, 12), str(tmp_path / "utterances.parquet"))
+    summary = extract(str(tmp_path / "utterances.parquet"), str(tmp_path / "features"),
+                      ExtractOptions(modalities=("audio",), audio_encoder=model, batch_size=6), **QUIET)
+    features = storage.read_table(str(tmp_path / "features"))
+    assert summary.errors == {} and features.schema.field("audio_features").type.list_size == 20
+    assert features.column("audio_features").null_count == 0
+    encoders = json.loads(features.schema.metadata[ENCODERS_METADATA_KEY])
+    assert encoders["audio"].startswith(model) and "mean of last hidden states" in encoders["audio"]

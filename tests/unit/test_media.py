@@ -151,3 +151,30 @@ def test_the_audio_stage_cuts_long_files_by_span_with_the_same_features(tmp_path
     by_span = AudioFeatureStage(long_file_s=1.0)(rows)  # every file counts as long
     np.testing.assert_allclose(np.stack(by_span.column("audio_features").to_pylist()),
                                np.stack(cached.column("audio_features").to_pylist()), rtol=1e-5, atol=1e-5)
+
+
+def test_a_speech_encoder_folder_replaces_opensmile(tmp_path):
+    """The licence-clean path: a tiny random wav2vec2 saved here, loaded as a user's model would be."""
+    import pyarrow as pa
+
+    from media import save_tiny_speech_model
+    from sdt_ray.features.audio import AudioFeatureStage
+    from sdt_ray.features.speech import SpeechEncoder, speech_model_dim
+
+    model = save_tiny_speech_model(tmp_path / "w2v")
+    assert speech_model_dim(model) == 20
+    encoder = SpeechEncoder(model)
+    voice = voice_like(2.0, SAMPLE_RATE)
+    vector = encoder(voice)
+    assert vector.shape == (20,) and np.isfinite(vector).all()
+    # A 70 s turn is encoded in 30 s pieces; its mean weighs every frame alike.
+    long = np.tile(voice, 35)
+    assert np.isfinite(encoder(long)).all()
+    with pytest.raises(MediaError, match="too short"):
+        encoder(voice[:800])
+    path = str(write_wav(tmp_path / "call.wav", [voice, voice[::-1].copy()], SAMPLE_RATE))
+    rows = pa.table({"audio_uri": [path, path], "start_s": [0.0, 1.0], "end_s": [1.0, 1.05], "channel": pa.array([0, 1], pa.int16())})
+    out = AudioFeatureStage(speech_model=model)(rows)
+    vectors = out.column("audio_features").to_pylist()
+    np.testing.assert_allclose(vectors[0], encoder(decode_audio(path)[0, :SAMPLE_RATE]), atol=1e-5)  # as 16-bit PCM
+    assert vectors[1] is None and out.column("errors").to_pylist()[1][0]["reason"] == "empty_segment"
