@@ -15,6 +15,8 @@ Measures, on this machine:
   repeated to >= 2,000 utterances, in utterances/s;
 - under `scoring` (bench_scoring.py): the bare forward pass against `predict` on
   local Ray over 100k and 400k synthetic utterances at MELD dims, with peak RSS;
+- under `calls` (bench_calls.py): one generated call of 150 and of 1,500 turns through
+  import, extract (text + audio), predict and report, with peak RSS of each step;
 and peak resident memory of this process.
 """
 
@@ -176,7 +178,9 @@ def plot(results: dict[str, Any], path: Path) -> None:
         panels.append(_opensmile_panel)
     if "scoring" in results:
         panels.append(_scoring_panel)
-    ratios = [3, 1, 1.4][: len(panels)]
+    if "calls" in results:
+        panels.append(_calls_panel)
+    ratios = [3, 1, 1.4, 1.2][: len(panels)]
     fig, axes = plt.subplots(1, len(panels), figsize=(5 + 4.2 * len(panels), 4.8), dpi=120,
                              gridspec_kw={"width_ratios": ratios}, squeeze=False)
     for panel, ax in zip(panels, axes[0]):
@@ -244,6 +248,25 @@ def _scoring_panel(results: dict[str, Any], ax) -> None:
     ax.legend(fontsize=7, loc="upper left")
 
 
+def _calls_panel(results: dict[str, Any], ax) -> None:
+    """Peak RSS of extract and predict against call length: flat means bounded."""
+    calls = results["calls"]
+    turns = [run["turns"] for run in calls["runs"]]
+    for step, marker in (("extract", "o"), ("predict", "s")):
+        workers = [run[step]["rss_workers_mb"] for run in calls["runs"]]
+        driver = [run[step]["rss_driver_mb"] for run in calls["runs"]]
+        ax.plot(turns, workers, marker=marker, label=f"{step}: Ray workers")
+        ax.plot(turns, driver, marker=marker, linestyle="--", label=f"{step}: driver")
+    ax.axhline(calls["whole_decode_mb"], color="grey", linestyle=":", label="the longest call decoded whole")
+    ax.set_xscale("log")
+    ax.set_xlabel("turns in one call (log)")
+    ax.set_ylabel("peak RSS (MB)")
+    minutes = calls["runs"][-1]["audio_minutes"]
+    ax.set_title(f"one call through import, extract, predict, report\n(longest: {minutes:.0f} min of stereo audio)", fontsize=9)
+    ax.set_ylim(0, None)
+    ax.legend(fontsize=7, loc="upper left")
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default="bench", help="folder for results.json and results.png")
@@ -254,6 +277,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--scoring-sizes", default="100000,400000",
                         help="comma-separated corpus sizes (utterances) for the scoring runs; the first gives the headline")
     parser.add_argument("--no-encoder", action="store_true", help="skip the text-encoder measurement")
+    parser.add_argument("--call-turns", default="150,1500",
+                        help="comma-separated call lengths (turns) for the long-call memory runs (espeak-ng needed)")
     args = parser.parse_args(argv)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -275,6 +300,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         from .bench_scoring import bench_scoring
 
         results["scoring"] = bench_scoring(tuple(int(s) for s in args.scoring_sizes.split(",")), workdir=str(out))
+        from .bench_calls import bench_calls
+
+        results["calls"] = bench_calls(tuple(int(n) for n in args.call_turns.split(",")), workdir=str(out))
     results["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     (out / "results.json").write_text(json.dumps(results, indent=2))
     plot(results, out / "results.png")
