@@ -61,7 +61,7 @@ def build_report(predictions_uri: str, output_uri: str, options: ReportOptions =
     frame, labels = read_predictions(predictions_uri)
     calls = [call_summary(call, labels, options) for _, call in frame.groupby("dialogue_id", sort=True)]
     summary = pd.DataFrame(calls).sort_values(["negative_share", "call_id"], ascending=[False, True], kind="stable")
-    drawn = list(summary["call_id"][: options.timelines])
+    drawn = list(summary["call_id"].iloc[: options.timelines])
     with _staging(output_uri) as folder:
         storage.write_table(_summary_table(summary, labels), os.path.join(folder, "calls.parquet"))
         os.makedirs(os.path.join(folder, "timelines"), exist_ok=True)
