@@ -390,7 +390,8 @@ def _predict_streaming(
     Blocks are chunks of whole dialogues and every stage takes a whole block, so each
     dialogue reaches the scorer whole (StreamScoreStage checks it)."""
     started = time.time()
-    extraction = replace(extraction, modalities=tuple(config.modalities), rows_per_file=options.rows_per_file, overwrite=options.overwrite)
+    modalities = _extractable(config.modalities, input_uri, log)
+    extraction = replace(extraction, modalities=modalities, rows_per_file=options.rows_per_file, overwrite=options.overwrite)
     _check_options(extraction)
     _check_encoder_dims(config, extraction)
     table, _ = _read_input(input_uri, extraction, options.keep_columns)
@@ -414,10 +415,23 @@ def _predict_streaming(
     return summary
 
 
+def _extractable(modalities: tuple[str, ...], input_uri: str, log) -> tuple[str, ...]:
+    """The model's modalities that the utterances table can give: text always, audio and visual
+    when their media column exists. The others are absent for every row (masked, not extracted)."""
+    names = storage.read_head(input_uri, 1).column_names
+    given = tuple(m for m in modalities if m == "text" or MEDIA_COLUMN[m] in names)
+    missing = [m for m in modalities if m not in given]
+    if not given:
+        raise InputError(f"{input_uri}: none of the model's modalities {list(modalities)} can be extracted from it")
+    if missing:
+        log(f"{input_uri} has no {', '.join(MEDIA_COLUMN[m] for m in missing)}: scoring without {', '.join(missing)}")
+    return given
+
+
 def _check_encoder_dims(config, extraction: ExtractOptions) -> None:
     """The encoders must make vectors of the sizes the checkpoint was trained on (text and audio
     are checked before any work; a wrong visual model shows as a per-row dim error)."""
-    needed = dict(zip(config.modalities, config.input_dims))
+    needed = {m: d for m, d in zip(config.modalities, config.input_dims) if m in extraction.modalities}
     made = {}
     if "text" in needed:
         made["text"] = (text_model_dim(extraction.text_model), f"--text-model {extraction.text_model or 'minilm'}")

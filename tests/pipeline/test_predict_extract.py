@@ -109,3 +109,18 @@ def test_encoders_must_fit_the_checkpoint(ray_local, checkpoint, utterances, tmp
         predict_job(checkpoint, path, str(tmp_path / "out"), PredictOptions(),
                     extraction=ExtractOptions(audio_feature_set="emobase"), **QUIET)
     assert not os.path.exists(tmp_path / "out")  # refused before anything was written
+
+
+def test_a_transcript_archive_is_scored_by_a_text_and_audio_model(ray_local, checkpoint, tmp_path):
+    """No audio_uri column at all: audio is not extracted, every row is scored from its text."""
+    from sdt_ray.importers import DEMO_CORPUS, import_corpus
+
+    table = import_corpus("meld", DEMO_CORPUS, limit_dialogues=2).drop_columns(["audio_uri", "video_uri"])
+    path = str(tmp_path / "transcripts.parquet")
+    storage.write_table(table, path)
+    said = []
+    summary = predict_job(checkpoint, path, str(tmp_path / "predictions"), PredictOptions(),
+                          extraction=ExtractOptions(), log=said.append)
+    assert summary.rows_out == table.num_rows and summary.errors == {}
+    assert summary.modalities == {"text": table.num_rows}
+    assert any("has no audio_uri: scoring without audio" in line for line in said)
