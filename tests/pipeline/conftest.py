@@ -42,7 +42,7 @@ def own_head_ports() -> list[str]:
     return [f"--{flag}={_free_port()}" for flag in flags]
 
 
-def stop_session(leader: int, grace_s: float = 20.0) -> None:
+def stop_session(leader: int, grace_s: float = 5.0) -> None:
     """Stop every process of the session that `leader` (a `setsid` child) leads, by PID: SIGTERM,
     then SIGKILL after `grace_s`. Ray's workers have process groups of their own in that session."""
     import signal
