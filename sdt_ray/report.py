@@ -62,7 +62,7 @@ def build_report(predictions_uri: str, output_uri: str, options: ReportOptions =
     calls = [call_summary(call, labels, options) for _, call in frame.groupby("dialogue_id", sort=True)]
     summary = pd.DataFrame(calls).sort_values(["negative_share", "call_id"], ascending=[False, True], kind="stable")
     drawn = list(summary["call_id"].iloc[: options.timelines])
-    with _staging(output_uri) as folder:
+    with _Staging(output_uri) as folder:
         storage.write_table(_summary_table(summary, labels), os.path.join(folder, "calls.parquet"))
         os.makedirs(os.path.join(folder, "timelines"), exist_ok=True)
         by_call = dict(tuple(frame.groupby("dialogue_id", sort=False)))
@@ -222,7 +222,7 @@ def _png_name(call_id: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in call_id) + ".png"
 
 
-class _staging:
+class _Staging:
     """A local folder to write into: OUTPUT itself, or a temp folder uploaded to s3:// at the end."""
 
     def __init__(self, output_uri: str):
