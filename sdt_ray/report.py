@@ -59,13 +59,13 @@ class Report:
 
 def build_report(predictions_uri: str, output_uri: str, options: ReportOptions = ReportOptions()) -> Report:
     frame, labels = read_predictions(predictions_uri)
-    calls = [call_summary(call, labels, options) for _, call in frame.groupby("dialogue_id", sort=True)]
+    by_call = dict(tuple(frame.groupby("dialogue_id", sort=True)))
+    calls = [call_summary(call, labels, options) for call in by_call.values()]
     summary = pd.DataFrame(calls).sort_values(["negative_share", "call_id"], ascending=[False, True], kind="stable")
     drawn = list(summary["call_id"].iloc[: options.timelines])
     with _Staging(output_uri) as folder:
         storage.write_table(_summary_table(summary, labels), os.path.join(folder, "calls.parquet"))
         os.makedirs(os.path.join(folder, "timelines"), exist_ok=True)
-        by_call = dict(tuple(frame.groupby("dialogue_id", sort=False)))
         for call_id in drawn:
             timeline_png(by_call[call_id], labels, options, os.path.join(folder, "timelines", _png_name(call_id)))
         with open(os.path.join(folder, "index.html"), "w", encoding="utf-8") as out:
