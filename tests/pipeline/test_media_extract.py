@@ -73,6 +73,8 @@ def test_demo_corpus_on_s3(ray_local, demo, tiny_vit):
     import boto3
 
     _, table = demo
+    # Four of the eight dialogues: the subject is S3 in and out, not the corpus (local disk has it all).
+    table = table.filter(pc.is_in(table.column("dialogue_id"), pa.array(["meld_dev_2", "meld_dev_9", "meld_dev_12", "meld_dev_17"])))
     client = boto3.client("s3")
     uris = []
     for local in table.column("video_uri").to_pylist():
@@ -83,10 +85,10 @@ def test_demo_corpus_on_s3(ray_local, demo, tiny_vit):
         table = table.set_column(table.column_names.index(column), column, pa.array(uris))
     storage.write_table(table, "s3://sdt-test/media/utterances.parquet")
     out = "s3://sdt-test/media/features"
-    options = ExtractOptions(modalities=ALL, visual_model=tiny_vit, batch_size=16, rows_per_file=30, overwrite=True)
+    options = ExtractOptions(modalities=ALL, visual_model=tiny_vit, batch_size=16, rows_per_file=15, overwrite=True)
     summary = extract("s3://sdt-test/media/utterances.parquet", out, options, **QUIET)
-    assert summary.rows_out == table.num_rows == 57 and summary.errors == {}
-    assert_complete(storage.read_table(out), out, 57)
+    assert summary.rows_out == table.num_rows == 24 and summary.errors == {}
+    assert_complete(storage.read_table(out), out, 24)
     names = [u.rsplit("/", 1)[-1] for u in storage.list_files(out)]
     assert names == ["_extract.json", "part-00000.parquet", "part-00001.parquet"]  # no fragments left behind
 
@@ -158,7 +160,7 @@ def test_long_recording_cut_by_times_and_channel(ray_local, tmp_path):
 def test_killed_job_resumes_without_duplicates_or_losses(ray_local, demo, tmp_path):
     _, table = demo
     copies = []
-    for k in range(4):  # 228 utterances of audio: long enough to kill mid-way
+    for k in range(2):  # 114 utterances of audio: long enough to kill mid-way
         ids = pc.binary_join_element_wise(table.column("dialogue_id"), pa.scalar(f"r{k}"), "_")
         copies.append(table.set_column(0, table.schema.field(0), ids))
     big = pa.concat_tables(copies)
@@ -188,4 +190,4 @@ def test_killed_job_resumes_without_duplicates_or_losses(ray_local, demo, tmp_pa
     keys = [f"{d}/{u}" for d, u in zip(features.column("dialogue_id").to_pylist(), features.column("utterance_index").to_pylist())]
     assert len(keys) == len(set(keys)) == big.num_rows == summary.rows_out
     assert features.column("audio_features").null_count == 0
-    assert sorted(p.name for p in Path(out).iterdir()) == ["_extract.json"] + [f"part-{i:05d}.parquet" for i in range(8)]
+    assert sorted(p.name for p in Path(out).iterdir()) == ["_extract.json"] + [f"part-{i:05d}.parquet" for i in range(4)]

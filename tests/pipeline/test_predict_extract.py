@@ -4,6 +4,7 @@ missing media is scored with the modality it has, and an interrupted run resumes
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pyarrow as pa
@@ -61,33 +62,44 @@ def assert_same_rows(ours: pa.Table, theirs: pa.Table) -> None:
     )
 
 
-def test_streaming_equals_extract_then_predict(ray_local, checkpoint, utterances, two_step, tmp_path):
+@pytest.fixture(scope="module")
+def streamed_run(ray_local, checkpoint, utterances, tmp_path_factory):
+    """One `predict --extract` run, checked below and then interrupted by hand for the resume test."""
+    path, _ = utterances
+    out = str(tmp_path_factory.mktemp("streamed") / "predictions")
+    options = PredictOptions(rows_per_file=20, keep_columns=("text",), partition_by=("label",))
+    return out, options, streamed(checkpoint, path, out, options)
+
+
+def test_streaming_equals_extract_then_predict(checkpoint, utterances, two_step, streamed_run):
     path, table = utterances
-    out = str(tmp_path / "predictions")
-    summary = streamed(checkpoint, path, out)
+    out, options, summary = streamed_run
     assert summary.rows_in == summary.rows_out == table.num_rows == 57
     # The empty text and the missing audio file are absent modalities: those rows are scored
     # with what they have, and modalities_used says so.
     assert summary.errors == {} and summary.modalities == {"text+audio": 55, "audio": 1, "text": 1}
-    assert sorted(os.listdir(out)) == [DONE, PREDICT_PLAN, "part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+    labels = sorted(f"label={label}" for label in set(two_step.column("label").to_pylist()))
+    assert sorted(os.listdir(out)) == sorted([DONE, PREDICT_PLAN, *labels])  # partitioned by label
+    assert sorted(os.listdir(storage.join(out, DONE))) == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
     ours = storage.read_table(out).sort_by(KEYS)
     assert_same_rows(ours, two_step)
     used = ours.column("modalities_used").to_pylist()
     assert ours.column("label").null_count == 0 and used[0] == ["text", "audio"]
     assert used[3] == ["audio"] and used[10] == ["text"]
+    assert ours.column("text").to_pylist()[3] == ""  # kept columns travel through the stream
 
     with pytest.raises(InputError, match="already exists; pass --overwrite"):
-        streamed(checkpoint, path, out)
+        streamed(checkpoint, path, out, options)
 
 
 @pytest.mark.slow
-def test_an_interrupted_run_resumes_to_the_same_rows(ray_local, checkpoint, utterances, two_step, tmp_path):
+def test_an_interrupted_run_resumes_to_the_same_rows(checkpoint, utterances, two_step, streamed_run, tmp_path):
     """Undo one finished part (as if the job died before writing it): the re-run scores only the
     dialogues it holds, whole, and the output is what an uninterrupted run writes."""
     path, _ = utterances
+    finished, options, _ = streamed_run
     out = str(tmp_path / "predictions")
-    options = PredictOptions(rows_per_file=20, keep_columns=("text",), partition_by=("label",))
-    streamed(checkpoint, path, out, options)
+    shutil.copytree(finished, out)
     plan_uri = storage.join(out, PREDICT_PLAN)
     plan = json.loads(storage.read_text(plan_uri))
     storage.write_text(plan_uri, json.dumps({**plan, "complete": False}))
@@ -100,7 +112,7 @@ def test_an_interrupted_run_resumes_to_the_same_rows(ray_local, checkpoint, utte
     assert any(m.startswith("resuming") for m in messages)
     ours = storage.read_table(out).sort_by(KEYS)
     assert_same_rows(ours, two_step)
-    assert ours.column("text").to_pylist()[3] == ""  # kept columns travel through the stream
+    assert ours.column("text").to_pylist()[3] == ""
 
 
 def test_encoders_must_fit_the_checkpoint(ray_local, checkpoint, utterances, tmp_path):

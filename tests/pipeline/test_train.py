@@ -32,14 +32,18 @@ def features_path(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(ray_local, features_path, tmp_path_factory):
+    """A 3-epoch run, then the same run resumed to 4 epochs: two Ray Train runs (each costs about
+    20 s of start-up here) serve both the plain run's and the resume's tests."""
     run_dir = tmp_path_factory.mktemp("runs") / "run"
+    first = train(features_path, str(run_dir), recipe(epochs=3), log=lambda m: None)
+    first_history = (run_dir / "metrics.jsonl").read_text().splitlines()
     lines = []
-    result = train(features_path, str(run_dir), recipe(), log=lines.append)
-    return run_dir, result, lines
+    result = train(features_path, str(run_dir), recipe(), resume=True, log=lines.append)
+    return run_dir, result, lines, (first, first_history)
 
 
 def test_two_worker_run_writes_best_checkpoint_and_metrics(trained):
-    run_dir, result, lines = trained
+    run_dir, result, lines, _ = trained
     history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in history] == [0, 1, 2, 3]
     assert result.best_epoch == max(range(4), key=lambda e: (history[e]["dev_weighted_f1"], -e))
@@ -55,14 +59,14 @@ def test_two_worker_run_writes_best_checkpoint_and_metrics(trained):
 
 
 def test_best_checkpoint_holds_the_dev_selected_weights(trained, features_path, tmp_path):
-    run_dir, result, _ = trained
+    run_dir, result, _, _ = trained
     dev = evaluate(str(run_dir / "best"), features_path, "dev", str(tmp_path / "dev"))
     # Scoring best/ on dev reproduces the selected epoch's dev figure, not the last epoch's.
     assert dev.metrics["weighted_f1"] == pytest.approx(result.best_metrics["dev_weighted_f1"], abs=1e-6)
 
 
 def test_evaluate_writes_metrics_and_plot(trained, features_path, tmp_path):
-    run_dir, _, _ = trained
+    run_dir, _, _, _ = trained
     result = evaluate(str(run_dir / "best"), features_path, "test", str(tmp_path / "eval"))
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     for key in ("accuracy", "weighted_f1", "macro_f1"):
@@ -74,19 +78,19 @@ def test_evaluate_writes_metrics_and_plot(trained, features_path, tmp_path):
 
 
 def test_run_dir_is_never_silently_reused(trained, features_path):
-    run_dir, _, _ = trained
+    run_dir, _, _, _ = trained
     with pytest.raises(ConfigError, match="already holds run .* pass --resume"):
         train(features_path, str(run_dir), recipe(), log=lambda m: None)
 
 
-def test_resume_continues_from_the_latest_checkpoint(ray_local, features_path, tmp_path):
-    run_dir = tmp_path / "run"
-    with pytest.raises(ConfigError, match="holds no run to resume"):
-        train(features_path, str(run_dir), recipe(), resume=True, log=lambda m: None)
-    train(features_path, str(run_dir), recipe(epochs=2), log=lambda m: None)
-    lines = []
-    result = train(features_path, str(run_dir), recipe(epochs=3), resume=True, log=lines.append)
-    assert result.epochs_run == 3
-    assert [h["epoch"] for h in result.history] == [0, 1, 2]
-    assert sum(line.startswith("epoch ") for line in lines) == 3  # history reprinted, one new epoch trained
+def test_resume_continues_from_the_latest_checkpoint(trained, features_path, tmp_path):
+    run_dir, result, lines, (first, first_history) = trained
+    assert first.epochs_run == 3 and len(first_history) == 3
+    assert result.epochs_run == 4
+    assert [h["epoch"] for h in result.history] == [0, 1, 2, 3]
+    # The resumed run kept the first three epochs' records and trained only the fourth.
+    assert (run_dir / "metrics.jsonl").read_text().splitlines()[:3] == first_history
+    assert [h["attempt"] for h in result.history] == [0, 0, 0, 1]  # only epoch 4 ran after the restart
     assert Path(result.best_dir, "model.safetensors").exists()
+    with pytest.raises(ConfigError, match="holds no run to resume"):
+        train(features_path, str(tmp_path / "empty"), recipe(), resume=True, log=lambda m: None)
