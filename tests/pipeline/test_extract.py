@@ -56,25 +56,28 @@ def tiny_bert(tmp_path_factory):
     return str(folder)
 
 
-def test_existing_output_needs_overwrite(ray_local, utterances, tiny_bert, tmp_path):
-    path, _ = utterances
-    out = str(tmp_path / "features")
-    tiny = ExtractOptions(text_model=tiny_bert)  # the refusal does not depend on the encoder; a tiny one is quick
-    extract(path, out, tiny, log=lambda m: None)
-    with pytest.raises(InputError, match="already exists; pass --overwrite"):
-        extract(path, out, tiny, log=lambda m: None)
-    again = extract(path, out, ExtractOptions(text_model=tiny_bert, overwrite=True), log=lambda m: None)
-    assert storage.read_table(out).num_rows == again.rows_in  # replaced, not appended
+@pytest.fixture(scope="module")
+def tiny_features(ray_local, utterances, tiny_bert, tmp_path_factory):
+    """Features through the tiny random encoder (an extract costs about 15 s of start-up here)."""
+    out = str(tmp_path_factory.mktemp("tiny") / "features")
+    extract(utterances[0], out, ExtractOptions(text_model=tiny_bert), log=lambda m: None)
+    return out
 
 
-def test_tiny_random_encoder_from_a_local_folder(ray_local, utterances, tiny_bert, tmp_path):
-    folder = tiny_bert
-    path, table = utterances
-    out = str(tmp_path / "features")
-    extract(path, out, ExtractOptions(text_model=str(folder)), log=lambda m: None)
-    features = storage.read_table(out)
-    assert validate_features(features, out).dims == {"text": 24}
+def test_tiny_random_encoder_from_a_local_folder(utterances, tiny_features):
+    _, table = utterances
+    features = storage.read_table(tiny_features)
+    assert validate_features(features, tiny_features).dims == {"text": 24}
     assert features.num_rows == table.num_rows
+
+
+def test_existing_output_needs_overwrite(utterances, tiny_bert, tiny_features):
+    path, _ = utterances
+    tiny = ExtractOptions(text_model=tiny_bert)  # the refusal does not depend on the encoder; a tiny one is quick
+    with pytest.raises(InputError, match="already exists; pass --overwrite"):
+        extract(path, tiny_features, tiny, log=lambda m: None)
+    again = extract(path, tiny_features, ExtractOptions(text_model=tiny_bert, overwrite=True), log=lambda m: None)
+    assert storage.read_table(tiny_features).num_rows == again.rows_in  # replaced, not appended
 
 
 def test_missing_local_model_is_a_clear_error(ray_local, utterances, tmp_path):
