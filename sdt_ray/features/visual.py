@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import ConfigError
+from .local_models import load_pretrained, on_device, resolve_local
 from .media import INTERNAL_ERROR, MediaError, decode_frames, segments
 
 RANDOM_VIT = "random-vit"  # alias: a fixed-seed, untrained tiny ViT (random features) for demos and tests
@@ -35,8 +36,7 @@ def resolve_visual_model(name_or_path: str | None) -> str:
         )
     if name_or_path == RANDOM_VIT:
         return str(_random_vit())
-    expanded = os.path.expanduser(name_or_path)
-    return str(Path(expanded)) if os.path.isdir(expanded) else name_or_path
+    return resolve_local(name_or_path)
 
 
 def _random_vit() -> Path:
@@ -64,17 +64,11 @@ def _random_vit() -> Path:
     return cache
 
 
-def _load_processor(path: str, name: str):
+def _load_processor(path: str, name: str | None):
     from transformers import AutoImageProcessor
 
-    try:
-        # The PIL backend: the torchvision one needs torchvision, which sdt-ray does not install.
-        return AutoImageProcessor.from_pretrained(path, local_files_only=True, backend="pil")
-    except OSError as exc:
-        raise ConfigError(
-            f"visual model '{name}' is neither a local folder nor in the local Hugging Face cache "
-            f"(sdt-ray never downloads at run time): {exc}"
-        ) from None
+    # The PIL backend: the torchvision one needs torchvision, which sdt-ray does not install.
+    return load_pretrained("visual model", name, path, AutoImageProcessor, backend="pil")
 
 
 def input_size(processor) -> int:
@@ -177,14 +171,11 @@ class VisualEncoder:
     """(n, S, S, 3) uint8 crops -> one (D,) vector: the model's per-frame embedding, mean over frames."""
 
     def __init__(self, model: str | None, batch_size: int = 64, device: str | None = None):
-        import torch
         from transformers import AutoModel
 
         path = resolve_visual_model(model)
         self.processor = _load_processor(path, model)
-        self.model = AutoModel.from_pretrained(path, local_files_only=True)
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.model.to(self.device).eval()
+        self.model, self.device = on_device(load_pretrained("visual model", model, path, AutoModel), device)
         self.batch_size = batch_size  # frames per forward pass
         self.dim = self._probe_dim()
         self.name = path
