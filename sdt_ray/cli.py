@@ -392,6 +392,9 @@ def evaluate(
     features: str = typer.Option(..., "--features", help="Features table with the split to score."),
     split: str = typer.Option("test", help="train, dev or test."),
     output: str = typer.Option(..., "--output", help="EVAL_DIR: metrics.json and confusion_matrix.png."),
+    without: Optional[str] = typer.Option(
+        None, help="Modalities to score as missing, comma-separated (e.g. audio): the model masks them even where the "
+        "features have them; an ablation, and what a text-only archive gets."),
     address: Optional[str] = typer.Option(None, help=ADDRESS_HELP),
     cluster: Optional[Path] = CLUSTER,
     no_wait: bool = NO_WAIT,
@@ -401,7 +404,8 @@ def evaluate(
     from .evaluate import evaluate as run_evaluate
     from .evaluate import format_report
 
-    result = run_evaluate(checkpoint, features, split, output)
+    missing = tuple(m.strip() for m in without.split(",") if m.strip()) if without else ()
+    result = run_evaluate(checkpoint, features, split, output, without=missing)
     if result.exclusions:
         _log(f"excluded: {result.exclusions.describe()}")
     _log(format_report(result.metrics))

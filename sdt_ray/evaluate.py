@@ -17,6 +17,7 @@ from .checkpoint import load_checkpoint
 from .collate import batches
 from .dialogues import Exclusions, dialogue_rows, select_split, to_dialogues, usable_rows
 from .engine import predict
+from .errors import ConfigError
 from .metrics import classification_report
 from .plots import confusion_matrix_png
 from .schema import validate_features
@@ -29,10 +30,18 @@ class Evaluation:
     output: str
 
 
-def evaluate(checkpoint_uri: str, features_uri: str, split: str, output_uri: str, batch_size: int = 16) -> Evaluation:
+def evaluate(
+    checkpoint_uri: str, features_uri: str, split: str, output_uri: str, batch_size: int = 16, without: tuple[str, ...] = ()
+) -> Evaluation:
+    """Metrics of a checkpoint on one split. `without`: modalities to score as absent even where
+    the table has them (an ablation: the model masks them, as for a call without a transcript)."""
     loaded = load_checkpoint(checkpoint_uri)
     config = loaded.config
+    unknown = sorted(set(without) - set(config.modalities))
+    if unknown:
+        raise ConfigError(f"--without {','.join(unknown)}: the checkpoint's modalities are {','.join(config.modalities)}")
     table = storage.read_table(features_uri)
+    table = table.drop_columns([f"{m}_features" for m in without if f"{m}_features" in table.column_names])
     validate_features(table, features_uri, expected_dims=dict(zip(config.modalities, config.input_dims)), absent_ok=True)
     table, exclusions = usable_rows(select_split(table, split, features_uri), config.modalities)
     dialogues = to_dialogues(dialogue_rows(table, config, loaded.labels, features_uri), config)
@@ -45,6 +54,7 @@ def evaluate(checkpoint_uri: str, features_uri: str, split: str, output_uri: str
         features=features_uri,
         excluded=exclusions.counts,
         scored_without=exclusions.absent,  # modality -> utterances scored without it (masked)
+        without=list(without),
         selected_on=loaded.meta.get("recipe", {}).get("train", {}).get("select_on", "dev"),
     )
     _write(metrics, output_uri, f"{split}: acc {metrics['accuracy']:.3f}, weighted F1 {metrics['weighted_f1']:.3f}")
