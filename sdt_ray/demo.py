@@ -2,13 +2,19 @@
 
 import -> extract text (bundled MiniLM) -> train (Ray Train, 2 workers) -> evaluate on test,
 then the media path: the bundled video clips -> text, openSMILE audio and face-crop visual
-features -> `predict` with the bundled checkpoint (trained by `make demo-model` on MELD train).
+features -> `predict` with the bundled checkpoint (trained by `make demo-model` on MELD train),
+then a call archive: stereo calls generated from the slice's dev dialogues (espeak-ng) ->
+`import calls` -> text+audio features -> `predict` with the bundled text+audio checkpoint
+(`make meld-text-audio`, modality dropout) -> `report`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -17,11 +23,14 @@ import numpy as np
 
 from . import storage
 from .config import RecipeConfig
+from .calls import import_calls
+from .errors import ConfigError
 from .evaluate import evaluate, format_report
 from .importers import DEMO_CORPUS, DEMO_MEDIA, import_corpus, import_manifest
 from .metrics import classification_report
 from .pipelines import ExtractOptions, extract, predict_job
 from .plots import confusion_matrix_png
+from .report import build_report
 from .scoring import PredictOptions
 from .submit import ray_session
 from .train import train
@@ -30,6 +39,9 @@ DEMO_EPOCHS = 25  # the slice is small: a higher learning rate and fewer epochs 
 DEMO_LR = 1e-3
 DEMO_EMA = 0.9  # 10 steps an epoch here: a short average (the MELD recipe's 0.995 spans ~200 steps)
 DEMO_MODEL = Path(__file__).parent / "demo" / "model"  # `make demo-model` (jobs/demo_model.yaml) wrote it
+DEMO_CALLS_MODEL = Path(__file__).parent / "demo" / "model_text_audio"  # `make meld-text-audio`, seed 0
+CALL_GENERATOR = Path(__file__).parent / "demo" / "calls" / "make_calls.py"
+DEMO_CALLS = 8  # calls generated from the slice's two-speaker dev dialogues (the last without transcript)
 SHOWN_DIALOGUE = "meld_dev_9"  # the dialogue printed utterance by utterance
 
 
@@ -41,23 +53,25 @@ def run_demo(output_dir: str = "demo-output", log: Callable[[str], None] = print
     run_dir = str(out / "runs" / time.strftime("%Y%m%d-%H%M%S"))
     eval_dir = str(out / "eval")
 
-    log(f"[1/6] import: bundled MELD slice ({DEMO_CORPUS}) -> {utterances}")
+    log(f"[1/9] import: bundled MELD slice ({DEMO_CORPUS}) -> {utterances}")
     storage.write_table(import_corpus("meld", DEMO_CORPUS), utterances)
     recipe = RecipeConfig(name="demo")
     recipe = dataclasses.replace(
         recipe, train=dataclasses.replace(recipe.train, epochs=DEMO_EPOCHS, lr=DEMO_LR, ema_decay=DEMO_EMA, patience=8)
     )
     with ray_session():
-        log(f"[2/6] extract: text features with the bundled MiniLM -> {features}")
+        log(f"[2/9] extract: text features with the bundled MiniLM -> {features}")
         summary = extract(utterances, features, ExtractOptions(overwrite=True), log=log)
         log(f"      {summary.rows_out} rows, errors: {summary.errors or 'none'}")
-        log(f"[3/6] train: SDT on Ray Train, {recipe.train.workers} workers, up to {DEMO_EPOCHS} epochs -> {run_dir}")
+        log(f"[3/9] train: SDT on Ray Train, {recipe.train.workers} workers, up to {DEMO_EPOCHS} epochs -> {run_dir}")
         result = train(features, run_dir, recipe, log=log)
+        log(f"[4/9] evaluate: best epoch {result.best_epoch + 1} on the test split -> {eval_dir}")
+        evaluation = evaluate(result.best_dir, features, "test", eval_dir)
+        log(format_report(evaluation.metrics))
         _media(out, log)
-    log(f"[6/6] evaluate: best epoch {result.best_epoch + 1} on the test split -> {eval_dir}")
-    evaluation = evaluate(result.best_dir, features, "test", eval_dir)
-    log(format_report(evaluation.metrics))
-    log(f"done: {eval_dir}/metrics.json, {eval_dir}/confusion_matrix.png, checkpoint {result.best_dir}")
+        _calls(out, log)
+    log(f"done: {eval_dir}/metrics.json, {eval_dir}/confusion_matrix.png, checkpoint {result.best_dir}, "
+        f"media {out / 'media'}, calls {out / 'calls' / 'report' / 'index.html'}")
     return evaluation.metrics
 
 
@@ -66,18 +80,60 @@ def _media(out: Path, log: Callable[[str], None]) -> None:
     utterances = str(out / "media" / "utterances.parquet")
     features = str(out / "media" / "features")
     storage.write_table(import_manifest(DEMO_MEDIA), utterances)
-    log(f"[4/6] extract media: {DEMO_MEDIA.parent} -> {features}")
+    log(f"[5/9] extract media: {DEMO_MEDIA.parent} -> {features}")
     log("      text: MiniLM; audio: openSMILE eGeMAPSv02; visual: face crops through 'random-vit' (untrained)")
     options = ExtractOptions(modalities=("text", "audio", "visual"), visual_model="random-vit", batch_size=16, overwrite=True)
     summary = extract(utterances, features, options, log=log)
     for line in summary.describe().splitlines():
         log(f"      {line}")
     predictions = str(out / "media" / "predictions")
-    log(f"[5/6] predict: the bundled checkpoint ({DEMO_MODEL}) scores every clip -> {predictions}")
+    log(f"[6/9] predict: the bundled checkpoint ({DEMO_MODEL}) scores every clip -> {predictions}")
     scored = predict_job(str(DEMO_MODEL), features, predictions, PredictOptions(overwrite=True), log=log)
     for line in scored.describe().splitlines():
         log(f"      {line}")
     _report(utterances, predictions, out / "media" / "report.png", log)
+
+
+def _calls(out: Path, log: Callable[[str], None]) -> None:
+    """A call archive: stereo calls, agent and customer on two channels, whisper-style transcripts
+    (one call has none, three hold a fault each) -> one prediction per turn -> a per-call report."""
+    if shutil.which("espeak-ng") is None:
+        raise ConfigError("the call demo speaks its calls with espeak-ng: apt-get install espeak-ng (`make demo` does)")
+    archive, folder = out / "calls" / "archive", out / "calls"
+    log(f"[7/9] calls: {DEMO_CALLS} two-speaker dev dialogues of the slice read by two espeak-ng voices, one per "
+        f"channel, plus 3 calls with a broken transcript -> {archive}")
+    shutil.rmtree(archive, ignore_errors=True)
+    subprocess.run([sys.executable, str(CALL_GENERATOR), "--meld", str(DEMO_CORPUS / "dev_sent_emo.csv"),
+                    "--output", str(archive), "--calls", str(DEMO_CALLS), "--bad-sidecars"], check=True, capture_output=True)
+    imported = import_calls(str(archive))
+    utterances, features, predictions = (str(folder / name) for name in ("utterances.parquet", "features", "predictions"))
+    storage.write_table(imported.table, utterances)
+    for line in imported.describe().splitlines():
+        log(f"      {line}")
+    log(f"[8/9] extract calls: text (MiniLM) and audio (openSMILE) per turn -> {features}")
+    extracted = extract(utterances, features, ExtractOptions(modalities=("text", "audio"), overwrite=True), log=log)
+    for line in extracted.describe().splitlines():
+        log(f"      {line}")
+    log(f"      predict: the bundled text+audio checkpoint ({DEMO_CALLS_MODEL}) -> {predictions}")
+    options = PredictOptions(keep_columns=("start_s", "end_s"), overwrite=True)
+    scored = predict_job(str(DEMO_CALLS_MODEL), features, predictions, options, log=log)
+    for line in scored.describe().splitlines():
+        log(f"      {line}")
+    _call_accuracy(imported.table, predictions, log)
+    report = build_report(predictions, str(folder / "report"))
+    log(f"[9/9] report: {report.describe()}; open {folder / 'report' / 'index.html'}")
+
+
+def _call_accuracy(turns, predictions: str, log: Callable[[str], None]) -> None:
+    """The generated transcripts keep MELD's label of each turn: how the predictions compare."""
+    keys = zip(turns.column("dialogue_id").to_pylist(), turns.column("utterance_index").to_pylist())
+    gold = {k: label for k, label in zip(keys, turns.column("label").to_pylist()) if label}
+    scored = storage.read_table(predictions)
+    keys = zip(scored.column("dialogue_id").to_pylist(), scored.column("utterance_index").to_pylist())
+    pairs = [(gold[k], label) for k, label in zip(keys, scored.column("label").to_pylist()) if k in gold and label]
+    right = sum(g == p for g, p in pairs)
+    log(f"      against MELD's labels of the transcribed turns: accuracy {right / max(len(pairs), 1):.3f} "
+        f"({right} of {len(pairs)}); the speech carries no emotion, so this is the text's doing")
 
 
 def _report(utterances: str, predictions: str, png: Path, log: Callable[[str], None]) -> None:

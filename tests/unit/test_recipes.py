@@ -44,3 +44,17 @@ def test_bundled_demo_checkpoint_is_the_demo_model_recipe():
     assert (loaded.config.hidden, loaded.config.heads) == (recipe.model.hidden, recipe.model.heads)
     assert loaded.meta["recipe"]["name"] == "demo-model" and loaded.meta["recipe"]["train"]["select_on"] == "dev"
     assert (DEMO_MODEL / "model.safetensors").stat().st_size < 5 * 1024**2
+
+
+def test_bundled_call_checkpoint_is_the_text_audio_recipe():
+    """sdt_ray/demo/model_text_audio is seed 0 of `make meld-text-audio` (jobs/meld_text_audio.yaml)."""
+    from sdt_ray.checkpoint import load_checkpoint
+    from sdt_ray.demo import DEMO_CALLS_MODEL
+
+    recipe = load_recipe(JOBS / "meld_text_audio.yaml")
+    loaded = load_checkpoint(DEMO_CALLS_MODEL)
+    assert loaded.config.modalities == ("text", "audio") == recipe.model.modalities
+    assert loaded.config.input_dims == recipe.model.input_dims == (384, 88)
+    assert loaded.meta["recipe"]["name"] == "meld-text-audio" and loaded.meta["recipe"]["train"]["select_on"] == "dev"
+    assert loaded.meta["recipe"]["train"]["modality_dropout"] == recipe.train.modality_dropout == 0.3
+
