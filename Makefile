@@ -5,8 +5,9 @@ VENV        ?= .venv
 #   make setup TORCH_SPEC="torch==2.13.0" TORCH_INDEX="--index-url https://download.pytorch.org/whl/cu128"
 TORCH_SPEC  ?= torch==2.13.0
 TORCH_INDEX ?=
-# The demo's call archive is spoken by espeak-ng.
-DEB_PACKAGES ?= espeak-ng
+DEB_PACKAGES ?=
+# `make demo` and `make calls`: their call archive is spoken by espeak-ng.
+DEMO_DEB_PACKAGES ?= espeak-ng
 # `make test` only: the `--cluster` test brings a launcher cluster up over SSH to this machine,
 # the call tests speak with espeak-ng, and the report test renders its page in headless Chromium.
 TEST_DEB_PACKAGES ?= openssh-server rsync espeak-ng chromium
@@ -42,6 +43,7 @@ test-fast: setup
 
 # The main job on the bundled demo corpus, local Ray, no flags.
 demo: setup
+	@$(MAKE) --no-print-directory debs PACKAGES="$(DEMO_DEB_PACKAGES)"
 	$(BIN)/sdt-ray demo
 
 # The foundation's real-data check: MELD text, train's defaults, 2 workers, 3 seeds,
@@ -74,12 +76,13 @@ demo-model: setup
 # The call-archive flow with the CLI: stereo calls generated from MELD dialogues (espeak-ng, one
 # voice per channel; the last call without transcript, 3 with a broken one) -> import calls ->
 # extract text,audio -> predict with the bundled text+audio checkpoint -> report (open
-# $(CALLS_OUT)/report/index.html). The bundled slice has 14 two-speaker dev dialogues.
+# $(CALLS_OUT)/report/index.html). The bundled slice has 14 two-speaker dev dialogues: 11 calls plus the 3 broken ones.
 CALLS_OUT  ?= runs/calls
 CALLS_MELD ?= sdt_ray/demo/meld_slice/dev_sent_emo.csv
-CALLS_N    ?= 14
+CALLS_N    ?= 11
 CALLS_MODEL ?= sdt_ray/demo/model_text_audio
 calls: setup
+	@$(MAKE) --no-print-directory debs PACKAGES="$(DEMO_DEB_PACKAGES)"
 	$(BIN)/python sdt_ray/demo/calls/make_calls.py --meld $(CALLS_MELD) --output $(CALLS_OUT)/archive --calls $(CALLS_N) --bad-sidecars
 	$(BIN)/sdt-ray import calls $(CALLS_OUT)/archive --output $(CALLS_OUT)/utterances.parquet
 	$(BIN)/sdt-ray extract --input $(CALLS_OUT)/utterances.parquet --output $(CALLS_OUT)/features --modalities text,audio --overwrite
@@ -95,6 +98,7 @@ calls: setup
 # sdt_ray/demo/model_text_audio.
 MM_OUT ?= runs/meld-text-audio
 meld-text-audio: setup
+	@$(MAKE) --no-print-directory debs PACKAGES="$(DEMO_DEB_PACKAGES)"
 	$(BIN)/python sdt_ray/demo/calls/speak_meld.py --meld $(MELD_DIR) --output $(MM_OUT)/speech
 	test -f $(MM_OUT)/features.done || { $(BIN)/sdt-ray extract --input $(MM_OUT)/speech/utterances.parquet \
 	  --output $(MM_OUT)/features --modalities text,audio --overwrite && touch $(MM_OUT)/features.done; }

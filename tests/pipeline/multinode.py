@@ -1,10 +1,11 @@
-"""Run one sdt-ray job on a simulated 2-node Ray cluster (ray.cluster_utils.Cluster) in a
-process of its own (the test session already has its own local Ray), and print a JSON result.
+"""Run sdt-ray jobs on one simulated 2-node Ray cluster (ray.cluster_utils.Cluster) in a
+process of its own (the test session already has its own local Ray), and print a JSON result
+per job, in order, as one list. Jobs are separated by `--`:
 
-    python tests/pipeline/multinode.py predict CHECKPOINT FEATURES OUTPUT [LOCAL_OUTPUT]
-    python tests/pipeline/multinode.py train FEATURES RUN_DIR
+    python tests/pipeline/multinode.py train FEATURES RUN_DIR -- predict CHECKPOINT FEATURES OUTPUT [LOCAL_OUTPUT]
 
-Each node gets 1 CPU; the cluster's processes are stopped by Cluster.shutdown (by PID)."""
+One cluster serves every job (its start and stop cost about 10 s). Each node gets 1 CPU; the
+cluster's processes are stopped by Cluster.shutdown (by PID)."""
 
 import json
 import os
@@ -14,35 +15,50 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 
 
-def main(argv: list[str]) -> dict:
+def main(argv: list[str]) -> list[dict]:
     import ray
     from ray.cluster_utils import Cluster
-
-    from sdt_ray.errors import ConfigError
-    from sdt_ray.pipelines import predict_job
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     cluster.add_node(num_cpus=1)
     try:
         cluster.wait_for_nodes()
         ray.init(address=cluster.address, log_to_driver=False, logging_level="WARNING")
-        result = {"nodes": sum(1 for n in ray.nodes() if n["Alive"])}
-        if argv[0] == "train":
-            return {**result, **train_on(cluster.address, *argv[1:3])}
-        command, checkpoint, features, output = argv[:4]
-        assert command == "predict"
-        summary = predict_job(checkpoint, features, output, address=cluster.address, log=lambda m: None)
-        result.update(rows_in=summary.rows_in, rows_out=summary.rows_out, errors=summary.errors)
-        if len(argv) > 4:
-            try:
-                predict_job(checkpoint, features, argv[4], address=cluster.address, log=lambda m: None)
-                result["refused"] = None
-            except ConfigError as exc:
-                result["refused"] = str(exc)
-        return result
+        nodes = sum(1 for n in ray.nodes() if n["Alive"])
+        return [{"nodes": nodes, **run_job(cluster.address, job)} for job in jobs(argv)]
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+def jobs(argv: list[str]) -> list[list[str]]:
+    found, current = [], []
+    for arg in argv + ["--"]:
+        if arg == "--":
+            found.append(current)
+            current = []
+        else:
+            current.append(arg)
+    return [job for job in found if job]
+
+
+def run_job(address: str, job: list[str]) -> dict:
+    from sdt_ray.errors import ConfigError
+    from sdt_ray.pipelines import predict_job
+
+    if job[0] == "train":
+        return train_on(address, *job[1:3])
+    command, checkpoint, features, output = job[:4]
+    assert command == "predict"
+    summary = predict_job(checkpoint, features, output, address=address, log=lambda m: None)
+    result = {"rows_in": summary.rows_in, "rows_out": summary.rows_out, "errors": summary.errors}
+    if len(job) > 4:
+        try:
+            predict_job(checkpoint, features, job[4], address=address, log=lambda m: None)
+            result["refused"] = None
+        except ConfigError as exc:
+            result["refused"] = str(exc)
+    return result
 
 
 def train_on(address: str, features: str, run_dir: str) -> dict:

@@ -23,30 +23,40 @@ SCRIPT = Path(__file__).with_name("multinode.py")
 KEYS = [("dialogue_id", "ascending"), ("utterance_index", "ascending")]
 
 
-def test_predict_on_two_nodes_writes_to_s3(ray_local, s3_endpoint, tmp_path):
+@pytest.fixture(scope="module")
+def on_two_nodes(s3_endpoint, tmp_path_factory):
+    """Train, then predict, on one simulated 2-node cluster; inputs and outputs on moto S3."""
+    folder = tmp_path_factory.mktemp("multinode")
     torch.manual_seed(0)
     config = ModelConfig(input_dims=(16,), hidden=16, heads=2, n_classes=3, class_names=tuple(LABELS))
-    save_checkpoint(tmp_path / "ckpt", state_dict_for_saving(SDT(config)), config)
+    save_checkpoint(folder / "ckpt", state_dict_for_saving(SDT(config)), config)
     fs, bucket_path = storage.resolve("s3://sdt-test/multinode/ckpt")
-    pafs.copy_files(str(tmp_path / "ckpt"), bucket_path, destination_filesystem=fs)
-    table = features_table({"train": 4, "dev": 2, "test": 4})
-    features = "s3://sdt-test/multinode/features/part-00000.parquet"
-    storage.write_table(table, features)
+    pafs.copy_files(str(folder / "ckpt"), bucket_path, destination_filesystem=fs)
+    scored = features_table({"train": 4, "dev": 2, "test": 4})
+    storage.write_table(scored, "s3://sdt-test/multinode/features/part-00000.parquet")
+    storage.write_table(features_table({"train": 8, "dev": 3, "test": 2}), "s3://sdt-test/multinode/train-features/part-00000.parquet")
 
     done = subprocess.run(
-        [sys.executable, str(SCRIPT), "predict", "s3://sdt-test/multinode/ckpt", features,
-         "s3://sdt-test/multinode/predictions", str(tmp_path / "local-predictions")],
-        capture_output=True, text=True, timeout=600,
+        [sys.executable, str(SCRIPT),
+         "train", "s3://sdt-test/multinode/train-features/part-00000.parquet", "s3://sdt-test/multinode/run", "--",
+         "predict", "s3://sdt-test/multinode/ckpt", "s3://sdt-test/multinode/features/part-00000.parquet",
+         "s3://sdt-test/multinode/predictions", str(folder / "local-predictions")],
+        capture_output=True, text=True, timeout=900,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    trained, predicted = json.loads(done.stdout.strip().splitlines()[-1])
+    return folder, scored, trained, predicted
+
+
+def test_predict_on_two_nodes_writes_to_s3(ray_local, on_two_nodes):
+    folder, table, _, result = on_two_nodes
     assert result["nodes"] == 2
     assert result["rows_in"] == result["rows_out"] == table.num_rows and result["errors"] == {}
     assert "the cluster has 2 nodes" in result["refused"] and "--checkpoint" not in result["refused"]
-    assert not (tmp_path / "local-predictions").exists()  # refused before anything was written
+    assert not (folder / "local-predictions").exists()  # refused before anything was written
 
-    single = str(tmp_path / "single")  # the same job on the one-node session of this test run
-    predict_job(str(tmp_path / "ckpt"), features, single, log=lambda m: None)
+    single = str(folder / "single")  # the same job on the one-node session of this test run
+    predict_job(str(folder / "ckpt"), "s3://sdt-test/multinode/features/part-00000.parquet", single, log=lambda m: None)
     two = storage.read_table("s3://sdt-test/multinode/predictions").sort_by(KEYS)
     one = storage.read_table(single).sort_by(KEYS)
     assert two.column("label").to_pylist() == one.column("label").to_pylist()
@@ -55,17 +65,9 @@ def test_predict_on_two_nodes_writes_to_s3(ray_local, s3_endpoint, tmp_path):
                                np.array(one.select(probabilities).to_pandas(), float), atol=1e-6)
 
 
-def test_train_spreads_two_workers_over_two_nodes_with_checkpoints_on_s3(s3_endpoint, tmp_path):
-    import json
-
-    table = features_table({"train": 8, "dev": 3, "test": 2})
-    features = "s3://sdt-test/multinode/train-features/part-00000.parquet"
-    storage.write_table(table, features)
+def test_train_spreads_two_workers_over_two_nodes_with_checkpoints_on_s3(on_two_nodes):
     run_dir = "s3://sdt-test/multinode/run"
-    done = subprocess.run([sys.executable, str(SCRIPT), "train", features, run_dir],
-                          capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = on_two_nodes[2]
     assert result["nodes"] == 2 and result["epochs_run"] == 2
     workers = [json.loads(storage.read_text(f"{run_dir}/workers/rank-{r}.json")) for r in (0, 1)]
     assert workers[0]["node_id"] != workers[1]["node_id"]  # STRICT_SPREAD: one worker per node
