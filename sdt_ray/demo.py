@@ -126,11 +126,9 @@ def _calls(out: Path, log: Callable[[str], None]) -> None:
 
 def _call_accuracy(turns, predictions: str, log: Callable[[str], None]) -> None:
     """The generated transcripts keep MELD's label of each turn: how the predictions compare."""
-    keys = zip(turns.column("dialogue_id").to_pylist(), turns.column("utterance_index").to_pylist())
-    gold = {k: label for k, label in zip(keys, turns.column("label").to_pylist()) if label}
-    scored = storage.read_table(predictions)
-    keys = zip(scored.column("dialogue_id").to_pylist(), scored.column("utterance_index").to_pylist())
-    pairs = [(gold[k], label) for k, label in zip(keys, scored.column("label").to_pylist()) if k in gold and label]
+    gold = _by_key(turns, "label")
+    predicted = _by_key(storage.read_table(predictions), "label")
+    pairs = [(gold[k], label) for k, label in predicted.items() if gold.get(k) and label]
     right = sum(g == p for g, p in pairs)
     log(f"      against MELD's labels of the transcribed turns: accuracy {right / max(len(pairs), 1):.3f} "
         f"({right} of {len(pairs)}); the speech carries no emotion, so this is the text's doing")
@@ -139,9 +137,7 @@ def _call_accuracy(turns, predictions: str, log: Callable[[str], None]) -> None:
 def _report(utterances: str, predictions: str, png: Path, log: Callable[[str], None]) -> None:
     """One dialogue utterance by utterance, accuracy against the gold labels, and a confusion-matrix PNG."""
     gold = storage.read_table(utterances)
-    keys = list(zip(gold.column("dialogue_id").to_pylist(), gold.column("utterance_index").to_pylist()))
-    truth = dict(zip(keys, gold.column("label").to_pylist()))
-    texts = dict(zip(keys, gold.column("text").to_pylist()))
+    truth, texts = _by_key(gold, "label"), _by_key(gold, "text")
     scored = storage.read_table(predictions).sort_by([("dialogue_id", "ascending"), ("utterance_index", "ascending")])
     rows = scored.select(["dialogue_id", "utterance_index", "speaker", "label", "confidence", "error"]).to_pylist()
     log(f"      {SHOWN_DIALOGUE}:")
@@ -160,3 +156,10 @@ def _report(utterances: str, predictions: str, png: Path, log: Callable[[str], N
     confusion_matrix_png(metrics["confusion_matrix"], labels, str(png), title)
     log(f"      accuracy against the gold labels: {metrics['accuracy']:.3f} ({int(round(metrics['accuracy'] * len(scored_rows)))} of "
         f"{len(scored_rows)}), weighted F1 {metrics['weighted_f1']:.3f}; report {png}")
+
+
+def _by_key(table, column: str) -> dict:
+    """(dialogue_id, utterance_index) -> the row's value in `column`."""
+    keys = zip(table.column("dialogue_id").to_pylist(), table.column("utterance_index").to_pylist())
+    return dict(zip(keys, table.column(column).to_pylist()))
+
