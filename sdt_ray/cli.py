@@ -102,6 +102,34 @@ def import_emorynlp(
     _import("emorynlp", source_dir, output, limit_dialogues)
 
 
+@import_app.command("sdt-pickle")
+@user_errors
+def import_sdt_pickle(
+    path: str = typer.Argument(..., help="The SDT authors' iemocap_multimodal_features.pkl or meld_multimodal_features.pkl "
+                               "(local or s3://)."),
+    dataset: str = typer.Option(..., help="iemocap or meld: the file's layout and label order (SDT_SPEC §9)."),
+    output: str = typer.Option(..., "--output", help="Features Parquet file to write (text, audio and visual vectors)."),
+    dev_fraction: float = typer.Option(0.1, help="Share of trainVid's dialogues carved out as the dev split (the files "
+                                       "have none), whole dialogues."),
+    seed: int = typer.Option(0, help="Seed of the dev carve (recorded in the table)."),
+    s3_endpoint: Optional[str] = S3_ENDPOINT,
+    s3_region: Optional[str] = S3_REGION,
+) -> None:
+    """The SDT authors' preprocessed features, read by a restricted unpickler (containers,
+    numbers, strings and numpy arrays only: a pickle can run code, anything else is refused)."""
+    from .errors import ConfigError
+    from .sdt_pickle import LAYOUTS
+    from .sdt_pickle import import_sdt_pickle as read_pickle
+    from .storage import write_table
+
+    if dataset not in LAYOUTS:
+        raise ConfigError(f"--dataset {dataset}: choose one of {', '.join(LAYOUTS)}")
+    _set_s3_environment(s3_endpoint, s3_region)
+    result = read_pickle(path, dataset, dev_fraction, seed)
+    write_table(result.table, output)
+    _log(f"wrote {output}: {result.describe()}")
+
+
 @import_app.command("manifest")
 @user_errors
 def import_manifest(

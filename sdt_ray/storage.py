@@ -154,10 +154,14 @@ def write_text(uri: str, text: str) -> None:
         out.write(text.encode())
 
 
-def read_text(uri: str) -> str:
+def read_bytes(uri: str) -> bytes:
     fs, path = resolve(uri)
     with fs.open_input_stream(path) as f:
-        return f.read().decode()
+        return f.read()
+
+
+def read_text(uri: str) -> str:
+    return read_bytes(uri).decode()
 
 
 def join(uri: str, *parts: str) -> str:

@@ -1,0 +1,111 @@
+"""`import sdt-pickle`: small synthetic feature files in both layouts of SDT_SPEC §9, read by
+the restricted unpickler; a pickle that reaches for any other global is refused unrun."""
+
+import os
+import pickle
+
+import numpy as np
+import pyarrow.compute as pc
+import pytest
+
+from sdt_ray.errors import InputError
+from sdt_ray.sdt_pickle import DEV_METADATA_KEY, IEMOCAP_LABELS, LAYOUTS, import_sdt_pickle, load_restricted
+from sdt_ray.importers import MELD_LABELS
+
+DIMS = (12, 10, 6)  # text, audio, visual: small stand-ins for 1024 / 1582 / 342
+
+
+def synthetic_items(dataset: str, train: int = 20, test: int = 5, seed: int = 0, order=None) -> tuple:
+    """A 12- or 13-tuple like the authors' file; labels drawn with the published train shares."""
+    layout = LAYOUTS[dataset]
+    rng = np.random.default_rng(seed)
+    shares = np.array(layout.train_counts, float) / sum(layout.train_counts)
+    ids = [f"d{i:03d}" for i in range(train + test)]
+    speakers, labels, text, audio, visual, sentences = {}, {}, {}, {}, {}, {}
+    for d in ids:
+        n = int(rng.integers(6, 12))
+        labels[d] = [int(x) for x in rng.choice(len(shares), size=n, p=shares)]
+        if order is not None:
+            labels[d] = [order[x] for x in labels[d]]
+        if dataset == "iemocap":
+            speakers[d] = [["M", "F"][int(x)] for x in rng.integers(0, 2, n)]
+        else:
+            speakers[d] = [list(np.eye(9)[int(x)]) for x in rng.integers(0, 9, n)]
+        text[d], audio[d], visual[d] = (rng.normal(size=(n, k)).astype(np.float32) for k in DIMS)
+        sentences[d] = [f"utterance {u}" for u in range(n)]
+    roberta = {d: text[d] for d in ids}
+    items = (ids, speakers, labels, text, roberta, roberta, roberta, audio, visual, sentences, set(ids[:train]), set(ids[train:]))
+    return items + (None,) if dataset == "meld" else items
+
+
+def write_pickle(path, items) -> str:
+    with open(path, "wb") as handle:
+        pickle.dump(items, handle, protocol=2)
+    return str(path)
+
+
+@pytest.mark.parametrize("dataset,labels,speakers", [("iemocap", IEMOCAP_LABELS, {"M", "F"}), ("meld", MELD_LABELS, {f"speaker{k}" for k in range(9)})])
+def test_both_layouts_become_a_features_table(tmp_path, dataset, labels, speakers):
+    items = synthetic_items(dataset, train=40)
+    path = write_pickle(tmp_path / "features.pkl", items)
+    result = import_sdt_pickle(path, dataset)
+    table = result.table
+    assert table.num_rows == sum(len(v) for v in items[2].values())
+    assert result.dims == {"text": 12, "audio": 10, "visual": 6}
+    assert result.split_dialogues == {"train": 36, "dev": 4, "test": 5}  # 10 % of trainVid carved by dialogue
+    first = table.filter(pc.equal(table.column("dialogue_id"), "d000"))
+    np.testing.assert_allclose(np.array(first.column("text_features").to_pylist()), items[3]["d000"], rtol=0, atol=0)
+    assert first.column("label").to_pylist() == [labels[x] for x in items[2]["d000"]]
+    assert set(table.column("speaker").to_pylist()) <= speakers
+    # MELD one-hot speaker slots become the slot's name: utterance 0 of d000.
+    if dataset == "meld":
+        assert first.column("speaker")[0].as_py() == f"speaker{int(np.argmax(items[1]['d000'][0]))}"
+    assert b"trainVid" in table.schema.metadata[DEV_METADATA_KEY]
+
+
+def test_the_dev_carve_is_seeded_and_whole_dialogues(tmp_path):
+    path = write_pickle(tmp_path / "f.pkl", synthetic_items("iemocap", train=50))
+    one, same, other = (import_sdt_pickle(path, "iemocap", seed=s).table for s in (0, 0, 1))
+
+    def dev_dialogues(t):
+        return {d for d, s in zip(t.column("dialogue_id").to_pylist(), t.column("split").to_pylist()) if s == "dev"}
+
+    assert dev_dialogues(one) == dev_dialogues(same) != dev_dialogues(other)
+    assert len(dev_dialogues(one)) == 5
+
+
+def test_a_permuted_label_order_is_refused(tmp_path):
+    swap = {0: 2, 2: 0, 1: 1, 3: 3, 4: 4, 5: 5}  # hap and neu exchanged
+    path = write_pickle(tmp_path / "f.pkl", synthetic_items("iemocap", train=80, order=swap))
+    with pytest.raises(InputError, match=r"do not follow hap,sad,neu,ang,exc,fru: train counts by id .* fit the order \w+,\w+,hap,"):
+        import_sdt_pickle(path, "iemocap")
+
+
+class Exploit:
+    def __reduce__(self):
+        return (os.system, ("touch /tmp/sdt-pickle-pwned",))
+
+
+def test_a_pickle_reaching_for_a_global_is_refused_unrun(tmp_path):
+    marker = "/tmp/sdt-pickle-pwned"
+    if os.path.exists(marker):
+        os.remove(marker)
+    items = list(synthetic_items("iemocap"))
+    items[9] = Exploit()
+    path = write_pickle(tmp_path / "evil.pkl", tuple(items))
+    with pytest.raises(InputError, match=r"refused to load the global (posix|os)\.system"):
+        import_sdt_pickle(path, "iemocap")
+    assert not os.path.exists(marker)
+
+
+def test_wrong_shapes_are_clear_errors(tmp_path):
+    with pytest.raises(InputError, match="is a 12-tuple"):
+        import_sdt_pickle(write_pickle(tmp_path / "a.pkl", (1, 2, 3)), "iemocap")
+    with pytest.raises(InputError, match="not a readable pickle"):
+        load_restricted(b"not a pickle", "x.pkl")
+    items = list(synthetic_items("iemocap"))
+    items[7] = {d: v[:, :5] if d == "d001" else v for d, v in items[7].items()}
+    with pytest.raises(InputError, match="audio features of several sizes"):
+        import_sdt_pickle(write_pickle(tmp_path / "b.pkl", tuple(items)), "iemocap")
+    with pytest.raises(InputError, match="not found"):
+        import_sdt_pickle(str(tmp_path / "missing.pkl"), "iemocap")
