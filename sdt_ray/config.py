@@ -17,6 +17,7 @@ from .errors import ConfigError
 
 MODALITIES = ("text", "audio", "visual")  # canonical order, used everywhere
 SPEAKER_MODES = ("relative", "fixed")
+TRANSFORMER_SETS = ("both", "intra", "inter")  # which of the 9 blocks a model keeps (the paper's ablations)
 PLACEMENTS = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 
 
@@ -46,6 +47,12 @@ class ModelConfig:
     # checkpoint. Off for parity (the reference feeds features raw); on by default
     # because small-norm sentence embeddings are otherwise swamped by the position table.
     normalize_inputs: bool = True
+    # The paper's ablations (Table 4): no unimodal gates (each block's output used as is), the
+    # multimodal gate replaced by a concatenation and a linear layer, and only the intra-modal
+    # (text->text, ...) or only the inter-modal (audio->text, ...) transformers.
+    unimodal_gates: bool = True
+    multimodal_gate: bool = True
+    transformers: str = "both"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "modalities", tuple(self.modalities))
@@ -69,6 +76,12 @@ class ModelConfig:
             raise ValueError(f"speaker_mode must be one of {SPEAKER_MODES}")
         if self.speaker_mode == "fixed" and len(self.speaker_names) > self.max_speakers:
             raise ValueError("speaker_names has more entries than max_speakers")
+        if self.transformers not in TRANSFORMER_SETS:
+            raise ValueError(f"transformers must be one of {TRANSFORMER_SETS}")
+        if self.transformers == "inter" and len(self.modalities) < 2:
+            raise ValueError("inter-modal transformers need at least two modalities")
+        if self.frozen_identity_gates and not self.unimodal_gates:
+            raise ValueError("frozen_identity_gates needs unimodal_gates")
 
     def input_dim(self, modality: str) -> int:
         return self.input_dims[self.modalities.index(modality)]

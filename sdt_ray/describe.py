@@ -24,7 +24,8 @@ def describe(path: str) -> dict[str, Any]:
     config = model_config_of(path)
     if not config.input_dims:
         raise ConfigError(f"{path}: the recipe leaves input_dims to the data; set model.input_dims to count parameters")
-    total, trainable = count_parameters(SDT(config))
+    model = SDT(config)
+    total, trainable = count_parameters(model)
     return {
         "source": path,
         "modalities": list(config.modalities),
@@ -37,7 +38,10 @@ def describe(path: str) -> dict[str, Any]:
         "speakers": config.max_speakers,
         "speaker_mode": config.speaker_mode,
         "frozen_identity_gates": config.frozen_identity_gates,
-        "transformer_blocks": len(config.modalities) ** 2,
+        "unimodal_gates": config.unimodal_gates,
+        "multimodal_gate": config.multimodal_gate,
+        "transformers": config.transformers,
+        "transformer_blocks": len(model.blocks),
         "params_total": total,
         "params_trainable": trainable,
     }
@@ -49,10 +53,21 @@ def format_description(info: dict[str, Any]) -> str:
         f"SDT  ({info['source']})",
         f"  modalities       {' + '.join(info['modalities'])}  (input dims: {dims})",
         f"  hidden (D)       {info['hidden']}, {info['heads']} heads, dropout {info['dropout']}",
-        f"  transformers     {info['transformer_blocks']} one-layer blocks (intra + inter-modal)",
+        f"  transformers     {info['transformer_blocks']} one-layer blocks ({TRANSFORMER_KINDS[info['transformers']]})",
         f"  classes          {info['classes']}" + (f"  ({', '.join(info['class_names'])})" if info["class_names"] else ""),
         f"  speakers         {info['speakers']} ({info['speaker_mode']} ids)",
-        f"  unimodal gates   {'frozen identity (o * sigmoid(o))' if info['frozen_identity_gates'] else 'trained'}",
+        f"  unimodal gates   {_unimodal_gates(info)}",
+        f"  fusion           {'multimodal gate (softmax over modalities)' if info['multimodal_gate'] else 'concatenation + linear (ablation)'}",
         f"  parameters       {info['params_total']:,} total, {info['params_trainable']:,} trainable",
     ]
     return "\n".join(lines)
+
+
+TRANSFORMER_KINDS = {"both": "intra + inter-modal", "intra": "intra-modal only (ablation)", "inter": "inter-modal only (ablation)"}
+
+
+def _unimodal_gates(info: dict[str, Any]) -> str:
+    if not info["unimodal_gates"]:
+        return "none (ablation)"
+    return "frozen identity (o * sigmoid(o))" if info["frozen_identity_gates"] else "trained"
+

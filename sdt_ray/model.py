@@ -121,18 +121,23 @@ class SDT(nn.Module):
         self.register_buffer("positions", sinusoid_table(config.max_len, D), persistent=False)
         self.embed_dropout = nn.Dropout(config.dropout)
         # Block "a_to_t" reads audio (source) to update text (target); intra blocks first.
-        self.pairs = [(src, tgt) for tgt in mods for src in _intra_first(tgt, mods)]
+        self.sources = {tgt: _sources(tgt, mods, config.transformers) for tgt in mods}
+        self.pairs = [(src, tgt) for tgt in mods for src in self.sources[tgt]]
         self.blocks = nn.ModuleDict(
             {_pair_name(s, t): TransformerBlock(D, config.heads, config.dropout) for s, t in self.pairs}
         )
-        self.gates = nn.ModuleDict({_pair_name(s, t): nn.Linear(D, D, bias=False) for s, t in self.pairs})
+        self.gates = nn.ModuleDict(
+            {_pair_name(s, t): nn.Linear(D, D, bias=False) for s, t in self.pairs} if config.unimodal_gates else {}
+        )
         if config.frozen_identity_gates:
             for gate in self.gates.values():
                 nn.init.eye_(gate.weight)
                 gate.weight.requires_grad_(False)
-        self.reductions = nn.ModuleDict({m: nn.Linear(len(mods) * D, D) for m in mods})
+        self.reductions = nn.ModuleDict({m: nn.Linear(len(self.sources[m]) * D, D) for m in mods})
         # With one modality the softmax over M is identically 1: no fusion weights to learn.
-        self.fusion = nn.Linear(D, D, bias=False) if len(mods) > 1 else None
+        self.fusion = nn.Linear(D, D, bias=False) if len(mods) > 1 and config.multimodal_gate else None
+        # The ablation without the multimodal gate: concatenate the M vectors, then a linear layer.
+        self.concat_fusion = nn.Linear(len(mods) * D, D) if len(mods) > 1 and not config.multimodal_gate else None
         self.student_heads = nn.ModuleDict({m: nn.Linear(D, config.n_classes) for m in mods})
         self.student_dropout = nn.Dropout(config.dropout)
         self.teacher_head = nn.Linear(D, config.n_classes)
@@ -172,20 +177,26 @@ class SDT(nn.Module):
             target = self.embed_dropout(projected[tgt] + context)  # (B, L, D)
             source = target if src == tgt else self.embed_dropout(projected[src] + context)
             o = self.blocks[name](target, source, key_bias[src], has_keys[src])  # (B, L, D)
-            gated[src, tgt] = torch.sigmoid(self.gates[name](o)) * o  # unimodal gate (§4)
+            gated[src, tgt] = torch.sigmoid(self.gates[name](o)) * o if self.gates else o  # unimodal gate (§4)
 
         reduced = [
-            self.reductions[tgt](torch.cat([gated[src, tgt] for src in _intra_first(tgt, cfg.modalities)], dim=-1))
+            self.reductions[tgt](torch.cat([gated[src, tgt] for src in self.sources[tgt]], dim=-1))
             for tgt in cfg.modalities
         ]  # M x (B, L, D)
         stacked = torch.stack(reduced, dim=2)  # (B, L, M, D)
-        if self.fusion is None:
+        absent = mask[..., None] & ~torch.stack([present[m] for m in cfg.modalities], dim=2)  # (B, L, M)
+        if self.concat_fusion is not None:
+            # No α to report: the concatenation weighs nothing explicitly (NaN in modality_weights).
+            kept = stacked.masked_fill(absent[..., None], 0.0)  # (B, L, M, D), an absent modality adds nothing
+            fused = self.concat_fusion(kept.flatten(2))  # (B, L, D)
+            alpha = torch.full_like(stacked, float("nan"))  # (B, L, M, D)
+        elif self.fusion is None:
             alpha = torch.ones_like(stacked)  # (B, L, 1, D)
+            fused = stacked.sum(dim=2)  # (B, L, D)
         else:
-            absent = mask[..., None] & ~torch.stack([present[m] for m in cfg.modalities], dim=2)  # (B, L, M)
             scores = self.fusion(stacked).masked_fill(absent[..., None], MASKED_SCORE)  # (B, L, M, D)
             alpha = torch.softmax(scores, dim=2)  # (B, L, M, D), softmax over M per dim; 0 where absent
-        fused = (alpha * stacked).sum(dim=2)  # (B, L, D)
+            fused = (alpha * stacked).sum(dim=2)  # (B, L, D)
 
         modality_logits = {
             m: self.student_heads[m](self.student_dropout(F.relu(reduced[i])))
@@ -208,6 +219,12 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
 def _intra_first(target: str, modalities: tuple[str, ...]) -> list[str]:
     """Sources feeding `target`: itself first, then the others in canonical order (§4)."""
     return [target] + [m for m in modalities if m != target]
+
+
+def _sources(target: str, modalities: tuple[str, ...], transformers: str) -> list[str]:
+    """The sources a model keeps for `target`: all (both), itself (intra) or the others (inter)."""
+    keep = {"both": lambda s: True, "intra": lambda s: s == target, "inter": lambda s: s != target}[transformers]
+    return [s for s in _intra_first(target, modalities) if keep(s)]
 
 
 def _pair_name(source: str, target: str) -> str:
