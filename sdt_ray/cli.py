@@ -456,6 +456,35 @@ def describe(
 
 @app.command()
 @user_errors
+def reproduce(
+    dataset: str = typer.Option(..., help="iemocap or meld: the paper's figures to compare with, and the default recipe."),
+    features: str = typer.Option(..., "--features", help="Features table, e.g. from `sdt-ray import sdt-pickle`."),
+    output: str = typer.Option(..., "--output", help="Folder: ABLATION/seedN runs, results.json and results.md."),
+    protocol: str = typer.Option("dev", help="dev: select each run's epoch on dev (a fair estimate). paper: the "
+                                 "reference's best test epoch, labelled 'test-selected, not a fair estimate' everywhere."),
+    seeds: int = typer.Option(5, help="Runs per row, seeds 0..N-1; the table gives mean ± std."),
+    ablation: str = typer.Option("none", help="Comma-separated rows: none, no-distillation, no-unimodal-gates, "
+                                 "no-multimodal-gate, intra-only, inter-only."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Recipe YAML; default: jobs/DATASET.yaml (the paper's "
+                                          "hyperparameters, SDT_SPEC §7)."),
+    epochs: Optional[int] = typer.Option(None, help="Override the recipe's epochs (a quick look, not the paper's schedule)."),
+    workers: Optional[int] = typer.Option(None, help="Override the recipe's Ray Train workers."),
+) -> None:
+    """The paper's configuration over seeds, dev-selected or test-selected (paper protocol),
+    as a Markdown table beside the paper's figures. Finished seeds are not run again."""
+    from .config import load_recipe
+    from .reproduce import ReproduceOptions
+    from .reproduce import reproduce as run_reproduce
+
+    options = ReproduceOptions(dataset=dataset, protocol=protocol, seeds=seeds, epochs=epochs, workers=workers,
+                               ablations=tuple(a.strip() for a in ablation.split(",") if a.strip()))
+    recipe = load_recipe(config or Path("jobs") / f"{dataset}.yaml")
+    run_reproduce(features, output, recipe, options, log=_log)
+    _log(f"wrote {output}/results.md and {output}/results.json")
+
+
+@app.command()
+@user_errors
 def summarize(
     eval_dirs: list[str] = typer.Argument(..., help="EVAL_DIRs written by `sdt-ray evaluate` (one per seed)."),
     output: Optional[str] = typer.Option(None, help="Also write the summary as JSON to this file."),
