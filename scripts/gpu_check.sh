@@ -5,9 +5,5 @@
 # computation written naively (fp32, unfused math attention). No Ray needed. Figures land in
 # $OUT (default gpu-out/): parity.json and the GPU's name. About 2-4 minutes on an H100.
 set -u
-OUT=${OUT:-gpu-out}
-mkdir -p "$OUT"
-export PYTHONPATH=$PWD
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
-python3 -c "import torch; print('torch', torch.__version__)" | tee -a "$OUT/gpu.txt"
+source "$(dirname "$0")/gpu_env.sh"
 timeout 480 python3 -m sdt_ray.bench_parity --device cuda --epochs 3 --output "$OUT/parity.json" 2>&1 | tail -80

@@ -3,11 +3,8 @@
 # the model on CUDA (bench --no-ray), and the scoring stage against the bare forward pass
 # on 100k synthetic utterances at MELD dims. Figures land in $OUT (default gpu-out/).
 set -u
-OUT=${OUT:-gpu-out}
-mkdir -p "$OUT"
-export PYTHONPATH=$PWD
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
-python3 -c "import torch, pyarrow, safetensors; print('torch', torch.__version__, 'pyarrow', pyarrow.__version__)" | tee -a "$OUT/gpu.txt"
+source "$(dirname "$0")/gpu_env.sh"
+python3 -c "import pyarrow; print('pyarrow', pyarrow.__version__)" | tee -a "$OUT/gpu.txt"
 python3 -c "import ray; print('ray', ray.__version__)" 2>&1 | tail -1 | tee -a "$OUT/gpu.txt"
 timeout 150 python3 -m pytest -q -p no:cacheprovider tests/gpu tests/unit/test_scoring.py tests/unit/test_model.py 2>&1 | tail -4 | tee "$OUT/pytest.txt"
 timeout 240 python3 -m sdt_ray.bench_scoring --device cuda --utterances 100000 --batch-sizes 16,64,256 \
