@@ -21,7 +21,7 @@ import itertools
 import json
 import pickle
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -95,11 +95,15 @@ class PickleImport:
     dims: dict[str, int]
     split_dialogues: dict[str, int]
     label_check: str
+    left_out: list = field(default_factory=list)  # dialogues in videoIDs but in neither trainVid nor testVid
 
     def describe(self) -> str:
         splits = ", ".join(f"{s} {n}" for s, n in self.split_dialogues.items())
         dims = ", ".join(f"{m} {d}" for m, d in self.dims.items())
-        return f"{self.table.num_rows} utterances; dialogues: {splits}; dims: {dims}; labels: {self.label_check}"
+        lines = [f"{self.table.num_rows} utterances; dialogues: {splits}; dims: {dims}; labels: {self.label_check}"]
+        if self.left_out:
+            lines.append(f"left out: {len(self.left_out)} dialogues in neither trainVid nor testVid, e.g. {self.left_out[:3]}")
+        return "\n".join(lines)
 
 
 def import_sdt_pickle(uri: str, dataset: str, dev_fraction: float = 0.1, seed: int = 0) -> PickleImport:
@@ -112,10 +116,15 @@ def import_sdt_pickle(uri: str, dataset: str, dev_fraction: float = 0.1, seed: i
         raise InputError(f"{uri}: {dataset}'s feature file is a {layout.items}-tuple (SDT_SPEC §9); this is {kind}")
     ids, speakers, labels = items[0], items[1], items[2]
     train, test = _ordered(items[10], uri, "trainVid"), _ordered(items[11], uri, "testVid")
+    both = sorted(set(train) & set(test), key=str)
+    if both:
+        raise InputError(f"{uri}: {len(both)} dialogues are in both trainVid and testVid, e.g. {both[:3]}")
     label_check = check_label_order(labels, train, layout, uri)
     dev = carve_dev(train, dev_fraction, seed)
     split_of = {**{d: "train" for d in train}, **{d: "dev" for d in dev}, **{d: "test" for d in test}}
-    rows = _rows(ids, speakers, labels, items, split_of, layout, uri)
+    rows = _rows(speakers, labels, items, split_of, layout, uri)
+    # The split lists decide what is imported; a dialogue outside both is reported, never dropped unsaid.
+    left_out = sorted(set(ids) - set(split_of), key=str)
     dims = {m: rows[m].shape[1] for m in MODALITY_ITEMS}
     columns = {k: rows[k] for k in ("dialogue_id", "utterance_index", "speaker", "label", "split")}
     columns.update({f"{m}_features": vector_array(rows[m]) for m in MODALITY_ITEMS})
@@ -126,7 +135,7 @@ def import_sdt_pickle(uri: str, dataset: str, dev_fraction: float = 0.1, seed: i
     table = pa.Table.from_pydict(columns, schema=schema)
     validate_features(table, uri)
     counts = {s: sum(1 for v in split_of.values() if v == s) for s in ("train", "dev", "test")}
-    return PickleImport(table, dims, counts, label_check)
+    return PickleImport(table, dims, counts, label_check, left_out)
 
 
 def _ordered(ids: Any, source: str, name: str) -> list:
@@ -172,7 +181,7 @@ def check_label_order(labels: dict, train: list, layout: Layout, source: str) ->
     return f"order {','.join(layout.labels)} (train counts {counts.tolist()} fit it; published {list(layout.train_counts)})"
 
 
-def _rows(ids, speakers, labels, items, split_of, layout, source) -> dict[str, Any]:
+def _rows(speakers, labels, items, split_of, layout, source) -> dict[str, Any]:
     out: dict[str, list] = {k: [] for k in ("dialogue_id", "utterance_index", "speaker", "label", "split")}
     vectors: dict[str, list] = {m: [] for m in MODALITY_ITEMS}
     for dialogue in sorted(split_of, key=str):

@@ -109,3 +109,15 @@ def test_wrong_shapes_are_clear_errors(tmp_path):
         import_sdt_pickle(write_pickle(tmp_path / "b.pkl", tuple(items)), "iemocap")
     with pytest.raises(InputError, match="not found"):
         import_sdt_pickle(str(tmp_path / "missing.pkl"), "iemocap")
+
+
+def test_dialogues_outside_the_split_lists_are_reported_and_overlaps_refused(tmp_path):
+    items = list(synthetic_items("iemocap", train=20, test=5))
+    items[10] = set(items[0][:18])  # two train dialogues in neither list
+    result = import_sdt_pickle(write_pickle(tmp_path / "a.pkl", tuple(items)), "iemocap")
+    assert result.left_out == ["d018", "d019"] and "left out: 2 dialogues" in result.describe()
+    assert not {"d018", "d019"} & set(result.table.column("dialogue_id").to_pylist())
+    items[11] = set(items[0][17:])  # d017 in both lists
+    with pytest.raises(InputError, match="1 dialogues are in both trainVid and testVid"):
+        import_sdt_pickle(write_pickle(tmp_path / "b.pkl", tuple(items)), "iemocap")
+
