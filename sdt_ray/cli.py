@@ -457,6 +457,7 @@ def describe(
 @app.command()
 @user_errors
 def reproduce(
+    ctx: typer.Context,
     dataset: str = typer.Option(..., help="iemocap or meld: the paper's figures to compare with, and the default recipe."),
     features: str = typer.Option(..., "--features", help="Features table, e.g. from `sdt-ray import sdt-pickle`."),
     output: str = typer.Option(..., "--output", help="Folder: ABLATION/seedN runs, results.json and results.md."),
@@ -469,15 +470,21 @@ def reproduce(
                                           "hyperparameters, SDT_SPEC §7)."),
     epochs: Optional[int] = typer.Option(None, help="Override the recipe's epochs (a quick look, not the paper's schedule)."),
     workers: Optional[int] = typer.Option(None, help="Override the recipe's Ray Train workers."),
+    gpu: bool = typer.Option(False, "--gpu", help="One GPU per Ray Train worker."),
+    address: Optional[str] = typer.Option(None, help=ADDRESS_HELP),
+    cluster: Optional[Path] = CLUSTER,
+    no_wait: bool = NO_WAIT,
 ) -> None:
     """The paper's configuration over seeds, dev-selected or test-selected (paper protocol),
     as a Markdown table beside the paper's figures. Finished seeds are not run again."""
+    _on_cluster(ctx, address, cluster, no_wait)
     from .config import load_recipe
     from .reproduce import ReproduceOptions
     from .reproduce import reproduce as run_reproduce
 
     options = ReproduceOptions(dataset=dataset, protocol=protocol, seeds=seeds, epochs=epochs, workers=workers,
-                               ablations=tuple(a.strip() for a in ablation.split(",") if a.strip()))
+                               ablations=tuple(a.strip() for a in ablation.split(",") if a.strip()),
+                               use_gpu=gpu, address=address)
     recipe = load_recipe(config or Path("jobs") / f"{dataset}.yaml")
     run_reproduce(features, output, recipe, options, log=_log)
     _log(f"wrote {output}/results.md and {output}/results.json")

@@ -47,6 +47,8 @@ class ReproduceOptions:
     ablations: tuple[str, ...] = ("none",)
     epochs: int | None = None  # fewer than the recipe's, for a quick look
     workers: int | None = None
+    use_gpu: bool = False  # one GPU per Ray Train worker
+    address: str | None = None  # a Ray cluster to train on (None: local Ray)
 
     def __post_init__(self) -> None:
         if self.dataset not in PAPER_FIGURES:
@@ -71,6 +73,8 @@ def run_recipe(base: RecipeConfig, options: ReproduceOptions, ablation: str, see
         train_changes["epochs"] = options.epochs
     if options.workers is not None:
         train_changes["workers"] = options.workers
+    if options.use_gpu:
+        train_changes["use_gpu"] = True
     return dataclasses.replace(
         base,
         name=f"{base.name}-{options.protocol}-{ablation}",
@@ -110,7 +114,7 @@ def _seed(features_uri, output_uri, recipe, options, ablation, seed, log) -> str
         return eval_dir
     log(f"{ablation} seed {seed}: training, {options.selection} -> {run_dir}")
     result = train(features_uri, run_dir, run_recipe(recipe, options, ablation, seed),
-                   resume=storage.exists(storage.join(run_dir, "run.json")), log=log)
+                   resume=storage.exists(storage.join(run_dir, "run.json")), address=options.address, log=log)
     evaluation = evaluate(result.best_dir, features_uri, "test", eval_dir)
     log(f"{ablation} seed {seed}: test weighted F1 {evaluation.metrics['weighted_f1']:.4f} ({options.selection})")
     return eval_dir

@@ -15,6 +15,7 @@ def test_the_paper_protocol_selects_on_test_and_ablations_change_the_recipe():
     assert (recipe.train.select_on, recipe.train.seed, recipe.train.epochs, recipe.train.workers) == ("test", 4, 3, 2)
     assert recipe.model == MELD.model and recipe.loss == MELD.loss  # the parity model as it is
     assert run_recipe(MELD, ReproduceOptions(dataset="meld"), "none", 0).train.select_on == "dev"
+    assert not MELD.train.use_gpu and run_recipe(MELD, ReproduceOptions(dataset="meld", use_gpu=True), "none", 0).train.use_gpu
     plain = run_recipe(MELD, options, "no-distillation", 0).loss
     assert (plain.gamma_fused, plain.gamma_students, plain.gamma_kl) == (1.0, 0.0, 0.0)
     ungated = run_recipe(MELD, options, "no-unimodal-gates", 0).model  # MELD's frozen gates go too
