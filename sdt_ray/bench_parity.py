@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from .bench import _sync
 from .collate import Dialogue, batches
 from .config import RecipeConfig, load_recipe
 from .engine import predict, train_epoch
@@ -62,21 +63,20 @@ def bench_dataset(recipe: RecipeConfig, dialogues: list[Dialogue], epochs: int, 
                                "batch_size": recipe.train.batch_size, "hidden": recipe.model.hidden}
     for mode in ("ours", "naive"):
         dtype = torch.bfloat16 if mode == "ours" and precision == "bf16" else None
-        results[mode] = _run(recipe, dialogues, epochs, device, dtype, naive=mode == "naive")
+        results[mode] = _run(recipe, dialogues, n_utterances, epochs, device, dtype, naive=mode == "naive")
     results["speedup_train"] = round(results["naive"]["epoch_s"] / results["ours"]["epoch_s"], 2)
     results["speedup_inference"] = round(results["ours"]["inference_utt_per_s"] / results["naive"]["inference_utt_per_s"], 2)
     return results
 
 
-def _run(recipe: RecipeConfig, dialogues: list[Dialogue], epochs: int, device: str, dtype: torch.dtype | None,
-         naive: bool) -> dict[str, Any]:
+def _run(recipe: RecipeConfig, dialogues: list[Dialogue], n_utterances: int, epochs: int, device: str,
+         dtype: torch.dtype | None, naive: bool) -> dict[str, Any]:
     torch.manual_seed(0)
     cfg = recipe.model
     model = SDT(cfg).to(device)
     loss_fn = SelfDistillationLoss(temperature=recipe.loss.temperature).to(device)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=recipe.train.lr,
                                  weight_decay=recipe.train.weight_decay)
-    n_utterances = sum(len(d) for d in dialogues)
     cuda = device.startswith("cuda")
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -84,9 +84,9 @@ def _run(recipe: RecipeConfig, dialogues: list[Dialogue], epochs: int, device: s
         epoch_s = []
         for epoch in range(epochs):
             epoch_batches = batches(dialogues, recipe.train.batch_size, cfg.max_speakers, shuffle=True, seed=epoch)
-            epoch_s.append(_timed(lambda: train_epoch(model, loss_fn, optimizer, epoch_batches, device), cuda))
+            epoch_s.append(_timed_once(lambda: train_epoch(model, loss_fn, optimizer, epoch_batches, device)))
         scoring = batches(dialogues, 16, cfg.max_speakers)
-        inference_s = _timed(lambda: predict(model, scoring, device), cuda)
+        inference_s = _timed_once(lambda: predict(model, scoring, device))
     steady = epoch_s[1:] or epoch_s  # the first epoch pays for kernel selection and allocation
     return {
         "epoch_s": round(float(np.mean(steady)), 3),
@@ -109,13 +109,12 @@ def _mode(device: str, dtype: torch.dtype | None, naive: bool):
         yield
 
 
-def _timed(work, cuda: bool) -> float:
-    if cuda:
-        torch.cuda.synchronize()
+def _timed_once(work) -> float:
+    """Seconds of one call, GPU work included (bench._timed averages repeats after a warm-up)."""
+    _sync()
     started = time.perf_counter()
     work()
-    if cuda:
-        torch.cuda.synchronize()
+    _sync()
     return time.perf_counter() - started
 
 

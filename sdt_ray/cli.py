@@ -117,13 +117,9 @@ def import_sdt_pickle(
 ) -> None:
     """The SDT authors' preprocessed features, read by a restricted unpickler (containers,
     numbers, strings and numpy arrays only: a pickle can run code, anything else is refused)."""
-    from .errors import ConfigError
-    from .sdt_pickle import LAYOUTS
     from .sdt_pickle import import_sdt_pickle as read_pickle
     from .storage import write_table
 
-    if dataset not in LAYOUTS:
-        raise ConfigError(f"--dataset {dataset}: choose one of {', '.join(LAYOUTS)}")
     _set_s3_environment(s3_endpoint, s3_region)
     result = read_pickle(path, dataset, dev_fraction, seed)
     write_table(result.table, output)

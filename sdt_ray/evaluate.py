@@ -20,7 +20,7 @@ from .engine import predict
 from .errors import ConfigError
 from .metrics import classification_report
 from .plots import confusion_matrix_png
-from .schema import validate_features
+from .schema import feature_column, validate_features
 
 TEST_SELECTED = "test-selected, not a fair estimate"
 
@@ -43,7 +43,7 @@ def evaluate(
     if unknown:
         raise ConfigError(f"--without {','.join(unknown)}: the checkpoint's modalities are {','.join(config.modalities)}")
     table = storage.read_table(features_uri)
-    table = table.drop_columns([f"{m}_features" for m in without if f"{m}_features" in table.column_names])
+    table = table.drop_columns([feature_column(m) for m in without if feature_column(m) in table.column_names])
     validate_features(table, features_uri, expected_dims=dict(zip(config.modalities, config.input_dims)), absent_ok=True)
     table, exclusions = usable_rows(select_split(table, split, features_uri), config.modalities)
     dialogues = to_dialogues(dialogue_rows(table, config, loaded.labels, features_uri), config)

@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 
 from . import storage
-from .errors import InputError
+from .errors import ConfigError, InputError
 from .importers import MELD_LABELS
 from .schema import FEATURE_ERRORS_FIELD, features_schema, validate_features, vector_array
 
@@ -107,6 +107,8 @@ class PickleImport:
 
 
 def import_sdt_pickle(uri: str, dataset: str, dev_fraction: float = 0.1, seed: int = 0) -> PickleImport:
+    if dataset not in LAYOUTS:
+        raise ConfigError(f"--dataset {dataset}: choose one of {', '.join(LAYOUTS)}")
     layout = LAYOUTS[dataset]
     if not storage.exists(uri):
         raise InputError(f"{uri}: not found")
