@@ -66,7 +66,7 @@ def train(
     log: Callable[[str], None] = print,
     verbose: bool = False,
 ) -> TrainResult:
-    run_dir = _absolute(run_dir)
+    run_dir = absolute_uri(run_dir)
     _check_run_dir(run_dir, resume)
     data = prepare(features_uri, recipe, recipe.train.workers)  # bad input fails here, before a run exists
     require_shared_storage(address, {"--features": features_uri, "--output": run_dir})
@@ -74,7 +74,7 @@ def train(
     _announce(data, recipe, log)
     with ray_session(address, verbose=verbose):
         trainer = _build_trainer(data, recipe, run_dir, run_name)
-        with _EpochPrinter(storage.join(run_dir, "metrics.jsonl"), log):
+        with JsonlPrinter(storage.join(run_dir, "metrics.jsonl"), log):
             result = trainer.fit()
     if result.error is not None:
         raise SdtError(f"training failed: {result.error}")
@@ -108,7 +108,7 @@ def _build_trainer(data: TrainingData, recipe: RecipeConfig, run_dir: str, run_n
         dataset_config=DataConfig(datasets_to_split=[]),
         run_config=RunConfig(
             name=run_name,
-            **_storage(storage.join(run_dir, "ray")),
+            **run_storage(storage.join(run_dir, "ray")),
             checkpoint_config=CheckpointConfig(num_to_keep=1),  # the latest holds the best weights too
             failure_config=FailureConfig(max_failures=cfg.max_failures),
         ),
@@ -299,6 +299,8 @@ def _claim_run(run_dir: str, recipe: RecipeConfig, features_uri: str, resume: bo
 def _announce(data: TrainingData, recipe: RecipeConfig, log: Callable[[str], None]) -> None:
     for note in data.notes:
         log(f"note: {note}")
+    for warning in data.warnings:
+        log(warning)
     if data.exclusions:
         log(f"excluded from training and selection: {data.exclusions.describe()}")
     m, t = data.model, recipe.train
@@ -321,7 +323,7 @@ def _export_best(checkpoint: ray.train.Checkpoint | None, run_dir: str) -> Train
     return TrainResult(run_dir, best_uri, state["best_epoch"], best, state["epoch"], state["history"])
 
 
-def _storage(uri: str) -> dict[str, Any]:
+def run_storage(uri: str) -> dict[str, Any]:
     """RunConfig's storage for a local folder or s3:// (through our s3fs filesystem, so the
     endpoint and region come from the same AWS variables as everywhere else)."""
     if storage.is_remote(uri):
@@ -337,20 +339,24 @@ def _where(run_dir: str, rank: int) -> None:
     storage.write_text(storage.join(run_dir, "workers", f"rank-{rank}.json"), json.dumps(record))
 
 
-def _absolute(uri: str) -> str:
+def absolute_uri(uri: str) -> str:
     return uri if storage.is_remote(uri) else str(Path(uri).expanduser().resolve())
 
 
-class _EpochPrinter:
-    """Prints each new line of metrics.jsonl while training runs (rank 0 writes it)."""
+class JsonlPrinter:
+    """Prints each new record of a JSON-lines file while a run goes on (rank 0 writes it, and
+    rewrites it whole). Records are numbered by `key` (the epoch): after a restart the file may
+    repeat numbers already printed, and those are not printed again."""
 
-    def __init__(self, metrics_uri: str, log: Callable[[str], None], interval_s: float = 1.0):
+    def __init__(self, metrics_uri: str, log: Callable[[str], None], interval_s: float = 1.0,
+                 describe: Callable[[dict[str, Any]], str] | None = None, key: str = "epoch"):
         self.metrics_uri, self.log, self.interval_s = metrics_uri, log, interval_s
+        self.describe, self.key = describe or format_epoch, key
         self.printed = 0
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> "_EpochPrinter":
+    def __enter__(self) -> "JsonlPrinter":
         self.thread.start()
         return self
 
@@ -369,9 +375,9 @@ class _EpochPrinter:
         except (OSError, ValueError):  # not written yet, or caught mid-write: try again next poll
             return
         for record in records:
-            if record["epoch"] >= self.printed:
-                self.log(format_epoch(record))
-                self.printed = record["epoch"] + 1
+            if record[self.key] >= self.printed:
+                self.log(self.describe(record))
+                self.printed = record[self.key] + 1
 
 
 def format_epoch(record: dict[str, Any]) -> str:
