@@ -28,6 +28,7 @@ from .errors import ConfigError, InputError
 from .features.audio import DEFAULT_FEATURE_SET, AudioFeatureStage, feature_set_dim
 from .features.speech import resolve_speech_model, speech_model_dim
 from .features.text import TextFeatureStage, resolve_text_model, text_model_dim
+from .features.text_card import CARD_METADATA_KEY, CONTEXT_COLUMN, context_texts, read_card
 from .features.visual import DEFAULT_FRAMES, FrameStage, VisualFeatureStage, resolve_visual_model
 from .pools import PoolSize, StageDemand, size_pools
 from .scoring import (
@@ -173,6 +174,11 @@ def _read_input(input_uri: str, options: ExtractOptions, keep_columns: tuple[str
             raise InputError(f"{input_uri}: {modality} extraction needs a '{column}' column (has: {', '.join(raw.column_names)})")
     labels = labels_from_metadata(raw.schema)
     metadata = {LABELS_METADATA_KEY: json.dumps(labels).encode()} if labels else {}
+    card = read_card(resolve_text_model(options.text_model)) if "text" in options.modalities else None
+    if card is not None:  # a fine-tuned encoder: its card travels into the features table
+        metadata[CARD_METADATA_KEY] = card.to_json().encode()
+        if card.context:  # and it reads each utterance with its previous turns, as it was trained
+            table = table.append_column(CONTEXT_COLUMN, pa.array(context_texts(table, card.context, card.separator)))
     return table.replace_schema_metadata(None), metadata
 
 
@@ -205,7 +211,7 @@ def _open_plan(output_uri: str, input_uri: str, numbered: pa.Table, job: dict, r
 def _encoders(options: ExtractOptions) -> dict[str, str]:
     """What made each vector, for the features table's metadata."""
     described = {
-        "text": lambda: resolve_text_model(options.text_model),
+        "text": lambda: _describe_text_model(options.text_model),
         "audio": lambda: (
             f"{resolve_speech_model(options.audio_encoder)} (mean of last hidden states, {speech_model_dim(options.audio_encoder)})"
             if options.audio_encoder
@@ -214,6 +220,12 @@ def _encoders(options: ExtractOptions) -> dict[str, str]:
         "visual": lambda: f"{resolve_visual_model(options.visual_model)} (mean of {options.frames} face crops)",
     }
     return {m: described[m]() for m in options.modalities}
+
+
+def _describe_text_model(model: str | None) -> str:
+    path = resolve_text_model(model)
+    card = read_card(path)
+    return f"{path} ({card.summary()})" if card else path
 
 
 def _stage_demands(options: ExtractOptions) -> list[tuple[StageDemand, type, dict]]:

@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 from .config import ModelConfig, RecipeConfig
 from .dialogues import Exclusions, dialogue_rows, label_indices, modality_presence, select_split, usable_rows
 from .errors import ConfigError, InputError
+from .features.text_card import card_from_metadata, label_leaks
 from .schema import validate_features, vectors
 from .storage import read_table
 
@@ -34,6 +35,7 @@ class TrainingData:
     train_utterances: int
     input_statistics: dict[str, tuple[list[float], list[float]]]  # modality -> (mean, std) over train
     class_weights: list[float]  # per class, for the CE terms; empty = unweighted
+    warnings: list[str] = dataclasses.field(default_factory=list)  # the text encoder saw labels of selection or test dialogues
 
 
 def prepare(features_uri: str, recipe: RecipeConfig, workers: int) -> TrainingData:
@@ -64,6 +66,8 @@ def prepare(features_uri: str, recipe: RecipeConfig, workers: int) -> TrainingDa
     if not labels or all(v is None for v in train.column("label").to_pylist()):
         raise InputError(f"{features_uri}: split 'train' has no labelled utterances")
 
+    test = table.filter(pc.equal(table.column("split"), "test"))
+    warnings = label_leaks(card_from_metadata(table.schema), {f"{selection_split} (selection)": dev, "test": test})
     rows = dialogue_rows(train, model, labels, features_uri)
     selection = dialogue_rows(dev, model, labels, features_uri)
     for split_rows in (rows, selection):
@@ -76,6 +80,7 @@ def prepare(features_uri: str, recipe: RecipeConfig, workers: int) -> TrainingDa
         labels=labels,
         exclusions=exclusions,
         notes=notes,
+        warnings=warnings,
         train_utterances=train.num_rows,
         input_statistics=_input_statistics(train, model.modalities, features_uri),
         class_weights=list(recipe.loss.class_weights)

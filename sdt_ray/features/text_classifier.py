@@ -1,0 +1,126 @@
+"""An utterance classifier over a transformers encoder: the encoder's hidden states,
+mean-pooled as `extract` pools them, then dropout and a linear head. `finetune-text` trains
+it; afterwards `extract` uses the encoder alone, frozen, and the head only scores the
+encoder's own utterance-level figures (`evaluate-text`). No Ray here.
+
+An encoder folder, as `finetune-text` writes it:
+    config.json, model.safetensors, tokenizer files   the encoder (transformers' save_pretrained)
+    sdt_ray_text_head.safetensors                     the head: weight (C, H), bias (C,)
+    sdt_ray_text_encoder.json                         its card (text_card.py)
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from .local_models import load_pretrained
+from .text import mean_pool, resolve_text_model
+from .text_card import CARD_FILE, TextEncoderCard, read_card
+
+HEAD_FILE = "sdt_ray_text_head.safetensors"
+
+
+class UtteranceClassifier(nn.Module):
+    def __init__(self, encoder: nn.Module, n_classes: int, dropout: float = 0.1):
+        super().__init__()
+        self.encoder = encoder
+        if getattr(encoder, "pooler", None) is not None:  # BERT's [CLS] pooler: mean pooling leaves it unused,
+            encoder.pooler.requires_grad_(False)  # and DDP refuses parameters that get no gradient
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(int(encoder.config.hidden_size), n_classes)
+
+    def forward(self, tokens: dict[str, torch.Tensor], pool_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder(**tokens).last_hidden_state  # (B, T, H)
+        pooled = mean_pool(hidden, pool_mask)  # (B, H)
+        return self.head(self.dropout(pooled))  # (B, C) logits
+
+
+def load_base(model: str | None):
+    """Tokenizer and encoder to start fine-tuning from: a local folder, `minilm`, or a cached id."""
+    from transformers import AutoModel, AutoTokenizer
+
+    path = resolve_text_model(model)
+    return load_pretrained("text model", model, path, AutoTokenizer), load_pretrained("text model", model, path, AutoModel)
+
+
+def save_classifier(folder: str, classifier: UtteranceClassifier, tokenizer, card: TextEncoderCard) -> None:
+    from safetensors.torch import save_file
+
+    os.makedirs(folder, exist_ok=True)
+    classifier.encoder.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    save_file({k: v.detach().cpu().contiguous() for k, v in classifier.head.state_dict().items()}, os.path.join(folder, HEAD_FILE))
+    with open(os.path.join(folder, CARD_FILE), "w") as f:
+        f.write(card.to_json())
+
+
+def load_classifier(folder: str) -> tuple[UtteranceClassifier, object, TextEncoderCard]:
+    """The classifier `finetune-text` wrote to `folder`, in eval mode, with its tokenizer and card."""
+    from safetensors.torch import load_file
+
+    from ..errors import ConfigError
+
+    card = read_card(folder)
+    if card is None or not os.path.isfile(os.path.join(folder, HEAD_FILE)):
+        raise ConfigError(f"{folder} is not an encoder folder written by `sdt-ray finetune-text` (no {CARD_FILE} or {HEAD_FILE})")
+    tokenizer, encoder = load_base(folder)
+    classifier = UtteranceClassifier(encoder, len(card.labels))
+    classifier.head.load_state_dict(load_file(os.path.join(folder, HEAD_FILE)))
+    return classifier.eval(), tokenizer, card
+
+
+def predict_classes(classifier: UtteranceClassifier, tokenizer, texts: list[str], contexts: list[str] | None,
+                    max_length: int, batch_size: int = 64, device: str | torch.device = "cpu") -> torch.Tensor:
+    """The head's class for each text, (N,) int64: length-sorted batches, inference mode."""
+    from .text import tokenize
+
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]) + (len(contexts[i]) if contexts else 0))
+    out = torch.empty(len(texts), dtype=torch.long)
+    was_training = classifier.training
+    classifier.eval()
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            tokens, mask = tokenize(tokenizer, [texts[i] for i in rows], [contexts[i] for i in rows] if contexts else None, max_length)
+            logits = classifier(tokens.to(device), mask.to(device))  # (b, C)
+            out[rows] = logits.argmax(-1).cpu()
+    classifier.train(was_training)
+    return out
+
+
+def classifier_rows(utterances, labels: list[str], context: int, separator: str, splits: tuple[str, ...] | None = None):
+    """The rows of `splits` (default: all) a classifier trains or is scored on: labelled, with
+    text. Returns (table with dialogue_id, split, text, text_context, label_id; {reason: rows
+    of those splits left out}). Contexts are built on the whole table first, so an unlabelled
+    turn, or one of another split, still serves as a later turn's context."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from .text_card import context_texts
+
+    contexts = context_texts(utterances, context, separator) if context else [""] * utterances.num_rows
+    index = {name: i for i, name in enumerate(labels)}
+    label_ids = [index.get(v, -1) if v is not None else -1 for v in utterances.column("label").to_pylist()]
+    texts = utterances.column("text").to_pylist()
+    has_text = [bool(t and t.strip()) for t in texts]
+    table = pa.table({
+        "dialogue_id": utterances.column("dialogue_id"),
+        "split": utterances.column("split"),
+        "text": utterances.column("text"),
+        "text_context": pa.array(contexts, pa.string()),
+        "label_id": pa.array(label_ids, pa.int64()),
+    })
+    table = table.append_column("has_text", pa.array(has_text))
+    if splits is not None:
+        table = table.filter(pc.is_in(table.column("split"), value_set=pa.array(list(splits), pa.string())))
+    labelled = pc.greater_equal(table.column("label_id"), 0)
+    no_text = pc.invert(table.column("has_text"))
+    left_out = {
+        "no or unknown label": int(pc.sum(pc.invert(labelled)).as_py() or 0),
+        "empty text": int(pc.sum(pc.and_(labelled, no_text)).as_py() or 0),
+    }
+    kept = table.filter(pc.and_(labelled, table.column("has_text"))).drop_columns(["has_text"])
+    return kept, {k: v for k, v in left_out.items() if v}
