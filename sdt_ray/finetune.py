@@ -1,0 +1,356 @@
+"""Ray Train entry for `finetune-text`: a transformers text encoder plus a linear head,
+trained with DDP on the train split's labels, the epoch selected on dev weighted F1. Test
+is never read. This is how SDT's text features were made (RoBERTa fine-tuned per dataset,
+then frozen: the COSMIC recipe); `extract --text-model OUTPUT` then uses the encoder as is.
+
+OUTPUT layout:
+    config.json, model.safetensors, tokenizer files, sdt_ray_text_head.safetensors,
+    sdt_ray_text_encoder.json    the best epoch's encoder folder (text_classifier.py)
+    metrics.jsonl                one line per epoch
+    progress.jsonl               steps so far in the running epoch (rank 0, about every 20 s)
+    ray/                         Ray Train's storage
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+import ray.train
+import torch
+from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from . import storage
+from .errors import ConfigError, InputError, SdtError
+from .features.text import resolve_text_model, tokenize
+from .features.text_card import TextEncoderCard, labelled_fingerprint, read_card
+from .features.text_classifier import (
+    UtteranceClassifier,
+    classifier_rows,
+    load_base,
+    load_classifier,
+    predict_classes,
+    save_classifier,
+)
+from .metrics import classification_report
+from .schema import labels_from_metadata, validate_utterances
+from .submit import cpus_per_worker, ray_session, require_shared_storage
+from .train import JsonlPrinter, absolute_uri, run_storage
+from .training_data import carve_dev
+
+STATE_FILE = "finetune_state.json"  # in each Ray checkpoint: epochs done, history, best score
+PROGRESS_EVERY_S = 20.0
+
+
+@dataclass(frozen=True)
+class FinetuneOptions:
+    base_model: str | None = None  # `minilm` (the packaged MiniLM), a local folder, or a cached id
+    epochs: int = 3
+    lr: float = 3e-5  # AdamW peak; linear warm-up over the first 10% of steps, then linear decay
+    batch_size: int = 32  # utterances per optimiser step, over all workers
+    max_length: int = 128  # tokens per input, context included
+    context: int = 0  # previous turns prepended as `speaker: text`; 0: the utterance alone
+    workers: int = 1
+    use_gpu: bool = False
+    seed: int = 0
+    dev_fraction: float = 0.1  # of train's dialogues, carved when the table has no dev split
+    weight_decay: float = 0.01
+    dropout: float = 0.1
+    max_failures: int = 0
+    overwrite: bool = False
+
+
+@dataclass
+class FinetuneResult:
+    output: str
+    best_epoch: int
+    dev_metrics: dict[str, float]
+    history: list[dict[str, Any]]
+    card: TextEncoderCard
+
+
+def finetune_text(input_uri: str, output_uri: str, options: FinetuneOptions = FinetuneOptions(),
+                  address: str | None = None, log: Callable[[str], None] = print) -> FinetuneResult:
+    _check(options)
+    output_uri = absolute_uri(output_uri)
+    if storage.exists(output_uri) and not options.overwrite:
+        raise ConfigError(f"{output_uri} already exists; pass --overwrite to replace it")
+    train_rows, dev_rows, labels, dev_split, separator = _prepare(input_uri, options, log)
+    require_shared_storage(address, {"--input": input_uri, "--output": output_uri})
+    storage.delete(output_uri)
+    card = TextEncoderCard(
+        base_model=options.base_model or "minilm", labels=labels, context=options.context,
+        max_length=options.max_length, label_splits=["train"],
+        label_dialogues=sorted(set(train_rows.column("dialogue_id").to_pylist())),
+        data_sha256=_fingerprint(input_uri, train_rows), separator=separator,
+        training={k: v for k, v in asdict(options).items() if k not in ("overwrite", "base_model")} | {"dev_split": dev_split},
+    )
+    log(f"fine-tuning {resolve_text_model(options.base_model)} on {train_rows.num_rows} train utterances "
+        f"({len(card.label_dialogues)} dialogues), selecting on {dev_split} ({dev_rows.num_rows}); "
+        f"{options.epochs} epochs, batch {options.batch_size}, lr {options.lr:g}, context {options.context}, "
+        f"{options.workers} worker(s)")
+    with ray_session(address):
+        trainer = _build_trainer(train_rows, dev_rows, card, options, output_uri)
+        with JsonlPrinter(storage.join(output_uri, "progress.jsonl"), log, interval_s=2.0, describe=_describe_progress, key="n"), \
+             JsonlPrinter(storage.join(output_uri, "metrics.jsonl"), log, interval_s=2.0, describe=_describe_epoch):
+            result = trainer.fit()
+    if result.error is not None:
+        raise SdtError(f"fine-tuning failed: {result.error}")
+    return _export(result.checkpoint, output_uri)
+
+
+def _check(options: FinetuneOptions) -> None:
+    counts = {"--epochs": options.epochs, "--batch-size": options.batch_size, "--max-length": options.max_length,
+              "--workers": options.workers}
+    for flag, value in counts.items():
+        if value < 1:
+            raise ConfigError(f"{flag} must be at least 1 (got {value})")
+    if options.context < 0 or options.lr <= 0:
+        raise ConfigError("--context must not be negative and --lr must be positive")
+    if options.batch_size < options.workers:
+        raise ConfigError(f"--batch-size {options.batch_size} is split over {options.workers} workers: give each at least one")
+
+
+def _prepare(input_uri: str, options: FinetuneOptions, log) -> tuple[pa.Table, pa.Table, list[str], str, str]:
+    """Train and dev rows (labelled, with text), the label order, dev's name, the context separator."""
+    raw = storage.read_table(input_uri)
+    table = validate_utterances(raw, input_uri)
+    splits = pc.unique(table.column("split")).to_pylist()
+    if "train" not in splits:
+        raise InputError(f"{input_uri}: no train split to fine-tune on (splits: {splits})")
+    labels = labels_from_metadata(raw.schema) or sorted(
+        set(table.filter(pc.equal(table.column("split"), "train")).column("label").drop_null().to_pylist()))
+    separator = load_base(options.base_model)[0].sep_token if options.context else "|"
+    rows, left_out = classifier_rows(table, labels, options.context, separator or "|", splits=("train", "dev"))
+    if left_out:
+        log("left out of fine-tuning and selection: " + ", ".join(f"{n} rows with {why}" for why, n in left_out.items()))
+    train = rows.filter(pc.equal(rows.column("split"), "train"))
+    dev = rows.filter(pc.equal(rows.column("split"), "dev"))
+    dev_split = "dev"
+    if dev.num_rows == 0:  # IEMOCAP-like tables: carve dev from train by dialogue, never touch test
+        train, dev = carve_dev(train, options.dev_fraction, options.seed)
+        dev_split = f"dev carved from train ({options.dev_fraction:.0%} of dialogues, seed {options.seed})"
+        log(f"note: {input_uri} has no dev split; selecting on {dev_split}")
+    if train.num_rows < options.batch_size:
+        raise InputError(f"{input_uri}: {train.num_rows} labelled train utterances, fewer than one batch of {options.batch_size}")
+    return train, dev, labels, dev_split, separator or "|"
+
+
+def _fingerprint(input_uri: str, train_rows: pa.Table) -> str:
+    """sha256 of the labelled train rows as the table holds them (speaker and position included)."""
+    table = storage.read_table(input_uri, columns=["dialogue_id", "utterance_index", "speaker", "text", "label", "split"])
+    train = table.filter(pc.equal(table.column("split"), "train"))
+    train = train.filter(pc.is_in(train.column("dialogue_id"), value_set=pc.unique(train_rows.column("dialogue_id"))))
+    return labelled_fingerprint(train.filter(pc.is_valid(train.column("label"))))
+
+
+def _build_trainer(train_rows: pa.Table, dev_rows: pa.Table, card: TextEncoderCard, options: FinetuneOptions, output_uri: str) -> TorchTrainer:
+    columns = ["text", "text_context", "label_id"]
+    per_worker = options.batch_size // options.workers
+    steps = math.ceil((train_rows.num_rows // options.workers) / per_worker)  # equal split drops the remainder
+    return TorchTrainer(
+        finetune_loop_per_worker,
+        train_loop_config={"card": card.to_json(), "options": asdict(options), "output": output_uri,
+                           "steps_per_epoch": steps, "per_worker_batch": per_worker},
+        scaling_config=ScalingConfig(num_workers=options.workers, use_gpu=options.use_gpu,
+                                     resources_per_worker={"CPU": cpus_per_worker(options.workers, options.use_gpu)}),
+        datasets={"train": ray.data.from_arrow(train_rows.select(columns)), "dev": ray.data.from_arrow(dev_rows.select(columns))},
+        # train is split into equal row counts, so every rank takes the same number of DDP steps; dev is scored whole by rank 0.
+        dataset_config=DataConfig(datasets_to_split=["train"]),
+        run_config=RunConfig(
+            name=f"finetune-{time.strftime('%Y%m%d-%H%M%S')}",
+            **run_storage(storage.join(output_uri, "ray")),
+            checkpoint_config=CheckpointConfig(num_to_keep=1),
+            failure_config=FailureConfig(max_failures=options.max_failures),
+        ),
+    )
+
+
+def finetune_loop_per_worker(config: dict[str, Any]) -> None:
+    """Runs on each Ray Train worker."""
+    options = FinetuneOptions(**config["options"])
+    card = TextEncoderCard.from_json(config["card"])
+    rank = ray.train.get_context().get_world_rank()
+    if not options.use_gpu:  # the node's cores shared among the workers on it
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // ray.train.get_context().get_local_world_size()))
+    torch.manual_seed(options.seed)  # the same head on every rank
+    device = ray.train.torch.get_device()
+    state = _restore()
+    tokenizer, encoder = load_base(options.base_model) if state["best_epoch"] < 0 else _load_best()
+    classifier = UtteranceClassifier(encoder, len(card.labels), options.dropout)
+    if state["best_epoch"] >= 0:
+        classifier.head.load_state_dict(_load_best_head())
+    model = ray.train.torch.prepare_model(classifier)
+    optimizer, schedule = _optimizer(model, options, config["steps_per_epoch"], state["epoch"])
+    shard = ray.train.get_dataset_shard("train")
+    dev = _read_all("dev") if rank == 0 else None
+
+    for epoch in range(state["epoch"], options.epochs):
+        started = time.time()
+        loss = _train_epoch(model, optimizer, schedule, shard, tokenizer, options, config, epoch, rank, device)
+        record = {"epoch": epoch, "loss": round(loss, 6), "steps": config["steps_per_epoch"], "workers": options.workers,
+                  "seconds": round(time.time() - started, 1),
+                  "utterances_per_s": round(config["steps_per_epoch"] * options.batch_size / max(time.time() - started, 1e-9), 1)}
+        improved = False
+        if rank == 0:
+            metrics = _score_dev(classifier, tokenizer, dev, card, options, device)
+            record.update({f"dev_{k}": v for k, v in metrics.items()})
+            improved = metrics["weighted_f1"] > state["best_score"]
+            if improved:
+                state.update(best_score=metrics["weighted_f1"], best_epoch=epoch)
+        record["best_epoch"] = state["best_epoch"]
+        state["history"].append(record)
+        state["epoch"] = epoch + 1
+        _report(classifier, tokenizer, card, state, record, improved, config["output"], rank)
+
+
+def _optimizer(model, options: FinetuneOptions, steps_per_epoch: int, epochs_done: int):
+    """AdamW without decay on biases and norms; linear warm-up (10% of steps), then linear decay to 0."""
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": options.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=options.lr)
+    total = steps_per_epoch * options.epochs
+    warmup = max(1, int(0.1 * total))
+
+    def factor(step: int) -> float:
+        step += epochs_done * steps_per_epoch  # a restarted run continues the schedule where it stopped
+        return (step + 1) / warmup if step < warmup else max(0.0, (total - step) / max(1, total - warmup))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _train_epoch(model, optimizer, schedule, shard, tokenizer, options: FinetuneOptions, config, epoch: int, rank: int, device) -> float:
+    model.train()
+    total, steps, last_note = 0.0, 0, time.time()
+    seed = int(np.random.SeedSequence([options.seed, epoch, rank]).generate_state(1)[0])
+    for batch in _length_bucketed(shard, config["per_worker_batch"], seed):
+        contexts = batch.column("text_context").to_pylist() if options.context else None
+        tokens, mask = tokenize(tokenizer, batch.column("text").to_pylist(), contexts, options.max_length)
+        logits = model(tokens.to(device), mask.to(device))  # (b, C)
+        loss = torch.nn.functional.cross_entropy(logits, torch.as_tensor(batch.column("label_id").to_numpy(), device=device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        total, steps = total + float(loss.item()), steps + 1
+        if rank == 0 and time.time() - last_note > PROGRESS_EVERY_S:
+            _note_progress(config["output"], epoch, steps, config["steps_per_epoch"], total / steps)
+            last_note = time.time()
+    return total / max(steps, 1)
+
+
+def _length_bucketed(shard, batch_size: int, seed: int, pool_batches: int = 32):
+    """Batches of similar length, in random order: a pool of `pool_batches` batches is drawn at
+    random, sorted by text length and cut into batches, which are then shuffled. Less padding
+    makes a step about 1.4x faster on CPU. Every rank's shard has the same number of rows,
+    so every rank still takes the same number of steps."""
+    rng = np.random.default_rng(seed)
+    pools = shard.iter_batches(batch_size=batch_size * pool_batches, batch_format="pyarrow",
+                               local_shuffle_buffer_size=batch_size * pool_batches * 4, local_shuffle_seed=seed)
+    for pool in pools:
+        lengths = pc.utf8_length(pool.column("text")).to_numpy(zero_copy_only=False)
+        if "text_context" in pool.column_names:
+            lengths = lengths + pc.utf8_length(pool.column("text_context")).to_numpy(zero_copy_only=False)
+        pool = pool.take(pa.array(np.argsort(lengths, kind="stable")))
+        starts = list(range(0, pool.num_rows, batch_size))
+        for start in rng.permutation(starts):
+            yield pool.slice(int(start), batch_size)
+
+
+def _note_progress(output: str, epoch: int, step: int, steps: int, loss: float) -> None:
+    record = {"n": epoch * 1_000_000 + step, "epoch": epoch, "step": step, "steps": steps, "loss": round(loss, 4),
+              "threads": torch.get_num_threads()}
+    storage.write_text(storage.join(output, "progress.jsonl"), json.dumps(record) + "\n")
+
+
+def _score_dev(classifier, tokenizer, dev: pa.Table, card: TextEncoderCard, options: FinetuneOptions, device) -> dict[str, float]:
+    contexts = dev.column("text_context").to_pylist() if options.context else None
+    predicted = predict_classes(classifier, tokenizer, dev.column("text").to_pylist(), contexts, options.max_length, device=device)
+    report = classification_report(dev.column("label_id").to_numpy(), predicted.numpy(), card.labels)
+    return {k: round(report[k], 6) for k in ("accuracy", "weighted_f1", "macro_f1")}
+
+
+def _report(classifier, tokenizer, card: TextEncoderCard, state, record, improved: bool, output: str, rank: int) -> None:
+    """Rank 0 checkpoints the best epoch's encoder folder (only when it improved: the latest
+    checkpoint is always the best) and writes metrics.jsonl; every rank reports."""
+    if rank != 0:
+        ray.train.report(record, checkpoint=None)
+        return
+    storage.write_text(storage.join(output, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in state["history"]))
+    with tempfile.TemporaryDirectory() as tmp:
+        if improved:
+            best = state["history"][state["best_epoch"]]
+            selection = {"split": card.training.get("dev_split", "dev"), "epoch": state["best_epoch"],
+                         "metrics": {k[4:]: v for k, v in best.items() if k.startswith("dev_")}}
+            save_classifier(tmp, classifier, tokenizer, TextEncoderCard(**{**asdict(card), "selection": selection}))
+        with open(os.path.join(tmp, STATE_FILE), "w") as f:
+            json.dump(state, f)
+        ray.train.report(record, checkpoint=ray.train.Checkpoint.from_directory(tmp) if improved else None)
+
+
+def _restore() -> dict[str, Any]:
+    """Counters from the latest checkpoint after a restart (a lost worker): the run goes on after
+    its last checkpointed epoch from the best weights, with a fresh optimiser (keeping AdamW's
+    state would triple the checkpoint)."""
+    state = {"epoch": 0, "best_score": -1.0, "best_epoch": -1, "history": []}
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory, open(os.path.join(directory, STATE_FILE)) as f:
+            state.update(json.load(f))
+    return state
+
+
+def _load_best():
+    with ray.train.get_checkpoint().as_directory() as directory:
+        classifier, tokenizer, _ = load_classifier(directory)
+    return tokenizer, classifier.encoder
+
+
+def _load_best_head() -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    from .features.text_classifier import HEAD_FILE
+
+    with ray.train.get_checkpoint().as_directory() as directory:
+        return load_file(os.path.join(directory, HEAD_FILE))
+
+
+def _read_all(name: str) -> pa.Table:
+    return pa.concat_tables(list(ray.train.get_dataset_shard(name).iter_batches(batch_size=None, batch_format="pyarrow")))
+
+
+def _export(checkpoint: ray.train.Checkpoint | None, output_uri: str) -> FinetuneResult:
+    if checkpoint is None:
+        raise SdtError("fine-tuning finished without a checkpoint")
+    with checkpoint.as_directory() as directory:
+        with open(os.path.join(directory, STATE_FILE)) as f:
+            state = json.load(f)
+        card = read_card(directory)
+        storage.upload_dir(directory, output_uri)
+    storage.delete(storage.join(output_uri, STATE_FILE))
+    best = state["history"][state["best_epoch"]]
+    storage.delete(storage.join(output_uri, "progress.jsonl"))
+    return FinetuneResult(output_uri, state["best_epoch"], {k[4:]: v for k, v in best.items() if k.startswith("dev_")},
+                          state["history"], card)
+
+
+def _describe_epoch(record: dict[str, Any]) -> str:
+    star = " *" if record.get("best_epoch") == record["epoch"] else ""
+    return (f"epoch {record['epoch'] + 1:3d}  loss {record['loss']:.4f}  dev acc {record.get('dev_accuracy', float('nan')):.4f}  "
+            f"wF1 {record.get('dev_weighted_f1', float('nan')):.4f}  mF1 {record.get('dev_macro_f1', float('nan')):.4f}  "
+            f"{record['seconds']:.0f}s, {record['utterances_per_s']:.1f} utt/s{star}")
+
+
+def _describe_progress(record: dict[str, Any]) -> str:
+    return f"  epoch {record['epoch'] + 1} step {record['step']}/{record['steps']}  loss {record['loss']:.4f}"

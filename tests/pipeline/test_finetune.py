@@ -1,0 +1,86 @@
+"""`finetune-text` on real local Ray: a tiny random BERT fine-tuned for one step on 2 Ray
+Train workers, with context, writes a folder that `extract` loads as is; the card travels into
+the features table, and the context reaches the encoder inside the Ray Data stage."""
+
+import json
+import os
+
+import numpy as np
+import pyarrow.compute as pc
+import pytest
+from typer.testing import CliRunner
+
+from sdt_ray import storage
+from sdt_ray.cli import app
+from sdt_ray.features.text import TextEncoder
+from sdt_ray.features.text_card import CARD_METADATA_KEY, card_from_metadata, context_texts, read_card
+from sdt_ray.importers import DEMO_CORPUS, MELD_LABELS, import_corpus
+from sdt_ray.schema import ENCODERS_METADATA_KEY, validate_features, vectors
+
+pytestmark = pytest.mark.slow
+
+
+def invoke(*args) -> str:
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.fixture(scope="module")
+def finetuned(ray_local, tiny_bert, tmp_path_factory):
+    """Three dialogues per split of the demo slice; every train row in one step of 2 workers."""
+    folder = tmp_path_factory.mktemp("finetune")
+    table = import_corpus("meld", DEMO_CORPUS, limit_dialogues=3)
+    utterances = str(folder / "utterances.parquet")
+    storage.write_table(table, utterances)
+    n_train = pc.sum(pc.equal(table.column("split"), "train")).as_py()
+    encoder = folder / "encoder"
+    out = invoke("finetune-text", "--input", utterances, "--output", encoder, "--base-model", tiny_bert,
+                 "--epochs", 1, "--workers", 2, "--batch-size", n_train, "--context", 2, "--lr", 1e-3)
+    return table, utterances, str(encoder), out
+
+
+def test_one_step_on_two_workers_writes_an_encoder_folder(finetuned):
+    table, _, encoder, out = finetuned
+    assert "2 worker(s)" in out and "best epoch 1 of 1" in out
+    assert {"config.json", "model.safetensors", "tokenizer.json", "sdt_ray_text_head.safetensors",
+            "sdt_ray_text_encoder.json", "metrics.jsonl"} <= set(os.listdir(encoder))
+    (epoch,) = [json.loads(line) for line in open(os.path.join(encoder, "metrics.jsonl"))]
+    assert epoch["steps"] == 1 and epoch["workers"] == 2 and 0.0 <= epoch["dev_weighted_f1"] <= 1.0
+    card = read_card(encoder)
+    train = table.filter(pc.equal(table.column("split"), "train"))
+    assert card.labels == MELD_LABELS and card.context == 2 and card.separator == "[SEP]"
+    assert card.label_splits == ["train"] and card.label_dialogues == sorted(set(train.column("dialogue_id").to_pylist()))
+    assert card.selection["split"] == "dev" and card.selection["metrics"]["weighted_f1"] == epoch["dev_weighted_f1"]
+    assert len(card.data_sha256) == 64 and card.base_model.endswith("tiny-bert0")
+
+
+def test_extract_loads_the_folder_and_carries_its_card(finetuned, tmp_path):
+    table, utterances, encoder, _ = finetuned
+    features_uri = str(tmp_path / "features")
+    invoke("extract", "--input", utterances, "--output", features_uri, "--text-model", encoder)
+    features = storage.read_table(features_uri)
+    assert validate_features(features, features_uri).dims == {"text": 24}
+    assert card_from_metadata(features.schema) == read_card(encoder)
+    assert "fine-tuned from" in json.loads(features.schema.metadata[ENCODERS_METADATA_KEY])["text"]
+    assert CARD_METADATA_KEY in features.schema.metadata
+
+    # The Ray Data stage read each utterance with its two previous turns, as fine-tuning did.
+    direct, _ = TextEncoder(encoder)(table.column("text").to_pylist(), context_texts(table, 2, "[SEP]"))
+    keys = list(zip(table.column("dialogue_id").to_pylist(), table.column("utterance_index").to_pylist()))
+    got = dict(zip(zip(features.column("dialogue_id").to_pylist(), features.column("utterance_index").to_pylist()),
+                   vectors(features, "text")))
+    assert np.allclose(np.stack([got[k] for k in keys]), direct, atol=1e-5)
+    plain, _ = TextEncoder(encoder)(table.column("text").to_pylist())
+    assert not np.allclose(plain, direct, atol=1e-3)  # the context changes the vectors
+
+
+def test_the_encoder_scores_test_on_its_own(finetuned, tmp_path):
+    table, utterances, encoder, _ = finetuned
+    out = invoke("evaluate-text", "--encoder", encoder, "--input", utterances, "--split", "test", "--output", tmp_path / "ev")
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    n_test = pc.sum(pc.equal(table.column("split"), "test")).as_py()
+    assert metrics["n_utterances"] == n_test and metrics["split"] == "test" and metrics["warnings"] == []
+    assert f"{metrics['weighted_f1']:.4f}" in out and (tmp_path / "ev" / "confusion_matrix.png").stat().st_size > 1000
+    leaked = invoke("evaluate-text", "--encoder", encoder, "--input", utterances, "--split", "train", "--output", tmp_path / "tr")
+    assert "fine-tuned on the labels of 3 of the 3 train dialogues" in leaked
