@@ -20,7 +20,7 @@ PIP_FIND_LINKS ?= $(shell $(PYTHON) -m pip config get global.find-links 2>/dev/n
 UV_SPEC ?= uv==0.13.9
 UV_INSTALL := $(BIN)/uv pip install -q --python $(BIN)/python $(foreach d,$(PIP_FIND_LINKS),--find-links $(d))
 
-.PHONY: setup debs test test-fast demo demo-model calls bench meld-text meld-text-audio clean
+.PHONY: setup debs test test-fast demo demo-model calls bench meld-text meld-text-audio finetuned-text clean
 
 setup: $(VENV)/.installed
 
@@ -68,6 +68,27 @@ meld-text: setup
 	  evals="$$evals $$run/eval-test"; \
 	done; \
 	$(BIN)/sdt-ray summarize $$evals --output $(MELD_OUT)/$$stamp/summary.json
+
+# Issue 8: a fine-tuned text encoder, the way SDT's text features were made. import ->
+# finetune-text (defaults: MiniLM, 3 epochs, dev-selected) -> evaluate-text (the encoder alone,
+# on test) -> extract --text-model -> train (defaults, 2 workers) per seed -> evaluate test ->
+# summarize. FT_CORPUS=emorynlp for EmoryNLP. About 40 minutes per corpus on 2 cores.
+FT_CORPUS ?= meld
+FT_DATA   ?= ../shared/data/$(FT_CORPUS)
+FT_OUT    ?= runs/$(FT_CORPUS)-finetuned
+FT_ARGS   ?=
+finetuned-text: setup
+	$(BIN)/sdt-ray import $(FT_CORPUS) $(FT_DATA) $(FT_OUT)/utterances.parquet
+	$(BIN)/sdt-ray finetune-text --input $(FT_OUT)/utterances.parquet --output $(FT_OUT)/encoder --overwrite $(FT_ARGS)
+	$(BIN)/sdt-ray evaluate-text --encoder $(FT_OUT)/encoder --input $(FT_OUT)/utterances.parquet --split test --output $(FT_OUT)/encoder-test
+	$(BIN)/sdt-ray extract --input $(FT_OUT)/utterances.parquet --output $(FT_OUT)/features --text-model $(FT_OUT)/encoder --overwrite
+	evals=""; for s in $(SEEDS); do \
+	  run=$(FT_OUT)/seed$$s; rm -rf $$run; \
+	  $(BIN)/sdt-ray train --features $(FT_OUT)/features --output $$run --workers 2 --seed $$s || exit 1; \
+	  $(BIN)/sdt-ray evaluate --checkpoint $$run/best --features $(FT_OUT)/features --split test --output $$run/eval-test || exit 1; \
+	  evals="$$evals $$run/eval-test"; \
+	done; \
+	$(BIN)/sdt-ray summarize $$evals --output $(FT_OUT)/summary.json
 
 # The checkpoint that `make demo` scores with (sdt_ray/demo/model): MELD train through MiniLM,
 # jobs/demo_model.yaml, selected on dev. About 8 minutes on 2 cores; replaces the bundled copy.

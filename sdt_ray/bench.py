@@ -7,7 +7,9 @@ Measures, on this machine:
   text model and the paper's MELD configuration (D=1024, three modalities);
 - `parity_forward`: the paper's IEMOCAP configuration at 16 x 50 utterances and
   2 threads, beside the reference code's figures (SDT_SPEC §10);
-- under `extraction`: text-encoder throughput (bundled MiniLM) in one process;
+- under `extraction`: text-encoder throughput (bundled MiniLM) in one process; fine-tuning
+  throughput of MiniLM plus a head, bare steps in one process and `finetune-text` on Ray Train
+  (one epoch of the bundled MELD slice);
 - openSMILE (decode + eGeMAPSv02) real-time factor per core: alone in this
   process, and inside an audio-only `extract` job on Ray Data (audio seconds
   per wall second per CPU given to the audio actors);
@@ -105,6 +107,49 @@ def bench_text_encoder(texts: list[str], device: str = "cpu") -> dict[str, Any]:
     encoder(texts)
     seconds = time.perf_counter() - started
     return {"utterances": len(texts), "seconds": round(seconds, 2), "utt_per_s": round(len(texts) / seconds, 1)}
+
+
+def bench_finetune_step(texts: list[str], batch_size: int = 32, device: str = "cpu") -> dict[str, Any]:
+    """The bundled MiniLM plus a head: optimiser steps on length-sorted batches, in one process."""
+    from .features.text import tokenize
+    from .features.text_classifier import UtteranceClassifier, load_base
+
+    tokenizer, encoder = load_base(None)
+    model = UtteranceClassifier(encoder, 7).to(device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-5)
+    texts = sorted(texts, key=len)  # as finetune-text's length buckets do
+    batches = [texts[i : i + batch_size] for i in range(0, len(texts), batch_size)]
+
+    def step(batch: list[str]) -> None:
+        tokens, mask = tokenize(tokenizer, batch, None, 128)
+        loss = model(tokens.to(device), mask.to(device)).logsumexp(-1).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    step(batches[0])  # warm-up
+    _sync()
+    started = time.perf_counter()
+    for batch in batches:
+        step(batch)
+    _sync()
+    seconds = time.perf_counter() - started
+    return {"utterances": len(texts), "batch_size": batch_size, "seconds": round(seconds, 2), "utt_per_s": round(len(texts) / seconds, 1)}
+
+
+def bench_finetune_job(workdir: str) -> dict[str, Any]:
+    """`finetune-text` (Ray Train, defaults, 1 epoch) on the bundled MELD slice: train utterances/s."""
+    from .finetune import FinetuneOptions, finetune_text
+    from .importers import DEMO_CORPUS, import_corpus
+    from .storage import write_table
+
+    utterances = str(Path(workdir) / "finetune_utterances.parquet")
+    write_table(import_corpus("meld", DEMO_CORPUS), utterances)
+    started = time.perf_counter()
+    result = finetune_text(utterances, str(Path(workdir) / "finetune_encoder"), FinetuneOptions(epochs=1, overwrite=True), log=lambda m: None)
+    epoch = result.history[0]
+    return {"train_utterances": epoch["steps"] * 32, "epoch_seconds": epoch["seconds"], "utt_per_s": epoch["utterances_per_s"],
+            "wall_seconds": round(time.perf_counter() - started, 1), "workers": epoch["workers"]}
 
 
 def demo_media_table(min_rows: int):
@@ -207,6 +252,12 @@ def _throughput_panel(results: dict[str, Any], ax) -> None:
     if "end_to_end" in extraction:
         names.append("extract text+\naudio+video")
         values.append(extraction["end_to_end"]["utt_per_s"])
+    if "finetune_step" in extraction:
+        names.append("MiniLM fine-tune\nsteps (1 process)")
+        values.append(extraction["finetune_step"]["utt_per_s"])
+    if "finetune_job" in extraction:
+        names.append("finetune-text\n(Ray Train)")
+        values.append(extraction["finetune_job"]["utt_per_s"])
     bars = ax.bar(range(len(values)), values, color="#4477aa")
     ax.bar_label(bars, labels=[f"{v:,.0f}" for v in values], fontsize=7)
     ax.set_xticks(range(len(values)), names, fontsize=7)
@@ -335,6 +386,7 @@ def bench_extraction(args) -> dict[str, Any]:
 
         texts = import_corpus("meld", DEMO_CORPUS).column("text").to_pylist()[: 200 if args.quick else 1000]
         results["text_encoder"] = bench_text_encoder(texts, args.device)
+        results["finetune_step"] = bench_finetune_step(texts[: 256 if args.quick else 640], device=args.device)
     if not (args.quick or args.no_ray):
         alone = bench_opensmile_alone(200)
         # One audio actor, as openSMILE alone runs in one process: the ratio is then the pipeline's
@@ -346,6 +398,8 @@ def bench_extraction(args) -> dict[str, Any]:
             "ratio_cpu": round(pipeline["rtf_per_core_cpu"] / alone["rtf_per_core"], 3),
         }
         results["end_to_end"] = bench_extract_job(args.utterances, ("text", "audio", "visual"))
+        with tempfile.TemporaryDirectory() as workdir:
+            results["finetune_job"] = bench_finetune_job(workdir)
     return results
 
 
