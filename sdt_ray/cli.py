@@ -467,10 +467,14 @@ def evaluate(
     """Score a checkpoint on one split: metrics.json, confusion_matrix.png and a table."""
     _on_cluster(ctx, address, cluster, no_wait)
     from .evaluate import evaluate as run_evaluate
-    from .evaluate import format_report
 
     missing = tuple(m.strip() for m in without.split(",") if m.strip()) if without else ()
-    result = run_evaluate(checkpoint, features, split, output, without=missing)
+    _print_evaluation(run_evaluate(checkpoint, features, split, output, without=missing), output)
+
+
+def _print_evaluation(result, output: str) -> None:
+    from .evaluate import format_report
+
     for warning in result.metrics["warnings"]:
         _log(warning)
     if result.exclusions:
@@ -489,15 +493,8 @@ def evaluate_text(
 ) -> None:
     """Score a fine-tuned encoder's own classification head, utterance by utterance, without any context model."""
     from .evaluate import evaluate_text as run_evaluate_text
-    from .evaluate import format_report
 
-    result = run_evaluate_text(encoder, input, split, output)
-    for warning in result.metrics["warnings"]:
-        _log(warning)
-    if result.exclusions:
-        _log(f"left out: {result.exclusions.describe()}")
-    _log(format_report(result.metrics))
-    _log(f"wrote {output}/metrics.json and {output}/confusion_matrix.png")
+    _print_evaluation(run_evaluate_text(encoder, input, split, output), output)
 
 
 @app.command()
