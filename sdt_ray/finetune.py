@@ -8,7 +8,7 @@ OUTPUT layout:
     sdt_ray_text_encoder.json    the best epoch's encoder folder (text_classifier.py)
     metrics.jsonl                one line per epoch
     progress.jsonl               steps so far in the running epoch (rank 0, about every 20 s)
-    ray/                         Ray Train's storage
+    ray/                         Ray Train's storage while it runs (removed at the end)
 """
 
 from __future__ import annotations
@@ -331,18 +331,19 @@ def _read_all(name: str) -> pa.Table:
 
 
 def _export(checkpoint: ray.train.Checkpoint | None, output_uri: str) -> FinetuneResult:
+    """The best epoch's folder into OUTPUT. Ray's copy (OUTPUT/ray) is only for restarts: removed."""
     if checkpoint is None:
         raise SdtError("fine-tuning finished without a checkpoint")
     with checkpoint.as_directory() as directory:
         with open(os.path.join(directory, STATE_FILE)) as f:
-            state = json.load(f)
+            best_epoch = json.load(f)["best_epoch"]
         card = read_card(directory)
         storage.upload_dir(directory, output_uri)
-    storage.delete(storage.join(output_uri, STATE_FILE))
-    best = state["history"][state["best_epoch"]]
-    storage.delete(storage.join(output_uri, "progress.jsonl"))
-    return FinetuneResult(output_uri, state["best_epoch"], {k[4:]: v for k, v in best.items() if k.startswith("dev_")},
-                          state["history"], card)
+    for name in (STATE_FILE, "progress.jsonl", "ray"):
+        storage.delete(storage.join(output_uri, name))
+    history = [json.loads(line) for line in storage.read_text(storage.join(output_uri, "metrics.jsonl")).splitlines()]
+    dev = {k[4:]: v for k, v in history[best_epoch].items() if k.startswith("dev_")}
+    return FinetuneResult(output_uri, best_epoch, dev, history, card)
 
 
 def _describe_epoch(record: dict[str, Any]) -> str:

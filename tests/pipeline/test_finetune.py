@@ -45,6 +45,7 @@ def test_one_step_on_two_workers_writes_an_encoder_folder(finetuned):
     assert "2 worker(s)" in out and "best epoch 1 of 1" in out
     assert {"config.json", "model.safetensors", "tokenizer.json", "sdt_ray_text_head.safetensors",
             "sdt_ray_text_encoder.json", "metrics.jsonl"} <= set(os.listdir(encoder))
+    assert "ray" not in os.listdir(encoder) and "progress.jsonl" not in os.listdir(encoder)  # run state, gone at the end
     (epoch,) = [json.loads(line) for line in open(os.path.join(encoder, "metrics.jsonl"))]
     assert epoch["steps"] == 1 and epoch["workers"] == 2 and 0.0 <= epoch["dev_weighted_f1"] <= 1.0
     card = read_card(encoder)
