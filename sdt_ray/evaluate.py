@@ -91,7 +91,7 @@ def evaluate_text(encoder_dir: str, utterances_uri: str, split: str, output_uri:
     metrics = classification_report(rows.column("label_id").to_numpy(), predicted.numpy(), card.labels)
     leaks = label_leaks(card, {split: rows})
     metrics.update(split=split, encoder=encoder_dir, utterances=utterances_uri, context=card.context,
-                   selection=card.selection, left_out=left_out, warnings=leaks)
+                   encoder_selection=card.selection, left_out=left_out, warnings=leaks)
     title = f"{split}, encoder alone: acc {metrics['accuracy']:.3f}, weighted F1 {metrics['weighted_f1']:.3f}"
     _write(metrics, output_uri, title)
     return Evaluation(metrics, Exclusions(left_out), output_uri)

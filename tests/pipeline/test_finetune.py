@@ -83,5 +83,6 @@ def test_the_encoder_scores_test_on_its_own(finetuned, tmp_path):
     n_test = pc.sum(pc.equal(table.column("split"), "test")).as_py()
     assert metrics["n_utterances"] == n_test and metrics["split"] == "test" and metrics["warnings"] == []
     assert f"{metrics['weighted_f1']:.4f}" in out and (tmp_path / "ev" / "confusion_matrix.png").stat().st_size > 1000
+    assert metrics["encoder_selection"]["split"] == "dev" and "test split" not in out  # selected on dev, and said so
     leaked = invoke("evaluate-text", "--encoder", encoder, "--input", utterances, "--split", "train", "--output", tmp_path / "tr")
     assert "fine-tuned on the labels of 3 of the 3 train dialogues" in leaked
