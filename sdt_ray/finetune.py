@@ -85,14 +85,14 @@ def finetune_text(input_uri: str, output_uri: str, options: FinetuneOptions = Fi
     output_uri = absolute_uri(output_uri)
     if storage.exists(output_uri) and not options.overwrite:
         raise ConfigError(f"{output_uri} already exists; pass --overwrite to replace it")
-    train_rows, dev_rows, labels, dev_split, separator = _prepare(input_uri, options, log)
+    train_rows, dev_rows, labels, dev_split, separator, fingerprint = _prepare(input_uri, options, log)
     require_shared_storage(address, {"--input": input_uri, "--output": output_uri})
     storage.delete(output_uri)
     card = TextEncoderCard(
         base_model=options.base_model or "minilm", labels=labels, context=options.context,
         max_length=options.max_length, label_splits=["train"],
         label_dialogues=sorted(set(train_rows.column("dialogue_id").to_pylist())),
-        data_sha256=_fingerprint(input_uri, train_rows), separator=separator,
+        data_sha256=fingerprint, separator=separator,
         training={k: v for k, v in asdict(options).items() if k not in ("overwrite", "base_model")} | {"dev_split": dev_split},
     )
     log(f"fine-tuning {resolve_text_model(options.base_model)} on {train_rows.num_rows} train utterances "
@@ -121,8 +121,9 @@ def _check(options: FinetuneOptions) -> None:
         raise ConfigError(f"--batch-size {options.batch_size} is split over {options.workers} workers: give each at least one")
 
 
-def _prepare(input_uri: str, options: FinetuneOptions, log) -> tuple[pa.Table, pa.Table, list[str], str, str]:
-    """Train and dev rows (labelled, with text), the label order, dev's name, the context separator."""
+def _prepare(input_uri: str, options: FinetuneOptions, log) -> tuple[pa.Table, pa.Table, list[str], str, str, str]:
+    """Train and dev rows (labelled, with text), the label order, dev's name, the context
+    separator, and the fingerprint of the labelled train rows (speaker and position included)."""
     raw = storage.read_table(input_uri)
     table = validate_utterances(raw, input_uri)
     splits = pc.unique(table.column("split")).to_pylist()
@@ -130,7 +131,7 @@ def _prepare(input_uri: str, options: FinetuneOptions, log) -> tuple[pa.Table, p
         raise InputError(f"{input_uri}: no train split to fine-tune on (splits: {splits})")
     labels = labels_from_metadata(raw.schema) or sorted(
         set(table.filter(pc.equal(table.column("split"), "train")).column("label").drop_null().to_pylist()))
-    separator = load_base(options.base_model)[0].sep_token if options.context else "|"
+    separator = _separator(options.base_model) if options.context else "|"
     rows, left_out = classifier_rows(table, labels, options.context, separator or "|", splits=("train", "dev"))
     if left_out:
         log("left out of fine-tuning and selection: " + ", ".join(f"{n} rows with {why}" for why, n in left_out.items()))
@@ -143,15 +144,18 @@ def _prepare(input_uri: str, options: FinetuneOptions, log) -> tuple[pa.Table, p
         log(f"note: {input_uri} has no dev split; selecting on {dev_split}")
     if train.num_rows < options.batch_size:
         raise InputError(f"{input_uri}: {train.num_rows} labelled train utterances, fewer than one batch of {options.batch_size}")
-    return train, dev, labels, dev_split, separator or "|"
+    seen = table.filter(pc.is_in(table.column("dialogue_id"), value_set=pc.unique(train.column("dialogue_id"))))
+    fingerprint = labelled_fingerprint(seen.filter(pc.and_(pc.equal(seen.column("split"), "train"), pc.is_valid(seen.column("label")))))
+    return train, dev, labels, dev_split, separator or "|", fingerprint
 
 
-def _fingerprint(input_uri: str, train_rows: pa.Table) -> str:
-    """sha256 of the labelled train rows as the table holds them (speaker and position included)."""
-    table = storage.read_table(input_uri, columns=["dialogue_id", "utterance_index", "speaker", "text", "label", "split"])
-    train = table.filter(pc.equal(table.column("split"), "train"))
-    train = train.filter(pc.is_in(train.column("dialogue_id"), value_set=pc.unique(train_rows.column("dialogue_id"))))
-    return labelled_fingerprint(train.filter(pc.is_valid(train.column("label"))))
+def _separator(base_model: str | None) -> str | None:
+    """The tokenizer's separator token, between an utterance and its context turns."""
+    from transformers import AutoTokenizer
+
+    from .features.local_models import load_pretrained
+
+    return load_pretrained("text model", base_model, resolve_text_model(base_model), AutoTokenizer).sep_token
 
 
 def _build_trainer(train_rows: pa.Table, dev_rows: pa.Table, card: TextEncoderCard, options: FinetuneOptions, output_uri: str) -> TorchTrainer:

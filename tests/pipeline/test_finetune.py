@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from sdt_ray import storage
 from sdt_ray.cli import app
 from sdt_ray.features.text import TextEncoder
-from sdt_ray.features.text_card import CARD_METADATA_KEY, card_from_metadata, context_texts, read_card
+from sdt_ray.features.text_card import CARD_METADATA_KEY, card_from_metadata, context_texts, labelled_fingerprint, read_card
 from sdt_ray.importers import DEMO_CORPUS, MELD_LABELS, import_corpus
 from sdt_ray.schema import ENCODERS_METADATA_KEY, validate_features, vectors
 
@@ -53,7 +53,8 @@ def test_one_step_on_two_workers_writes_an_encoder_folder(finetuned):
     assert card.labels == MELD_LABELS and card.context == 2 and card.separator == "[SEP]"
     assert card.label_splits == ["train"] and card.label_dialogues == sorted(set(train.column("dialogue_id").to_pylist()))
     assert card.selection["split"] == "dev" and card.selection["metrics"]["weighted_f1"] == epoch["dev_weighted_f1"]
-    assert len(card.data_sha256) == 64 and card.base_model.endswith("tiny-bert0")
+    assert card.data_sha256 == labelled_fingerprint(train.filter(pc.is_valid(train.column("label"))))
+    assert card.base_model.endswith("tiny-bert0")
 
 
 def test_extract_loads_the_folder_and_carries_its_card(finetuned, tmp_path):
