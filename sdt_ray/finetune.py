@@ -45,7 +45,7 @@ from .features.text_classifier import (
 from .metrics import classification_report
 from .schema import labels_from_metadata, validate_utterances
 from .submit import cpus_per_worker, ray_session, require_shared_storage
-from .train import JsonlPrinter, absolute_uri, run_storage
+from .train import JsonlPrinter, absolute_uri, read_dataset, run_storage
 from .training_data import carve_dev
 
 STATE_FILE = "finetune_state.json"  # in each Ray checkpoint: epochs done, history, best score
@@ -190,14 +190,15 @@ def finetune_loop_per_worker(config: dict[str, Any]) -> None:
     torch.manual_seed(options.seed)  # the same head on every rank
     device = ray.train.torch.get_device()
     state = _restore()
-    tokenizer, encoder = load_base(options.base_model) if state["best_epoch"] < 0 else _load_best()
-    classifier = UtteranceClassifier(encoder, len(card.labels), options.dropout)
-    if state["best_epoch"] >= 0:
-        classifier.head.load_state_dict(_load_best_head())
+    if state["best_epoch"] < 0:
+        tokenizer, encoder = load_base(options.base_model)
+        classifier = UtteranceClassifier(encoder, len(card.labels), options.dropout)
+    else:
+        tokenizer, classifier = _load_best(options.dropout)
     model = ray.train.torch.prepare_model(classifier)
     optimizer, schedule = _optimizer(model, options, config["steps_per_epoch"], state["epoch"])
     shard = ray.train.get_dataset_shard("train")
-    dev = _read_all("dev") if rank == 0 else None
+    dev = read_dataset("dev") if rank == 0 else None
 
     for epoch in range(state["epoch"], options.epochs):
         started = time.time()
@@ -315,23 +316,12 @@ def _restore() -> dict[str, Any]:
     return state
 
 
-def _load_best():
+def _load_best(dropout: float):
+    """Tokenizer and classifier (encoder and head) of the checkpointed best epoch, after a restart."""
     with ray.train.get_checkpoint().as_directory() as directory:
         classifier, tokenizer, _ = load_classifier(directory)
-    return tokenizer, classifier.encoder
-
-
-def _load_best_head() -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    from .features.text_classifier import HEAD_FILE
-
-    with ray.train.get_checkpoint().as_directory() as directory:
-        return load_file(os.path.join(directory, HEAD_FILE))
-
-
-def _read_all(name: str) -> pa.Table:
-    return pa.concat_tables(list(ray.train.get_dataset_shard(name).iter_batches(batch_size=None, batch_format="pyarrow")))
+    classifier.dropout.p = dropout
+    return tokenizer, classifier.train()
 
 
 def _export(checkpoint: ray.train.Checkpoint | None, output_uri: str) -> FinetuneResult:

@@ -126,8 +126,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     _where(config["run_dir"], rank)
     device = ray.train.torch.get_device()
 
-    shard = to_dialogues(_read_all(f"train_{rank}"), model_cfg)
-    selection = to_dialogues(_read_all("selection"), model_cfg) if rank == 0 else []
+    shard = to_dialogues(read_dataset(f"train_{rank}"), model_cfg)
+    selection = to_dialogues(read_dataset("selection"), model_cfg) if rank == 0 else []
     selection_batches = batches(selection, 16, model_cfg.max_speakers)
 
     model = ray.train.torch.prepare_model(_new_model(model_cfg, config["input_statistics"]))
@@ -192,7 +192,7 @@ def _loss(loss_cfg: LossConfig, model_cfg: ModelConfig) -> SelfDistillationLoss:
     )
 
 
-def _read_all(dataset_name: str) -> pa.Table:
+def read_dataset(dataset_name: str) -> pa.Table:
     shard = ray.train.get_dataset_shard(dataset_name)
     tables = list(shard.iter_batches(batch_size=None, batch_format="pyarrow"))
     return pa.concat_tables(tables)
