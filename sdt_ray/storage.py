@@ -105,17 +105,30 @@ def _parquet_dataset(uri: str) -> Iterator[tuple[pads.Dataset, dict[bytes, bytes
 
 
 def write_table(table: pa.Table, uri: str) -> None:
-    """Write one Parquet file, creating parent folders. The file appears whole or
-    not at all: locally it is written aside and renamed; an S3 object appears
-    only when its upload completes."""
+    """Write one Parquet file, creating parent folders. The file appears whole or not at all."""
+    _write_atomically(uri, lambda fs, staging: pq.write_table(table, staging, filesystem=fs))
+
+
+def _write_atomically(uri: str, write, failpoint: str | None = None) -> None:
+    """write(fs, staging_path), then a move to `uri`: locally a rename; on S3 a server-side
+    copy of a finished object. A write that dies half-way (or an S3 upload that fails after
+    its first bytes went out) leaves only a staging name, which readers ignore (it starts
+    with '.'), never a partial or empty file at `uri`."""
     fs, path = resolve(uri)
-    fs.create_dir(str(Path(path).parent), recursive=True)
-    if is_remote(uri):
-        pq.write_table(table, path, filesystem=fs)
-        return
-    staging = f"{Path(path).parent}/.{Path(path).name}.{uuid.uuid4().hex}.tmp"
-    pq.write_table(table, staging, filesystem=fs)
-    fs.move(staging, path)
+    parent = str(Path(path).parent) if not is_remote(uri) else path.rsplit("/", 1)[0]
+    fs.create_dir(parent, recursive=True)
+    staging = f"{parent}/.{path.rsplit('/', 1)[-1]}.{uuid.uuid4().hex}.tmp"
+    try:
+        write(fs, staging)
+        if failpoint:
+            from .failpoints import reached
+
+            reached(failpoint)
+        fs.move(staging, path)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            fs.delete_file(staging)
+        raise
 
 
 def list_files(uri: str) -> list[str]:
@@ -129,12 +142,20 @@ def list_files(uri: str) -> list[str]:
 
 def walk(uri: str) -> list[str]:
     """URIs of every file below a folder (any depth), sorted; [] when it does not exist."""
+    return [f["uri"] for f in walk_facts(uri)]
+
+
+def walk_facts(uri: str) -> list[dict]:
+    """{"uri", "size", "mtime"} of every file below a folder (any depth), sorted by URI, from
+    one listing (no request per file); [] when it does not exist."""
     fs, path = resolve(uri)
     if fs.get_file_info(path).type != pafs.FileType.Directory:
         return []
     infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
     root = path.rstrip("/") + "/"
-    return sorted(join(uri, i.path[len(root):]) for i in infos if i.type == pafs.FileType.File)
+    facts = [{"uri": join(uri, i.path[len(root):]), "size": i.size, "mtime": i.mtime.isoformat() if i.mtime else None}
+             for i in infos if i.type == pafs.FileType.File]
+    return sorted(facts, key=lambda f: f["uri"])
 
 
 def delete(uri: str) -> None:
@@ -147,11 +168,15 @@ def delete(uri: str) -> None:
         fs.delete_file(path)
 
 
-def write_text(uri: str, text: str) -> None:
-    fs, path = resolve(uri)
-    fs.create_dir(str(Path(path).parent), recursive=True)
-    with fs.open_output_stream(path) as out:
-        out.write(text.encode())
+def write_text(uri: str, text: str, failpoint: str | None = None) -> None:
+    """Write a small text file (plans, markers) atomically: the old content or the new, whole.
+    `failpoint`: a name tests can stop at, between the write aside and the move (failpoints.py)."""
+
+    def write(fs, staging):
+        with fs.open_output_stream(staging) as out:
+            out.write(text.encode())
+
+    _write_atomically(uri, write, failpoint)
 
 
 def read_bytes(uri: str) -> bytes:

@@ -1,0 +1,22 @@
+"""Named points where a test can stop a job, so that it can SIGKILL it at exactly that moment.
+
+With SDT_RAY_PAUSE_AT=<point> in the environment (Ray workers inherit it), the process that
+reaches <point> writes the point's name to SDT_RAY_PAUSE_FILE and sleeps; the test waits
+for that file, then kills the job's process group. Unset, a point costs one lookup.
+
+Points: `plan-start` and `plan-complete` (a plan written aside, not yet moved into place),
+`compaction` (a part's file written, its done marker not yet).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+
+def reached(point: str) -> None:
+    if os.environ.get("SDT_RAY_PAUSE_AT") != point:
+        return
+    Path(os.environ["SDT_RAY_PAUSE_FILE"]).write_text(point)
+    time.sleep(3600)
