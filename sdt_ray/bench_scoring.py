@@ -221,11 +221,13 @@ def _remove(*paths: Path) -> None:
 def stage_in_process(features: str, checkpoint: str, output: str, batch_size: int = 16, device: str = "cpu") -> dict[str, Any]:
     """What one `predict` actor does to every task (read, check, window, forward, output table,
     write), in this process without Ray: for machines without Ray, such as a lent GPU."""
-    from .scoring import PredictOptions, ScoreStage, scoring_tasks, task_items
+    from .pipelines.stages import ScoreStage
+    from .scoring import PredictOptions
+    from .tasks import plan_input, task_items
 
     options = PredictOptions(batch_size=batch_size, gpus_per_actor=1.0 if device.startswith("cuda") else 0.0)
     started = time.perf_counter()
-    tasks = scoring_tasks(features, ROWS_PER_FILE)
+    tasks = plan_input(features, ROWS_PER_FILE).tasks
     stage = ScoreStage(checkpoint, output, options, "bench")
     for item in task_items(tasks, list(range(len(tasks)))):
         stage(pa.Table.from_pylist([item]))

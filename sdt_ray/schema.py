@@ -81,7 +81,7 @@ def validate_utterances(table: pa.Table, source: str) -> pa.Table:
             columns.append(_cast_column(table, field, source))
         else:
             columns.append(pa.nulls(table.num_rows, field.type))
-    _check_splits(table, source)
+    check_splits(table, source)
     out = pa.Table.from_arrays(columns, schema=UTTERANCES_SCHEMA)
     return out.replace_schema_metadata(table.schema.metadata)
 
@@ -122,7 +122,7 @@ def validate_features(
             raise InputError(
                 f"{source}: column '{feature_column(modality)}' has dimension {dims[modality]}, expected {dim}"
             )
-    _check_splits(table, source)
+    check_splits(table, source)
     return FeaturesInfo(dims=dims, labels=labels_from_metadata(table.schema))
 
 
@@ -182,7 +182,7 @@ def _cast_column(table: pa.Table, field: pa.Field, source: str) -> pa.ChunkedArr
     return column
 
 
-def _check_splits(table: pa.Table, source: str) -> None:
+def check_splits(table: pa.Table, source: str) -> None:
     values = set(pc.unique(table.column("split").cast(pa.string())).to_pylist()) - {None}
     unknown = values - set(SPLITS)
     if unknown:

@@ -1,7 +1,7 @@
 """Scoring whole dialogues into prediction rows: checks, windows, and the output table.
 
-Pure PyTorch and Arrow (no Ray): pipelines.py maps `DialogueScorer` over groups of
-whole dialogues. Every input row comes back exactly once; a row that cannot be
+Pure PyTorch and Arrow (no Ray): the pipelines' scoring stages (pipelines/stages.py) map
+`DialogueScorer` over groups of whole dialogues. Every input row comes back exactly once; a row that cannot be
 scored (a null, NaN or wrong-length vector, a duplicate position, no speaker)
 carries `error` and null predictions, and the rest of its dialogue is scored
 without it.
@@ -15,8 +15,7 @@ one pass, exactly as without windows.
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -26,7 +25,8 @@ from .collate import Dialogue, batches, fixed_speaker_ids, relative_speaker_ids
 from .config import ModelConfig
 from .engine import predict
 from .losses import IGNORE_LABEL
-from .schema import feature_column, predictions_schema, predictions_table
+from .schema import feature_column, predictions_table
+from .tasks import READ_ERROR
 
 
 def window_spans(n: int, max_context: int) -> list[tuple[int, int]]:
@@ -100,6 +100,8 @@ def check_rows(table: pa.Table, config: ModelConfig) -> RowChecks:
         repeated[1:] = same_dialogue & (positions[1:] == positions[:-1])
     errors[repeated] = "duplicate_utterance_index"
     errors[table.column("speaker").is_null().to_numpy(zero_copy_only=False)] = "null_speaker"
+    if READ_ERROR in table.column_names:  # its input rows could not be read (a corrupt page): nothing else to check
+        errors[table.column(READ_ERROR).is_valid().to_numpy(zero_copy_only=False)] = "read_error"
     vectors, present = {}, {}
     why_absent = np.full(n, None, dtype=object)
     for modality, dim in zip(config.modalities, config.input_dims):
@@ -226,13 +228,6 @@ class DialogueScorer:
         return relative_speaker_ids(names, self.config.max_speakers)
 
 
-
-# ---------------------------------------------------------------------------
-# The scoring job's pieces that need no Ray: options, task planning, output files.
-
-PREDICT_PLAN = "_predict.json"
-
-
 @dataclass(frozen=True)
 class PredictOptions:
     batch_size: int = 16  # dialogues (or windows of long ones) per forward pass
@@ -244,230 +239,6 @@ class PredictOptions:
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 0.0
     overwrite: bool = False
-
-
-@dataclass
-class PredictSummary:
-    rows_in: int
-    rows_out: int
-    labels: dict[str, int]
-    errors: dict[str, int]
-    output: str
-    seconds: float
-    skipped_files: int = 0
-    modalities: dict[str, int] = field(default_factory=dict)  # "text+audio" -> scored rows
-
-    def describe(self) -> str:
-        labels = ", ".join(f"{k} {v}" for k, v in sorted(self.labels.items(), key=lambda kv: -kv[1])) or "none"
-        errors = ", ".join(f"{k}: {v}" for k, v in self.errors.items()) or "none"
-        return "\n".join([
-            f"wrote {self.output}: {self.rows_out} rows for {self.rows_in} utterances"
-            + (f" ({self.skipped_files} files from an earlier run)" if self.skipped_files else ""),
-            f"predicted: {labels}",
-            "scored with: " + (", ".join(f"{k} {v}" for k, v in sorted(self.modalities.items(), key=lambda kv: -kv[1])) or "none"),
-            f"errors by kind: {errors}",
-            f"throughput: {self.rows_in / max(self.seconds, 1e-9):.0f} utterances/s over {self.seconds:.1f} s",
-        ])
-
-
-def check_columns(input_uri: str, options: PredictOptions) -> None:
-    """--keep-columns must be input columns and --partition-by output columns, before any work starts."""
-    from . import storage
-    from .errors import ConfigError
-
-    names = storage.read_head(input_uri, 1).column_names
-    missing = [c for c in options.keep_columns if c not in names]
-    if missing:
-        raise ConfigError(f"--keep-columns {missing} are not in {input_uri} (has: {', '.join(names)})")
-    taken = [c for c in options.keep_columns if c in predictions_schema(["x"], ("text",)).names]
-    if taken:
-        raise ConfigError(f"--keep-columns {taken}: the output already has columns of that name (the gold label cannot be kept as 'label')")
-    allowed = {"dialogue_id", "speaker", "label", "error", "model_id", "model_version", *options.keep_columns}
-    unknown = [c for c in options.partition_by if c not in allowed]
-    if unknown:
-        raise ConfigError(f"--partition-by {unknown}: choose among {sorted(allowed)} (add input columns with --keep-columns)")
-
-
-def checkpoint_identity(checkpoint_uri: str) -> tuple[str, str, ModelConfig]:
-    """(model_id, model_version, config): the weights' hash, the sdt-ray version that trained
-    them, and the model's shape contract."""
-    from . import __version__
-    from .checkpoint import load_checkpoint
-
-    loaded = load_checkpoint(checkpoint_uri)
-    return loaded.model_id, str(loaded.meta.get("sdt_ray_version", __version__)), loaded.config
-
-
-def scoring_tasks(input_uri: str, rows_per_task: int) -> list[dict]:
-    """Cut the input into tasks of whole dialogues, reading only `dialogue_id`.
-
-    A task is {"task": i, "rows": n, "slices": [[file, start, stop], ...]}: row ranges of the
-    input files in order; a dialogue that crosses a file boundary stays in one task.
-    The input must keep each dialogue's rows together (as `extract` writes them).
-    """
-    import pyarrow.dataset as pads
-
-    from . import storage
-    from .errors import InputError
-
-    fs, path = storage.resolve(input_uri)
-    files = sorted(pads.dataset(path, filesystem=fs, format="parquet").files) if storage.exists(input_uri) else []
-    if not files:
-        raise InputError(f"{input_uri}: no Parquet files to score")
-    runs: list[tuple[str, int, int]] = []  # (dialogue, file index, row) at each dialogue start
-    sizes: list[int] = []  # rows per file
-    seen: set[str] = set()
-    for k, file in enumerate(files):
-        ids = pads.dataset(file, filesystem=fs, format="parquet").to_table(columns=["dialogue_id"]).column(0).combine_chunks()
-        sizes.append(len(ids))
-        ends = pc.run_end_encode(ids).run_ends.to_numpy() if len(ids) else []
-        values = ids.to_pylist()
-        start = 0
-        for end in ends:
-            dialogue = values[start]
-            if runs and runs[-1][0] == dialogue and start == 0:
-                start = int(end)
-                continue  # the dialogue goes on from the previous file
-            if dialogue in seen:
-                raise InputError(
-                    f"{input_uri}: dialogue '{dialogue}' is not contiguous; scoring needs each dialogue's rows "
-                    "together (sort the table by dialogue_id, as `sdt-ray extract` writes it)"
-                )
-            seen.add(dialogue)
-            runs.append((dialogue, k, start))
-            start = int(end)
-    uris = [f"s3://{f}" if storage.is_remote(input_uri) else f for f in files]
-    return _cut_tasks(runs, uris, sizes, rows_per_task)
-
-
-def _cut_tasks(runs, files, sizes, rows_per_task) -> list[dict]:
-    """Group consecutive dialogues into tasks of at least rows_per_task rows (the last may be smaller)."""
-    offsets = np.concatenate([[0], np.cumsum(sizes)])  # global row of each file's first row
-    starts = [int(offsets[k] + row) for _, k, row in runs] + [int(offsets[-1])]
-    tasks, first = [], 0
-    for d in range(1, len(runs) + 1):
-        if d == len(runs) or starts[d] - starts[first] >= rows_per_task:
-            tasks.append({"task": len(tasks), "rows": starts[d] - starts[first], "slices": _slices(starts[first], starts[d], files, offsets)})
-            first = d
-    return tasks
-
-
-def _slices(lo: int, hi: int, files: list[str], offsets: np.ndarray) -> list[list]:
-    out = []
-    for k, file in enumerate(files):
-        a, b = max(lo, int(offsets[k])), min(hi, int(offsets[k + 1]))
-        if a < b:
-            out.append([file, a - int(offsets[k]), b - int(offsets[k])])
-    return out
-
-
-def read_slices(slices: list[list]) -> pa.Table:
-    """The rows of a task: [file URI, start, stop) ranges, in order."""
-    import pyarrow.parquet as pq
-
-    from . import storage
-
-    parts = []
-    for uri, start, stop in slices:
-        fs, path = storage.resolve(uri)
-        parts.append(pq.read_table(path, filesystem=fs).slice(start, stop - start))
-    return pa.concat_tables(parts, promote_options="permissive")
-
-
-DONE = "_done"  # OUTPUT/_done/part-NNNNN.parquet: an empty marker once a task's files are all written
-
-
-def write_task(scored: pa.Table, output_uri: str, task: int, partition_by: tuple[str, ...]) -> None:
-    """The task's rows as part-NNNNN.parquet, or one such file per partition folder
-    (col=value/..., Hive style), then the task's done marker."""
-    from . import storage
-
-    name = _part_name(task)
-    if not partition_by:
-        storage.write_table(scored, storage.join(output_uri, name))
-    else:
-        keys = [scored.column(c).cast(pa.string()).to_pylist() for c in partition_by]
-        groups: dict[tuple, list[int]] = {}
-        for i, key in enumerate(zip(*keys)):
-            groups.setdefault(key, []).append(i)
-        for key, rows in sorted(groups.items(), key=lambda kv: [str(v) for v in kv[0]]):
-            folders = [f"{c}={_partition_value(v)}" for c, v in zip(partition_by, key)]
-            storage.write_table(scored.take(pa.array(rows)), storage.join(output_uri, *folders, name))
-    storage.write_text(storage.join(output_uri, DONE, name), "")
-
-
-def _partition_value(value: str | None) -> str:
-    if value is None:
-        return "__null__"  # unscored rows have no label
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in value)
-
-
-def _part_name(task: int) -> str:
-    return f"part-{task:05d}.parquet"
-
-
-def prepare_output(output_uri: str, input_uri: str, model_id: str, tasks: list[dict], options: PredictOptions, log) -> list[int]:
-    """Task indices still to write. A finished output is refused (or replaced with overwrite);
-    an unfinished one with the same input, model and options is resumed."""
-    import hashlib
-    import json
-
-    from . import storage
-    from .errors import InputError
-
-    plan = {
-        "input": input_uri, "model_id": model_id, "tasks": len(tasks), "rows": sum(t["rows"] for t in tasks),
-        "options": {k: list(v) if isinstance(v, tuple) else v for k, v in options.__dict__.items() if k in ("max_context", "rows_per_file", "keep_columns", "partition_by")},
-    }
-    plan["fingerprint"] = hashlib.sha256(json.dumps([plan, [t["slices"] for t in tasks]], sort_keys=True).encode()).hexdigest()[:32]
-    plan_uri = storage.join(output_uri, PREDICT_PLAN)
-    if storage.exists(output_uri) and not options.overwrite:
-        previous = json.loads(storage.read_text(plan_uri)) if storage.exists(plan_uri) else None
-        if previous is None or previous.get("complete"):
-            raise InputError(f"{output_uri} already exists; pass --overwrite to replace it")
-        if previous["fingerprint"] != plan["fingerprint"]:
-            raise InputError(f"{output_uri} holds an unfinished scoring of other input, model or options; pass --overwrite")
-        done = {u.rsplit("/", 1)[-1] for u in storage.list_files(storage.join(output_uri, DONE))}
-        todo = [t["task"] for t in tasks if _part_name(t["task"]) not in done]
-        log(f"resuming {output_uri}: {len(tasks) - len(todo)} of {len(tasks)} files already written")
-        return todo
-    storage.delete(output_uri)
-    storage.write_text(plan_uri, json.dumps(plan, indent=2))
-    return [t["task"] for t in tasks]
-
-
-def mark_complete(output_uri: str) -> None:
-    import json
-
-    from . import storage
-
-    plan_uri = storage.join(output_uri, PREDICT_PLAN)
-    plan = json.loads(storage.read_text(plan_uri))
-    plan["complete"] = True
-    storage.write_text(plan_uri, json.dumps(plan, indent=2))
-
-
-def predict_summary(output_uri: str, rows_in: int, seconds: float, skipped: int) -> PredictSummary:
-    from . import storage
-    from .errors import InputError
-
-    table = storage.read_table(output_uri, columns=["label", "error", "modalities_used"])
-    if table.num_rows != rows_in:
-        raise InputError(f"scoring wrote {table.num_rows} rows for {rows_in} input utterances")
-    labels = _counts(table.column("label"))
-    errors = _counts(table.column("error"))
-    used = pc.binary_join(table.column("modalities_used"), "+")
-    return PredictSummary(rows_in, table.num_rows, labels, errors, output_uri, seconds, skipped, _counts(used))
-
-
-def _counts(column: pa.ChunkedArray) -> dict[str, int]:
-    counts = pc.value_counts(column.drop_null())
-    return dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist()))
-
-
-def task_items(tasks: list[dict], todo: list[int]) -> list[dict]:
-    """The rows Ray Data carries to ScoreStage, one per task to do."""
-    return [{"task": tasks[i]["task"], "slices": json.dumps(tasks[i]["slices"])} for i in todo]
 
 
 def load_scorer(checkpoint_uri: str, options: PredictOptions, model_version: str, threads: int | None) -> DialogueScorer:
@@ -484,95 +255,11 @@ def load_scorer(checkpoint_uri: str, options: PredictOptions, model_version: str
                           options.batch_size, options.max_context, device)
 
 
-class ScoreStage:
-    """One task (whole dialogues) per call: read its rows, score, write its part file.
+def checkpoint_identity(checkpoint_uri: str) -> tuple[str, str, ModelConfig]:
+    """(model_id, model_version, config): the weights' hash, the sdt-ray version that trained
+    them, and the model's shape contract."""
+    from . import __version__
+    from .checkpoint import load_checkpoint
 
-    Loads the checkpoint once per actor. Returns one summary row per task."""
-
-    def __init__(self, checkpoint_uri: str, output_uri: str, options: PredictOptions, model_version: str, threads: int | None = None):
-        self.scorer = load_scorer(checkpoint_uri, options, model_version, threads)
-        self.output_uri = output_uri
-        self.keep_columns = list(options.keep_columns)
-        self.partition_by = tuple(options.partition_by)
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = 0
-        for task, slices in zip(batch.column("task").to_pylist(), batch.column("slices").to_pylist()):
-            slices = json.loads(slices)  # JSON in transit: Arrow has no column type for [str, int, int]
-            table = read_slices(slices)
-            scored = self.scorer(table, self.keep_columns)
-            write_task(scored, self.output_uri, task, self.partition_by)
-            rows += scored.num_rows
-        return pa.table({"rows": [rows]})
-
-
-# ---------------------------------------------------------------------------
-# predict --extract: utterances stream through the extraction stages into the scorer.
-# The stream's blocks are chunks of whole dialogues; every stage takes a block as
-# its batch, so a dialogue reaches the scorer whole. Scored rows land as fragments
-# (fragments.py) and are merged into part files at the end, so a killed job resumes.
-
-CHUNK = "_chunk"  # which chunk of whole dialogues a row travels in
-CHUNK_ROWS = "_chunk_rows"  # that chunk's size, to prove at the scorer that it arrived whole
-
-
-def dialogue_chunks(numbered: pa.Table, rows_per_chunk: int) -> list[pa.Table]:
-    """Consecutive whole dialogues of a (dialogue_id, utterance_index)-sorted table, cut after
-    each dialogue that brings a chunk to rows_per_chunk rows (a longer dialogue is a chunk alone)."""
-    if numbered.num_rows == 0:
-        return []
-    ids = numbered.column("dialogue_id").combine_chunks()
-    ends = pc.run_end_encode(ids).run_ends.to_numpy()  # row after each dialogue
-    bounds, start = [], 0
-    for end in ends:
-        if end - start >= rows_per_chunk or end == numbered.num_rows:
-            bounds.append((start, int(end)))
-            start = int(end)
-    chunks = []
-    for k, (a, b) in enumerate(bounds):
-        chunk = numbered.slice(a, b - a)
-        chunk = chunk.append_column(CHUNK, pa.array(np.full(b - a, k, np.int64)))
-        chunks.append(chunk.append_column(CHUNK_ROWS, pa.array(np.full(b - a, b - a, np.int64))))
-    return chunks
-
-
-def whole_dialogues(rows: np.ndarray, numbered: pa.Table) -> np.ndarray:
-    """(n,) bool: rows selected by `rows`, widened to every row of each dialogue they touch
-    (a resumed run rescores whole dialogues, never a fragment of one's context)."""
-    ids = numbered.column("dialogue_id")
-    touched = pc.unique(ids.filter(pa.array(rows)))
-    return pc.is_in(ids, value_set=touched).to_numpy(zero_copy_only=False)
-
-
-def check_whole_chunks(batch: pa.Table) -> None:
-    counts = pc.value_counts(batch.column(CHUNK).combine_chunks())
-    sizes = dict(zip(batch.column(CHUNK).to_pylist(), batch.column(CHUNK_ROWS).to_pylist()))
-    for chunk, count in zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist()):
-        if count != sizes[chunk]:
-            raise RuntimeError(f"chunk {chunk} reached the scorer with {count} of its {sizes[chunk]} rows: a dialogue would be split")
-
-
-class StreamScoreStage:
-    """Extracted rows (whole dialogues) in, prediction rows out, carrying `_row`, `_part`
-    and the extraction `errors` for the fragment writer."""
-
-    def __init__(self, checkpoint_uri: str, options: PredictOptions, model_version: str, carry: list[str], threads: int | None = None):
-        self.scorer = load_scorer(checkpoint_uri, options, model_version, threads)
-        self.keep_columns = list(options.keep_columns) + list(carry)
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        check_whole_chunks(batch)
-        return self.scorer(batch, self.keep_columns)
-
-
-def compact_scored_part(output_uri: str, plan, part: int, partition_by: tuple[str, ...], carried: list[str]) -> int:
-    """Merge a part's scored fragments into its file(s) and done marker; returns rows written."""
-    from . import fragments, storage
-
-    uris = fragments.part_fragments(output_uri, part)
-    if not storage.exists(storage.join(output_uri, DONE, _part_name(part))):
-        table = fragments.merge_fragments([storage.read_table(u) for u in uris], plan, part, output_uri)
-        write_task(table.drop_columns(carried), output_uri, part, partition_by)
-    for uri in uris:
-        storage.delete(uri)
-    return len(uris)
+    loaded = load_checkpoint(checkpoint_uri)
+    return loaded.model_id, str(loaded.meta.get("sdt_ray_version", __version__)), loaded.config

@@ -47,3 +47,17 @@ def with_values(table: pa.Table, column: str, values: list) -> pa.Table:
     """`table` with `column` replaced by `values`, keeping the column's type."""
     field = table.schema.field(column)
     return table.set_column(table.column_names.index(column), field, pa.array(values, field.type))
+
+
+def corrupt_column(path: str, row_group: int, column: str) -> None:
+    """Overwrite one column chunk of one row group with garbage, footer intact: reading that
+    chunk fails ("Couldn't deserialize thrift"), every other chunk still reads."""
+    import pyarrow.parquet as pq
+
+    meta = pq.read_metadata(path)
+    group = meta.row_group(row_group)
+    chunk = next(group.column(c) for c in range(group.num_columns) if group.column(c).path_in_schema == column)
+    start = chunk.dictionary_page_offset or chunk.data_page_offset
+    with open(path, "r+b") as f:
+        f.seek(start)
+        f.write(b"\xab" * chunk.total_compressed_size)

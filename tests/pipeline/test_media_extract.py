@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 import pytest
 
 from media import gray_frames, save_tiny_vit, voice_like, write_video, write_wav
-from sdt_ray import fragments, storage
+from sdt_ray import fragments, output, storage
 from sdt_ray.features.audio import AcousticEncoder
 from sdt_ray.features.media import SAMPLE_RATE, decode_audio
 from sdt_ray.importers import DEMO_MEDIA, import_manifest
@@ -61,11 +61,13 @@ def test_demo_corpus_all_modalities_on_local_disk(ray_local, demo, tiny_vit, tmp
     summary = extract(path, out, options, **QUIET)
     assert summary.rows_in == summary.rows_out == 57 and summary.errors == {}
     assert 100 < summary.stats["_audio_s"] < 400  # the clips hold 166 s of speech
-    assert sorted(os.listdir(out)) == ["_extract.json", "part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+    assert sorted(os.listdir(out)) == ["_done", "_extract.json", "_sdt_ray_output.json",
+                                       "part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
     features = storage.read_table(out)
     assert_complete(features, out, 57)
     order = list(zip(features.column("dialogue_id").to_pylist(), features.column("utterance_index").to_pylist()))
-    assert order == sorted(order, key=lambda k: (k[0], k[1]))  # part files in (dialogue, utterance) order
+    first_seen = {d: i for i, d in reversed(list(enumerate(table.column("dialogue_id").to_pylist())))}
+    assert order == sorted(order, key=lambda k: (first_seen[k[0]], k[1]))  # the input's dialogue order, turns in order
 
 
 @pytest.mark.slow
@@ -90,7 +92,8 @@ def test_demo_corpus_on_s3(ray_local, demo, tiny_vit):
     assert summary.rows_out == table.num_rows == 24 and summary.errors == {}
     assert_complete(storage.read_table(out), out, 24)
     names = [u.rsplit("/", 1)[-1] for u in storage.list_files(out)]
-    assert names == ["_extract.json", "part-00000.parquet", "part-00001.parquet"]  # no fragments left behind
+    assert names == ["_extract.json", "_sdt_ray_output.json", "part-00000.parquet", "part-00001.parquet"]  # no fragments left
+    assert not storage.exists(storage.join(out, "_fragments"))
 
 
 def test_injected_faults_keep_every_row_and_name_each_error(ray_local, demo, tiny_vit, tmp_path):
@@ -179,9 +182,11 @@ def test_killed_job_resumes_without_duplicates_or_losses(ray_local, demo, tmp_pa
         time.sleep(0.1)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
-    plan = fragments.read_plan(out)
+    plan = output.read_plan(out, "_extract.json")
     assert plan is not None and not plan.complete, "the job finished before it could be killed"
-    done_before = int(fragments.done_rows(out, plan).sum())
+    finished = output.finished_parts(out, plan)
+    done_before = sum(plan.part_rows[p] for p in finished) + sum(
+        int(fragments.done_rows(out, p, plan.part_rows[p]).sum()) for p in fragments.fragment_parts(out) if p not in finished)
     assert 0 < done_before < big.num_rows
 
     summary = extract(path, out, ExtractOptions(modalities=("audio",), batch_size=4, rows_per_file=32), **QUIET)
@@ -190,4 +195,5 @@ def test_killed_job_resumes_without_duplicates_or_losses(ray_local, demo, tmp_pa
     keys = [f"{d}/{u}" for d, u in zip(features.column("dialogue_id").to_pylist(), features.column("utterance_index").to_pylist())]
     assert len(keys) == len(set(keys)) == big.num_rows == summary.rows_out
     assert features.column("audio_features").null_count == 0
-    assert sorted(p.name for p in Path(out).iterdir()) == ["_extract.json"] + [f"part-{i:05d}.parquet" for i in range(4)]
+    assert sorted(p.name for p in Path(out).iterdir()) == ["_done", "_extract.json", "_sdt_ray_output.json"] + [
+        f"part-{i:05d}.parquet" for i in range(4)]

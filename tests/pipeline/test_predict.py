@@ -63,7 +63,7 @@ def test_predictions_match_evaluate_exactly(ray_local, checkpoint, features, tmp
     assert ours["accuracy"] == reference["accuracy"] and ours["weighted_f1"] == reference["weighted_f1"]
     assert ours["confusion_matrix"] == reference["confusion_matrix"]
     names = sorted(u.rsplit("/", 1)[-1] for u in storage.list_files(out))
-    assert names[0] == "_predict.json" and names[1:] == [f"part-{i:05d}.parquet" for i in range(len(names) - 1)]
+    assert names[:2] == ["_predict.json", "_sdt_ray_output.json"] and names[2:] == [f"part-{i:05d}.parquet" for i in range(len(names) - 2)]
 
 
 def test_bad_rows_are_kept_with_errors(ray_local, checkpoint, features, tmp_path):
@@ -122,9 +122,9 @@ def test_partitioned_output_and_resume_after_a_lost_file(ray_local, checkpoint, 
     plan = json.loads(storage.read_text(plan_uri))
     plan.pop("complete")
     storage.write_text(plan_uri, json.dumps(plan))
-    (Path(out) / "_done" / "part-00001.parquet").unlink()
+    (Path(out) / "_done" / "part-00001.json").unlink()
     summary = predict_job(checkpoint, path, out, options, **QUIET)
-    assert summary.skipped_files == plan["tasks"] - 1 and summary.rows_out == table.num_rows
+    assert summary.skipped_files == len(plan["part_rows"]) - 1 and summary.rows_out == table.num_rows
 
 
 def test_columns_are_checked_before_any_work(ray_local, checkpoint, features, tmp_path):

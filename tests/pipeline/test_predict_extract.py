@@ -14,7 +14,9 @@ from sdt_ray import storage
 from sdt_ray.errors import ConfigError, InputError
 from sdt_ray.importers import DEMO_MEDIA, MELD_LABELS, import_manifest
 from sdt_ray.pipelines import ExtractOptions, extract, predict_job
-from sdt_ray.scoring import DONE, PREDICT_PLAN, PredictOptions
+from sdt_ray.output import DONE, MARKER
+from sdt_ray.pipelines.predict import PLAN as PREDICT_PLAN
+from sdt_ray.scoring import PredictOptions
 
 QUIET = {"log": lambda m: None}
 KEYS = [("dialogue_id", "ascending"), ("utterance_index", "ascending")]
@@ -79,8 +81,8 @@ def test_streaming_equals_extract_then_predict(checkpoint, utterances, two_step,
     # with what they have, and modalities_used says so.
     assert summary.errors == {} and summary.modalities == {"text+audio": 55, "audio": 1, "text": 1}
     labels = sorted(f"label={label}" for label in set(two_step.column("label").to_pylist()))
-    assert sorted(os.listdir(out)) == sorted([DONE, PREDICT_PLAN, *labels])  # partitioned by label
-    assert sorted(os.listdir(storage.join(out, DONE))) == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+    assert sorted(os.listdir(out)) == sorted([DONE, MARKER, PREDICT_PLAN, *labels])  # partitioned by label
+    assert sorted(os.listdir(storage.join(out, DONE))) == ["part-00000.json", "part-00001.json", "part-00002.json"]
     ours = storage.read_table(out).sort_by(KEYS)
     assert_same_rows(ours, two_step)
     used = ours.column("modalities_used").to_pylist()
@@ -103,7 +105,7 @@ def test_an_interrupted_run_resumes_to_the_same_rows(checkpoint, utterances, two
     plan_uri = storage.join(out, PREDICT_PLAN)
     plan = json.loads(storage.read_text(plan_uri))
     storage.write_text(plan_uri, json.dumps({**plan, "complete": False}))
-    storage.delete(storage.join(out, DONE, "part-00001.parquet"))
+    storage.delete(storage.join(out, DONE, "part-00001.json"))
     for folder in os.listdir(out):
         storage.delete(storage.join(out, folder, "part-00001.parquet"))
     messages = []

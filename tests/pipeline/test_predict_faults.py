@@ -13,7 +13,8 @@ from conftest import processes_named
 from sdt_ray import storage
 from sdt_ray.bench_scoring import save_model, write_corpus
 from sdt_ray.pipelines import predict_job
-from sdt_ray.scoring import DONE, PredictOptions
+from sdt_ray.output import DONE
+from sdt_ray.scoring import PredictOptions
 
 pytestmark = pytest.mark.slow
 

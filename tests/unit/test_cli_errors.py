@@ -115,3 +115,67 @@ def test_a_failed_start_leaves_no_run_behind(tmp_path):
     run_dir = tmp_path / "run"
     assert run("train", "--features", path, "--output", str(run_dir)).exit_code == 2
     assert not (run_dir / "run.json").exists()  # fixing the data and re-running needs no --resume
+
+
+# Issue 16: ordinary flags that once lost data. Each is refused before Ray starts, input intact.
+
+def _bytes_of(folder) -> dict:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_predict_onto_its_own_input_is_refused_and_the_input_kept(tmp_path, checkpoint):
+    features = tmp_path / "X"
+    write(features_table(), features, "part-00000.parquet")
+    before = _bytes_of(features)
+    for output in (str(features), str(features / "preds")):  # X itself, and X/preds (reading X would mix the rows)
+        result = run("predict", "--checkpoint", checkpoint, "--input", str(features), "--output", output, "--overwrite")
+        assert result.exit_code == 2 and "error: --output" in result.output and f"--input {features}" in result.output
+    assert _bytes_of(features) == before
+
+
+def test_extract_into_the_folder_of_its_input_is_refused_and_nothing_deleted(tmp_path):
+    folder = tmp_path / "dir"
+    from sdt_ray.importers import DEMO_CORPUS, import_corpus
+
+    write(import_corpus("meld", DEMO_CORPUS, limit_dialogues=1), folder, "utt.parquet")
+    (folder / "notes.txt").write_text("a neighbour")
+    before = _bytes_of(folder)
+    result = run("extract", "--input", str(folder / "utt.parquet"), "--output", str(folder), "--overwrite")
+    assert result.exit_code == 2 and f"error: --output {folder} contains --input {folder / 'utt.parquet'}" in result.output
+    assert _bytes_of(folder) == before
+
+
+@pytest.mark.parametrize("column", ["dialogue_id", "utterance_index"])
+def test_a_null_key_in_a_features_table_is_one_line_and_no_output(tmp_path, checkpoint, column):
+    table = features_table()
+    values = table.column(column).to_pylist()
+    values[3] = None
+    nullable = pa.schema([f.with_nullable(True) for f in table.schema])
+    path = write(pa.Table.from_arrays([pa.array(values, table.schema.field(column).type) if n == column else table.column(n)
+                                       for n in table.column_names], schema=nullable), tmp_path)
+    out = tmp_path / "preds"
+    result = run("predict", "--checkpoint", checkpoint, "--input", path, "--output", str(out))
+    assert result.exit_code == 2 and f"error: {path}: column '{column}' has 1 null values" in result.output
+    assert not out.exists()
+
+
+def test_a_features_table_with_a_dialogue_in_two_places_is_one_line_and_no_output(tmp_path, checkpoint):
+    table = features_table({"test": 3})
+    first = table.column("dialogue_id")[0].as_py()
+    rows = [i for i, d in enumerate(table.column("dialogue_id").to_pylist()) if d == first]
+    moved = table.take([i for i in range(table.num_rows) if i != rows[-1]] + [rows[-1]])  # its last turn at the end
+    path = write(moved, tmp_path)
+    out = tmp_path / "preds"
+    result = run("predict", "--checkpoint", checkpoint, "--input", path, "--output", str(out))
+    assert result.exit_code == 2 and f"dialogue '{first}' is not contiguous" in result.output and not out.exists()
+
+
+def test_a_truncated_plan_is_one_line_and_overwrite_recovers_past_it(tmp_path, checkpoint):
+    path = write(features_table({"test": 2}), tmp_path)
+    out = tmp_path / "preds"
+    out.mkdir()
+    (out / "_sdt_ray_output.json").write_text("{}")
+    (out / "_predict.json").write_text('{"job": "pre')
+    result = run("predict", "--checkpoint", checkpoint, "--input", path, "--output", str(out))
+    assert result.exit_code == 2 and "_predict.json: not a readable sdt-ray plan" in result.output
+    assert "pass --overwrite to start over" in result.output

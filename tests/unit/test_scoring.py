@@ -10,16 +10,8 @@ from sdt_ray.config import ModelConfig
 from sdt_ray.engine import predict
 from sdt_ray.losses import IGNORE_LABEL
 from sdt_ray.model import SDT
-from sdt_ray.scoring import (
-    CHUNK,
-    CHUNK_ROWS,
-    DialogueScorer,
-    best_window,
-    check_whole_chunks,
-    dialogue_chunks,
-    whole_dialogues,
-    window_spans,
-)
+from sdt_ray.scoring import DialogueScorer, best_window, window_spans
+from sdt_ray.tasks import check_whole_chunks, mark_chunk, whole_dialogues
 from sdt_ray.schema import vector_array
 
 LABELS = ["neutral", "joy", "anger"]
@@ -133,19 +125,11 @@ def numbered(lengths):
     return pa.table({"dialogue_id": ids, "utterance_index": pa.array(positions, pa.int32())})
 
 
-def test_chunks_hold_whole_dialogues():
-    table = numbered([3, 4, 10, 2, 1])  # rows 0-2, 3-6, 7-16, 17-18, 19
-    chunks = dialogue_chunks(table, 5)
-    # a chunk closes after the dialogue that brings it to 5 rows; the 10-row dialogue goes alone
-    assert [c.num_rows for c in chunks] == [7, 10, 3]
-    assert [set(c.column("dialogue_id").to_pylist()) for c in chunks] == [{"d0", "d1"}, {"d2"}, {"d3", "d4"}]
-    assert [c.column(CHUNK_ROWS).to_pylist()[0] for c in chunks] == [7, 10, 3]
-    assert [c.column(CHUNK).to_pylist()[0] for c in chunks] == [0, 1, 2]
-    assert dialogue_chunks(table.slice(0, 0), 5) == []
-
-    check_whole_chunks(pa.concat_tables(chunks[:2]))  # merged blocks are fine
+def test_a_chunk_that_arrived_in_part_is_refused():
+    chunk = mark_chunk(numbered([10]), 1)
+    check_whole_chunks(pa.concat_tables([mark_chunk(numbered([3]), 0), chunk]))  # merged blocks are fine
     with pytest.raises(RuntimeError, match="chunk 1 reached the scorer with 9 of its 10 rows"):
-        check_whole_chunks(chunks[1].slice(1))
+        check_whole_chunks(chunk.slice(1))
 
 
 def test_resumed_rows_widen_to_whole_dialogues():

@@ -1,0 +1,105 @@
+"""Stage wiring: actor pools sized from the cluster, a stream of task items through the
+stages into fragments, and compaction of the parts, for `extract` and `predict --extract`."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pyarrow as pa
+import ray
+from ray.data import ActorPoolStrategy
+
+from .. import fragments, output
+from ..errors import ConfigError, InputError
+from ..pools import PoolSize, StageDemand, reserve_cpus, size_pools
+from ..tasks import chunk_items
+from .stages import ReadOptions, ReadStage
+
+WRITER_CPUS = 0.25  # fragment writes and compaction are I/O: a quarter CPU each
+READER_CPUS = 0.1  # reading a task's rows is I/O and Arrow: it must not take a model's core (pools.reserve_cpus
+# leaves 0.5 CPU on a laptop for one reader and the fragment writers)
+MODEL_STAGES = ("text", "visual", "score")  # torch stages: their threads follow their CPUs
+
+Stage = tuple[StageDemand, type, dict]  # (demand, stage class, constructor kwargs)
+
+
+def pool_sizes(demands: list[StageDemand], actors: int | None) -> dict[str, PoolSize]:
+    resources = ray.cluster_resources()
+    try:
+        return size_pools(demands, float(resources.get("CPU", 1.0)), float(resources.get("GPU", 0.0)), actors)
+    except ValueError as exc:
+        raise ConfigError(f"{exc} (drop --gpus-per-actor, or connect to a cluster with GPUs)") from None
+
+
+def describe_pools(sizes: dict[str, PoolSize]) -> str:
+    return ", ".join(f"{n} {s.actors}x{s.num_cpus:g} CPU" + (f" {s.num_gpus:g} GPU" if s.num_gpus else "") for n, s in sizes.items())
+
+
+def map_stages(ds, stages: list[Stage], sizes: dict[str, PoolSize], batch_size: int | None):
+    """Each stage as an actor pool over the stream; batch_size None hands each stage whole blocks."""
+    for demand, stage, kwargs in stages:
+        pool = sizes[demand.name]
+        if demand.name in MODEL_STAGES or kwargs.get("speech_model"):
+            kwargs = {**kwargs, "threads": max(1, int(pool.num_cpus))}
+        ds = ds.map_batches(
+            stage,
+            fn_constructor_kwargs=kwargs,
+            batch_size=batch_size,
+            batch_format="pyarrow",
+            compute=ActorPoolStrategy(size=pool.actors),
+            num_cpus=pool.num_cpus,
+            num_gpus=pool.num_gpus,
+        )
+    return ds
+
+
+def stream_chunks(tasks: list[dict], todo: list[int], read: ReadOptions, stages: list[Stage], sizes: dict[str, PoolSize],
+                  output_uri: str, run_id: str, columns: list[str] | None = None) -> list[str]:
+    """Chunk items -> ReadStage -> stages (actor pools, whole blocks) -> fragments. Returns the
+    nodes whose fragment writers wrote. Only chunk items (slices of files) pass through the driver."""
+    resume = {p for p in fragments.fragment_parts(output_uri)}  # parts an earlier run began
+    items = chunk_items(tasks, todo, resume)
+    ds = ray.data.from_items(items, override_num_blocks=len(items))  # one block per chunk: every actor gets work
+    ds = ds.map_batches(ReadStage, fn_constructor_kwargs={"options": read}, batch_size=1, batch_format="pyarrow",
+                        compute=ActorPoolStrategy(size=sizes_readers(sizes)), num_cpus=READER_CPUS)
+    ds = map_stages(ds, stages, sizes, batch_size=None)
+    ds = ds.map_batches(
+        lambda batch: with_node(fragments.write_fragments(batch.select(columns) if columns else batch, output_uri, run_id)),
+        batch_size=None, batch_format="pyarrow", num_cpus=WRITER_CPUS,
+    )
+    return sorted({row["node"] for row in ds.take_all()})
+
+
+def with_node(table: pa.Table) -> pa.Table:
+    """A stage's summary rows, tagged with the node that ran it (where the work went)."""
+    return table.append_column("node", pa.array([ray.get_runtime_context().get_node_id()] * table.num_rows, pa.string()))
+
+
+def sizes_readers(sizes: dict[str, PoolSize]) -> int:
+    """One reader per two actors of the widest pool after them (a task yields many blocks, so a
+    reader feeds several actors), within the CPUs the pools leave (pools.reserve_cpus) beside
+    one fragment writer: a laptop's 2 CPUs get one reader."""
+    widest = max((s.actors for s in sizes.values()), default=1)
+    cpus = float(ray.cluster_resources().get("CPU", 1.0))
+    room = int((reserve_cpus(cpus) - WRITER_CPUS) / READER_CPUS + 1e-9)
+    return max(1, min(-(-widest // 2), room))
+
+
+def compact_parts(output_uri: str, plan: output.Plan, writers: dict, run_id: str) -> dict[str, float]:
+    """Merge each part's fragments into its file(s), in parallel Ray tasks (`writers`: part -> writer)."""
+    compact = ray.remote(num_cpus=WRITER_CPUS)(fragments.compact_part)
+    results = ray.get([compact.remote(output_uri, plan, p, writers(p), run_id) for p in fragments.fragment_parts(output_uri)])
+    return {c: float(sum(r[c] for r in results)) for c in fragments.STATS_COLUMNS}
+
+
+def check_all_done(output_uri: str, plan: output.Plan) -> dict[int, dict]:
+    """Every part has its done marker with the plan's rows; returns the markers."""
+    done = output.finished_parts(output_uri, plan)
+    missing = [p for p in range(plan.parts) if p not in done]
+    if missing:
+        raise InputError(f"{output_uri}: parts {missing[:5]} are not finished after the run (rerun to resume)")
+    return done
+
+
+def fewer_actors(size: PoolSize, tasks: int) -> PoolSize:
+    return replace(size, actors=min(size.actors, tasks))  # an idle actor would only load its model
