@@ -113,8 +113,8 @@ CALLS_MODEL ?= sdt_ray/demo/model_text_audio
 calls: setup
 	@$(MAKE) --no-print-directory debs PACKAGES="$(DEMO_DEB_PACKAGES)"
 	$(BIN)/python sdt_ray/demo/calls/make_calls.py --meld $(CALLS_MELD) --output $(CALLS_OUT)/archive --calls $(CALLS_N) --bad-sidecars
-	$(BIN)/sdt-ray import calls $(CALLS_OUT)/archive --output $(CALLS_OUT)/utterances.parquet
-	$(BIN)/sdt-ray extract --input $(CALLS_OUT)/utterances.parquet --output $(CALLS_OUT)/features --modalities text,audio --overwrite
+	$(BIN)/sdt-ray import calls $(CALLS_OUT)/archive --output $(CALLS_OUT)/utterances --overwrite
+	$(BIN)/sdt-ray extract --input $(CALLS_OUT)/utterances --output $(CALLS_OUT)/features --modalities text,audio --overwrite
 	$(BIN)/sdt-ray predict --checkpoint $(CALLS_MODEL) --input $(CALLS_OUT)/features --output $(CALLS_OUT)/predictions \
 	  --keep-columns start_s,end_s --overwrite
 	$(BIN)/sdt-ray report $(CALLS_OUT)/predictions --output $(CALLS_OUT)/report

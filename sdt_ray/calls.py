@@ -11,11 +11,13 @@ prefix, with an optional sidecar transcript of the same name:
 Turns of a stereo call with a transcript but no channel take the channel that is loudest
 over the turn; mono calls keep channel null (the extractor reads the whole signal).
 
-A faulty turn (no numeric start/end, end before start, past the end of the audio, or
-overlapping an earlier turn of the same speaker) is left out with one `Problem`; the call's
-other turns still import. Overlaps between speakers are normal in calls and are kept. A
-sidecar that cannot be parsed at all is one problem, and its call's turns are then found by
-energy as if it had none.
+A faulty turn (no numeric start/end, end before start, past the end of the audio, a channel
+the recording does not have, or overlapping an earlier turn of the same speaker) is left out
+with one `Problem`; the call's other turns still import. Overlaps between speakers are normal
+in calls and are kept. A sidecar that cannot be parsed at all, or whose segments are all
+faulty, is one problem more, and its call's turns are then found by energy as if it had none.
+Files that are not imported (a second recording of the same name, a transcript without a
+recording, a file of another kind) are problems too, each naming the file.
 
 Energy turns: 30 ms frames; a frame is speech when its level is 15 dB above the channel's
 noise floor (its 10th percentile level) and above -50 dBFS; speech runs closer than
@@ -55,7 +57,8 @@ class EnergyOptions:
 @dataclass(frozen=True)
 class Problem:
     call_id: str
-    reason: str  # bad_sidecar, bad_segment, past_end, overlap, unreadable_audio
+    reason: str  # bad_sidecar, bad_segment, no_usable_segments, past_end, overlap, unreadable_audio,
+    #              two_recordings, two_transcripts, no_recording, unknown_file
     detail: str
 
     def describe(self) -> str:
@@ -86,36 +89,73 @@ class CallImport:
 
 
 def import_calls(source: str, split: str | None = None, energy: EnergyOptions = EnergyOptions()) -> CallImport:
-    """Every call under `source` (a folder or an s3:// prefix) to utterance rows."""
-    calls = find_calls(source)
-    if not calls:
-        raise InputError(f"{source}: no recordings ({', '.join(AUDIO_EXTENSIONS)})")
-    rows, problems, sources = [], [], {}
-    for call_id, (audio_uri, sidecar_uri) in calls.items():
-        turns, how, found = call_turns(call_id, audio_uri, sidecar_uri, energy)
+    """Every call under `source` (a folder or an s3:// prefix) to utterance rows, in this process
+    (`sdt-ray import calls` runs the same per call on Ray workers: pipelines/calls.py)."""
+    listing = find_calls(source)
+    rows, problems, sources = [], list(listing.problems), {}
+    for call_id, (audio_uri, sidecar_uri) in listing.calls.items():
+        call_rows, how, found = import_call(call_id, audio_uri, sidecar_uri, split, energy)
+        rows += call_rows
         problems += found
         sources[how] = sources.get(how, 0) + 1
-        rows += [_row(call_id, i, turn, audio_uri, split) for i, turn in enumerate(turns)]
-    table = pa.Table.from_pylist(rows, schema=UTTERANCES_SCHEMA)
-    return CallImport(validate_utterances(table, source), problems, sources)
+    return CallImport(turns_table(rows, source), problems, sources)
 
 
-def find_calls(source: str) -> dict[str, tuple[str, str | None]]:
-    """call id (path below `source` without extension) -> (audio URI, sidecar URI or None)."""
-    files = storage.walk(source)
+def import_call(call_id: str, audio_uri: str, sidecar_uri: str | None, split: str | None,
+                energy: EnergyOptions) -> tuple[list[dict], str, list[Problem]]:
+    """One call's utterance rows, how its turns were found, and its problems."""
+    turns, how, problems = call_turns(call_id, audio_uri, sidecar_uri, energy)
+    return [_row(call_id, i, turn, audio_uri, split) for i, turn in enumerate(turns)], how, problems
+
+
+def turns_table(rows: list[dict], source: str) -> pa.Table:
+    return validate_utterances(pa.Table.from_pylist(rows, schema=UTTERANCES_SCHEMA), source)
+
+
+@dataclass
+class Listing:
+    calls: dict[str, tuple[str, str | None]]  # call id -> (audio URI, sidecar URI or None)
+    problems: list[Problem]  # files that are not imported, each named
+    files: list[dict] = field(default_factory=list)  # {"uri", "size", "mtime"} of every file the calls read (resume check)
+
+
+SIDECARS = (".json", ".csv")
+
+
+def find_calls(source: str) -> Listing:
+    """Calls under `source`: call id = path below it without extension. A stem with two
+    recordings, a sidecar without a recording and a file of an unknown kind are each a problem
+    naming the file(s), never skipped silently."""
+    facts = storage.walk_facts(source)
+    files = [f["uri"] for f in facts]
     if not files and storage.exists(source):
         raise InputError(f"{source}: give the folder (or s3:// prefix) that holds the recordings")
     root = source.rstrip("/") + "/"
     by_stem: dict[str, dict[str, str]] = {}
+    problems = []
     for uri in files:
         relative = PurePosixPath(uri[len(root):])
+        if relative.suffix.lower() not in AUDIO_EXTENSIONS + SIDECARS:
+            problems.append(Problem(str(relative.with_suffix("")), "unknown_file",
+                                    f"{uri}: not a recording ({', '.join(AUDIO_EXTENSIONS)}) nor a transcript (.json, .csv); not imported"))
+            continue
         by_stem.setdefault(str(relative.with_suffix("")), {})[relative.suffix.lower()] = uri
     calls = {}
     for stem, found in sorted(by_stem.items()):
-        audio = next((found[e] for e in AUDIO_EXTENSIONS if e in found), None)
-        if audio:
-            calls[stem] = (audio, found.get(".json") or found.get(".csv"))
-    return calls
+        audio = [found[e] for e in AUDIO_EXTENSIONS if e in found]
+        sidecars = [found[e] for e in SIDECARS if e in found]
+        if len(audio) > 1:
+            problems.append(Problem(stem, "two_recordings", f"{' and '.join(audio)} share a name; rename one (neither imported)"))
+        elif not audio:
+            problems.append(Problem(stem, "no_recording", f"{', '.join(sidecars)}: a transcript without a recording; not imported"))
+        else:
+            if len(sidecars) > 1:
+                problems.append(Problem(stem, "two_transcripts", f"{' and '.join(sidecars)}: using {sidecars[0]}"))
+            calls[stem] = (audio[0], sidecars[0] if sidecars else None)
+    if not calls:
+        raise InputError(f"{source}: no recordings ({', '.join(AUDIO_EXTENSIONS)})")
+    used = {u for audio, sidecar in calls.values() for u in (audio, sidecar) if u}
+    return Listing(calls, problems, [f for f in facts if f["uri"] in used])
 
 
 def call_turns(call_id: str, audio_uri: str, sidecar_uri: str | None, energy: EnergyOptions) -> tuple[list[Turn], str, list[Problem]]:
@@ -131,10 +171,13 @@ def call_turns(call_id: str, audio_uri: str, sidecar_uri: str | None, energy: En
         except ValueError as exc:
             problems.append(Problem(call_id, "bad_sidecar", f"{sidecar_uri}: {exc}; turns found by energy instead"))
         else:
-            turns, found = parse_segments(call_id, raw)
+            turns, found = parse_segments(call_id, raw, channels=levels.shape[0])
             kept, faults = check_turns(call_id, turns, duration)
-            _assign_channels(kept, levels)
-            return kept, "transcript", problems + found + faults
+            if kept or not raw:
+                _assign_channels(kept, levels)
+                return kept, "transcript", problems + found + faults
+            problems += found + faults + [Problem(call_id, "no_usable_segments",
+                                                  f"{sidecar_uri}: none of its {len(raw)} segments is usable; turns found by energy instead")]
     return energy_turns(levels, energy), "energy", problems
 
 
@@ -157,17 +200,17 @@ def read_sidecar(uri: str) -> list[dict]:
     return segments
 
 
-def parse_segments(call_id: str, raw: list) -> tuple[list[Turn], list[Problem]]:
+def parse_segments(call_id: str, raw: list, channels: int | None = None) -> tuple[list[Turn], list[Problem]]:
     turns, problems = [], []
     for i, segment in enumerate(raw):
         try:
-            turns.append(_turn(segment))
+            turns.append(_turn(segment, channels))
         except (TypeError, ValueError, KeyError) as exc:
             problems.append(Problem(call_id, "bad_segment", f"segment {i}: {exc}"))
     return turns, problems
 
 
-def _turn(segment: dict) -> Turn:
+def _turn(segment: dict, channels: int | None = None) -> Turn:
     if not isinstance(segment, dict):
         raise TypeError(f"a segment must be an object, not {type(segment).__name__}")
     for key in ("start", "end"):
@@ -179,9 +222,20 @@ def _turn(segment: dict) -> Turn:
     text = segment.get("text")
     if text is not None and not isinstance(text, str):
         raise TypeError(f"text must be a string, not {type(text).__name__}")
-    channel = segment.get("channel")
-    return Turn(start, end, _text(segment.get("speaker")), _text(text), None if channel in (None, "") else int(channel),
+    return Turn(start, end, _text(segment.get("speaker")), _text(text), _channel(segment.get("channel"), channels),
                 _text(segment.get("label")))
+
+
+def _channel(value, channels: int | None) -> int | None:
+    """A segment's channel: an integer naming one of the recording's channels, or None."""
+    if value in (None, ""):
+        return None
+    if isinstance(value, bool) or not float(value).is_integer():
+        raise ValueError(f"channel {value!r} is not a whole number")
+    channel = int(float(value))
+    if channel < 0 or channel >= (channels if channels is not None else 2**15):
+        raise ValueError(f"channel {value} is not one of the recording's channels (0..{(channels or 2**15) - 1})")
+    return channel
 
 
 def _text(value) -> str | None:

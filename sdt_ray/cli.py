@@ -149,28 +149,36 @@ def import_manifest(
 @import_app.command("calls")
 @user_errors
 def import_calls(
+    ctx: typer.Context,
     source: str = typer.Argument(
         ..., help="Folder or s3:// prefix of recordings (wav, flac, mp3, ogg, opus, m4a), each with an optional "
         "transcript of the same name: CALL.json (whisper/WhisperX segments) or CALL.csv (start, end, speaker, text)."
     ),
-    output: str = typer.Option(..., "--output", help="Utterances Parquet file to write (local path or s3://)."),
+    output: str = typer.Option(..., "--output", help="Utterances folder to write (part-NNNNN.parquet; local or s3://), "
+                               "outside SOURCE. Rerunning a killed import resumes it."),
     split: Optional[str] = typer.Option(None, help="Split to record for every turn (train, dev or test); default none."),
     min_silence_s: float = typer.Option(0.5, help="Calls without transcript: pauses shorter than this stay in one turn."),
     min_turn_s: float = typer.Option(0.25, help="Calls without transcript: shorter bursts of sound are not turns."),
+    calls_per_part: int = typer.Option(16, help="Calls per Ray task and output file: the unit of parallel work and of resume."),
+    cpus_per_task: float = typer.Option(1.0, help="CPUs per import task (decoding a recording is single-threaded)."),
+    overwrite: bool = typer.Option(False, help="Replace OUTPUT if an earlier `import calls` wrote it (anything else is refused)."),
     s3_endpoint: Optional[str] = S3_ENDPOINT,
     s3_region: Optional[str] = S3_REGION,
+    address: Optional[str] = typer.Option(None, help=ADDRESS_HELP),
+    cluster: Optional[Path] = CLUSTER,
+    no_wait: bool = NO_WAIT,
 ) -> None:
-    """Call recordings: one utterance row per turn, the call as the dialogue. Turns come from the
-    transcript, or, without one, from each channel's energy (stereo: agent and customer apart).
-    Faulty transcript entries are listed and left out; the call's other turns still import."""
+    """Call recordings: one utterance row per turn, the call as the dialogue, decoded on Ray workers.
+    Turns come from the transcript, or, without one, from each channel's energy (stereo: agent and
+    customer apart). Faulty transcript entries and files not imported are listed; the rest imports."""
     from .calls import EnergyOptions
-    from .calls import import_calls as read_calls
-    from .storage import write_table
+    from .pipelines.calls import CallImportOptions, import_calls_job
 
     _set_s3_environment(s3_endpoint, s3_region)
-    result = read_calls(source, split, EnergyOptions(min_silence_s=min_silence_s, min_turn_s=min_turn_s))
-    write_table(result.table, output)
-    _log(f"wrote {output}: {result.describe()}")
+    _on_cluster(ctx, address, cluster, no_wait)
+    options = CallImportOptions(split=split, energy=EnergyOptions(min_silence_s=min_silence_s, min_turn_s=min_turn_s),
+                                calls_per_part=calls_per_part, cpus_per_task=cpus_per_task, overwrite=overwrite)
+    _log(import_calls_job(source, output, options, address=address, log=_log).describe())
 
 
 def _import(corpus: str, source_dir: Path, output: str, limit_dialogues: Optional[int]) -> None:

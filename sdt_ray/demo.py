@@ -23,12 +23,12 @@ import numpy as np
 
 from . import storage
 from .config import RecipeConfig
-from .calls import import_calls
 from .errors import ConfigError
 from .evaluate import evaluate, format_report
 from .importers import DEMO_CORPUS, DEMO_MEDIA, import_corpus, import_manifest
 from .metrics import classification_report
 from .pipelines import ExtractOptions, extract, predict_job
+from .pipelines.calls import CallImportOptions, import_calls_job
 from .plots import confusion_matrix_png
 from .report import build_report
 from .scoring import PredictOptions
@@ -105,9 +105,8 @@ def _calls(out: Path, log: Callable[[str], None]) -> None:
     shutil.rmtree(archive, ignore_errors=True)
     subprocess.run([sys.executable, str(CALL_GENERATOR), "--meld", str(DEMO_CORPUS / "dev_sent_emo.csv"),
                     "--output", str(archive), "--calls", str(DEMO_CALLS), "--bad-sidecars"], check=True, capture_output=True)
-    imported = import_calls(str(archive))
-    utterances, features, predictions = (str(folder / name) for name in ("utterances.parquet", "features", "predictions"))
-    storage.write_table(imported.table, utterances)
+    utterances, features, predictions = (str(folder / name) for name in ("utterances", "features", "predictions"))
+    imported = import_calls_job(str(archive), utterances, CallImportOptions(overwrite=True), log=log)
     for line in imported.describe().splitlines():
         log(f"      {line}")
     log(f"[8/9] extract calls: text (MiniLM) and audio (openSMILE) per turn -> {features}")
@@ -119,7 +118,7 @@ def _calls(out: Path, log: Callable[[str], None]) -> None:
     scored = predict_job(str(DEMO_CALLS_MODEL), features, predictions, options, log=log)
     for line in scored.describe().splitlines():
         log(f"      {line}")
-    _call_accuracy(imported.table, predictions, log)
+    _call_accuracy(storage.read_table(utterances), predictions, log)
     report = build_report(predictions, str(folder / "report"))
     log(f"[9/9] report: {report.describe()}; open {folder / 'report' / 'index.html'}")
 

@@ -91,3 +91,22 @@ def save_tiny_speech_model(folder: Path) -> str:
     Wav2Vec2Model(config).save_pretrained(folder)
     Wav2Vec2FeatureExtractor(sampling_rate=16_000, do_normalize=True).save_pretrained(folder)
     return str(folder)
+
+
+TONE_RATE = 16_000
+
+
+def tone_call(path, spans, seconds=6.0, channels=2):
+    """A WAV with a 300 Hz tone on `channel` over each (channel, start_s, end_s) span, silence elsewhere."""
+    audio = np.zeros((int(seconds * TONE_RATE), channels), dtype=np.float32)
+    for channel, start, end in spans:
+        t = np.arange(int(start * TONE_RATE), int(end * TONE_RATE))
+        audio[t, channel] = 0.3 * np.sin(2 * np.pi * 300 * t / TONE_RATE)
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(channels)
+        out.setsampwidth(2)
+        out.setframerate(TONE_RATE)
+        out.writeframes((audio * 32767).astype("<i2").tobytes())
+    return path
+
+

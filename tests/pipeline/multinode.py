@@ -2,7 +2,10 @@
 process of its own (the test session already has its own local Ray), and print a JSON result
 per job, in order, as one list. Jobs are separated by `--`:
 
-    python tests/pipeline/multinode.py train FEATURES RUN_DIR -- predict CHECKPOINT FEATURES OUTPUT [LOCAL_OUTPUT]
+    python tests/pipeline/multinode.py train FEATURES RUN_DIR -- predict CHECKPOINT FEATURES OUTPUT [LOCAL_OUTPUT] \
+        -- import ARCHIVE OUTPUT -- extract UTTERANCES OUTPUT TEXT_MODEL
+
+Each job's result names the Ray nodes its work ran on (`work_nodes`).
 
 One cluster serves every job (its start and stop cost about 10 s). Each node gets 1 CPU; the
 cluster's processes are stopped by Cluster.shutdown (by PID)."""
@@ -48,13 +51,26 @@ def run_job(address: str, job: list[str]) -> dict:
 
     if job[0] == "train":
         return train_on(address, *job[1:3])
+    if job[0] == "import":
+        from sdt_ray.pipelines.calls import CallImportOptions, import_calls_job
+
+        summary = import_calls_job(job[1], job[2], CallImportOptions(calls_per_part=1), address=address, log=lambda m: None)
+        return {"calls": summary.calls, "turns": summary.turns, "work_nodes": len(summary.nodes)}
+    if job[0] == "extract":
+        from sdt_ray.pipelines import ExtractOptions, extract
+
+        summary = extract(job[1], job[2], ExtractOptions(text_model=job[3], batch_size=4), address=address, log=lambda m: None)
+        return {"rows_out": summary.rows_out, "errors": summary.errors, "work_nodes": len(summary.nodes)}
     command, checkpoint, features, output = job[:4]
     assert command == "predict"
-    summary = predict_job(checkpoint, features, output, address=address, log=lambda m: None)
-    result = {"rows_in": summary.rows_in, "rows_out": summary.rows_out, "errors": summary.errors}
+    from sdt_ray.scoring import PredictOptions
+
+    options = PredictOptions(rows_per_file=8)  # several tasks: one scoring actor per node gets work
+    summary = predict_job(checkpoint, features, output, options, address=address, log=lambda m: None)
+    result = {"rows_in": summary.rows_in, "rows_out": summary.rows_out, "errors": summary.errors, "work_nodes": len(summary.nodes)}
     if len(job) > 4:
         try:
-            predict_job(checkpoint, features, job[4], address=address, log=lambda m: None)
+            predict_job(checkpoint, features, job[4], options, address=address, log=lambda m: None)
             result["refused"] = None
         except ConfigError as exc:
             result["refused"] = str(exc)

@@ -15,6 +15,7 @@ from sdt_ray import storage
 from sdt_ray.calls import import_calls
 from sdt_ray.importers import DEMO_CORPUS
 from sdt_ray.pipelines import ExtractOptions, extract, predict_job
+from sdt_ray.pipelines.calls import CallImportOptions, import_calls_job
 from sdt_ray.report import build_report
 from sdt_ray.scoring import PredictOptions
 
@@ -38,9 +39,9 @@ def checkpoint(text_audio_checkpoint):
 
 
 def run_flow(source: str, work: str, checkpoint: str) -> tuple:
-    imported = import_calls(source)
-    storage.write_table(imported.table, f"{work}/utterances.parquet")
-    extract(f"{work}/utterances.parquet", f"{work}/features", ExtractOptions(modalities=("text", "audio")), **QUIET)
+    imported = import_calls_job(source, f"{work}/utterances", CallImportOptions(calls_per_part=2), **QUIET)
+    assert imported.calls == 6 and len(storage.list_files(f"{work}/utterances/_done")) == 3  # 3 parts of 2 calls
+    extract(f"{work}/utterances", f"{work}/features", ExtractOptions(modalities=("text", "audio")), **QUIET)
     summary = predict_job(checkpoint, f"{work}/features", f"{work}/predictions",
                           PredictOptions(keep_columns=("start_s", "end_s")), **QUIET)
     report = build_report(f"{work}/predictions", f"{work}/report")
@@ -48,7 +49,8 @@ def run_flow(source: str, work: str, checkpoint: str) -> tuple:
 
 
 def check_flow(imported, summary, report, work: str) -> None:
-    turns = imported.table.num_rows
+    turns = imported.turns
+    assert storage.read_table(f"{work}/utterances").num_rows == turns
     assert sorted(p.reason for p in imported.problems) == ["bad_segment", "overlap", "past_end"]
     assert {p.call_id for p in imported.problems} == {"bad_missing_end", "bad_overlap", "bad_past_end"}
     predictions = storage.read_table(f"{work}/predictions")
@@ -79,7 +81,8 @@ def test_calls_end_to_end_on_s3(ray_local, corpus, checkpoint):
     storage.upload_dir(str(corpus), "s3://sdt-test/calls/archive")
     imported, summary, report = run_flow("s3://sdt-test/calls/archive", "s3://sdt-test/calls/work", checkpoint)
     check_flow(imported, summary, report, "s3://sdt-test/calls/work")
-    assert imported.table.column("audio_uri")[0].as_py().startswith("s3://sdt-test/calls/archive/")
+    uris = storage.read_table("s3://sdt-test/calls/work/utterances", columns=["audio_uri"]).column(0).to_pylist()
+    assert all(u.startswith("s3://sdt-test/calls/archive/") for u in uris)
     assert storage.exists("s3://sdt-test/calls/work/report/index.html")
 
 

@@ -1,31 +1,13 @@
 """`import calls` on small recordings made here: tones on known channels at known times."""
 
 import json
-import wave
 
-import numpy as np
 import pytest
 
+from media import tone_call
 from sdt_ray.calls import EnergyOptions, energy_turns, import_calls
 from sdt_ray.errors import InputError
 from sdt_ray.features.media import audio_levels
-
-RATE = 16_000
-
-
-def tone_call(path, spans, seconds=6.0, channels=2):
-    """A WAV with a 300 Hz tone on `channel` over each (channel, start_s, end_s) span, silence elsewhere."""
-    audio = np.zeros((int(seconds * RATE), channels), dtype=np.float32)
-    for channel, start, end in spans:
-        t = np.arange(int(start * RATE), int(end * RATE))
-        audio[t, channel] = 0.3 * np.sin(2 * np.pi * 300 * t / RATE)
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(channels)
-        out.setsampwidth(2)
-        out.setframerate(RATE)
-        out.writeframes((audio * 32767).astype("<i2").tobytes())
-    return path
-
 
 SPANS = [(0, 0.5, 1.5), (1, 2.0, 3.0), (0, 3.2, 3.3), (0, 4.0, 4.6), (0, 4.9, 5.5)]  # 0.1 s click; 0.3 s pause
 
@@ -93,3 +75,45 @@ def test_no_recordings_is_a_clear_error(tmp_path):
     (tmp_path / "notes.txt").write_text("hi")
     with pytest.raises(InputError, match="no recordings"):
         import_calls(str(tmp_path))
+
+
+def test_files_that_are_not_imported_are_listed_by_name(tmp_path):
+    """Once `e.flac` beside `e.wav` and a `.aiff` were skipped without a word."""
+    tone_call(tmp_path / "e.wav", [(0, 0.5, 1.5)])
+    tone_call(tmp_path / "e.flac", [(0, 0.5, 1.5)])
+    tone_call(tmp_path / "f.wav", [(0, 0.5, 1.5)])
+    (tmp_path / "f.aiff").write_bytes(b"FORM")
+    (tmp_path / "g.json").write_text(json.dumps({"segments": []}))
+    result = import_calls(str(tmp_path))
+    assert set(result.table.column("dialogue_id").to_pylist()) == {"f"}
+    found = {(p.call_id, p.reason): p.detail for p in result.problems}
+    assert set(found) == {("e", "two_recordings"), ("f", "unknown_file"), ("g", "no_recording")}
+    assert str(tmp_path / "e.wav") in found["e", "two_recordings"] and str(tmp_path / "e.flac") in found["e", "two_recordings"]
+    assert str(tmp_path / "f.aiff") in found["f", "unknown_file"]
+
+
+def test_a_call_whose_segments_are_all_bad_falls_back_to_energy(tmp_path):
+    tone_call(tmp_path / "h.wav", [(0, 0.5, 1.5), (1, 2.0, 3.0)])
+    (tmp_path / "h.json").write_text(json.dumps({"segments": [{"start": 2, "end": 1, "text": "x"}, {"text": "y"}]}))
+    result = import_calls(str(tmp_path))
+    assert result.table.column("speaker").to_pylist() == ["ch0", "ch1"] and result.sources == {"energy": 1}
+    assert sorted(p.reason for p in result.problems) == ["bad_segment", "bad_segment", "no_usable_segments"]
+
+
+def test_channels_are_range_checked(tmp_path):
+    """`channel: 70000` once ended the whole import with a traceback."""
+    tone_call(tmp_path / "k.wav", [(0, 0.5, 1.5), (1, 2.0, 3.0)])
+    (tmp_path / "k.json").write_text(json.dumps({"segments": [
+        {"start": 0.5, "end": 1.5, "text": "fine", "speaker": "A", "channel": 0},
+        {"start": 2.0, "end": 3.0, "text": "too far", "speaker": "B", "channel": 70000},
+        {"start": 2.0, "end": 3.0, "text": "no such channel", "speaker": "C", "channel": 2},
+        {"start": 2.0, "end": 3.0, "text": "half", "speaker": "D", "channel": 1.5},
+    ]}))
+    result = import_calls(str(tmp_path))
+    assert result.table.column("text").to_pylist() == ["fine"]
+    assert [p.reason for p in result.problems] == ["bad_segment"] * 3
+    assert [p.detail for p in result.problems] == [
+        "segment 1: channel 70000 is not one of the recording's channels (0..1)",
+        "segment 2: channel 2 is not one of the recording's channels (0..1)",
+        "segment 3: channel 1.5 is not a whole number",
+    ]

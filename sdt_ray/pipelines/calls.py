@@ -1,0 +1,110 @@
+"""`import calls`: recordings (and their transcripts) -> utterances table, on Ray Data.
+
+    driver: list the recordings (names, sizes, times; nothing is opened)
+    call items, a part's worth each -> [ImportStage: per call, levels, transcript, checks]  CPU tasks
+                                    -> part-NNNNN.parquet + done marker (turns, sources, problems)
+
+Decoding happens on the workers, one call after another within a part, parts in parallel.
+Problems travel as data in each part's done marker and are summarised at the end; the output
+mechanism (output.py) makes the job resumable and keeps it apart from the archive.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import pyarrow as pa
+import ray
+
+from .. import output
+from ..calls import EnergyOptions, Problem, find_calls, import_call, turns_table
+from ..errors import ConfigError
+from ..submit import ray_session, require_shared_storage
+
+PLAN = "_import.json"
+
+
+@dataclass(frozen=True)
+class CallImportOptions:
+    split: str | None = None  # recorded for every turn
+    energy: EnergyOptions = EnergyOptions()
+    calls_per_part: int = 16  # calls per task and output file: the unit of parallel work and of resume
+    cpus_per_task: float = 1.0  # decoding is single-threaded
+    overwrite: bool = False
+
+
+@dataclass
+class CallImportSummary:
+    output: str
+    calls: int
+    turns: int
+    sources: dict[str, int]  # how turns were found -> calls
+    problems: list[Problem]
+    seconds: float
+    resumed_parts: int = 0
+    nodes: list[str] = field(default_factory=list)  # node ids that imported parts in this run
+
+    def describe(self) -> str:
+        found = ", ".join(f"{n} by {how}" for how, n in sorted(self.sources.items()))
+        lines = [f"wrote {self.output}: {self.turns} turns in {self.calls} calls ({found})"
+                 + (f" ({self.resumed_parts} parts from an earlier run)" if self.resumed_parts else ""),
+                 f"throughput: {self.calls / max(self.seconds, 1e-9):.1f} calls/s over {self.seconds:.1f} s"]
+        lines.append(f"problems: {len(self.problems)}" + "".join(f"\n  {p.describe()}" for p in self.problems))
+        return "\n".join(lines)
+
+
+def import_calls_job(source: str, output_uri: str, options: CallImportOptions = CallImportOptions(),
+                     address: str | None = None, log: Callable[[str], None] = print) -> CallImportSummary:
+    started = time.time()
+    if options.calls_per_part < 1 or options.cpus_per_task <= 0:
+        raise ConfigError("--calls-per-part must be at least 1 and --cpus-per-task positive")
+    output.check_separate(output_uri, {"the archive": source})
+    require_shared_storage(address, {"SOURCE": source, "--output": output_uri})
+    listing = find_calls(source)
+    ids = list(listing.calls)
+    parts = [ids[i : i + options.calls_per_part] for i in range(0, len(ids), options.calls_per_part)]
+    job = {"split": options.split, "energy": vars(options.energy), "calls_per_part": options.calls_per_part}
+    plan = output.Plan("import", listing.files, job, [len(p) for p in parts])
+    plan = output.open_output(output_uri, plan, PLAN, options.overwrite, log)
+    with ray_session(address):
+        finished = output.finished_parts(output_uri, plan)
+        todo = [k for k in range(len(parts)) if k not in finished]
+        log(f"importing {sum(len(parts[k]) for k in todo)} of {len(ids)} calls in {len(todo)} parts")
+        nodes = _run(parts, todo, listing.calls, output_uri, options) if todo else []
+    done = output.finished_parts(output_uri, plan)
+    missing = [k for k in range(plan.parts) if k not in done]
+    if missing:
+        raise ConfigError(f"{output_uri}: parts {missing[:5]} were not imported (rerun to resume)")
+    output.complete(output_uri, plan, PLAN)
+    summaries = [done[k]["summary"] for k in range(plan.parts)]
+    problems = list(listing.problems) + [Problem(**p) for s in summaries for p in s["problems"]]
+    return CallImportSummary(output_uri, len(ids), sum(s["turns"] for s in summaries), output.summed(done.values(), "sources"),
+                             problems, time.time() - started, len(finished), nodes)
+
+
+def _run(parts: list[list[str]], todo: list[int], calls: dict, output_uri: str, options: CallImportOptions) -> list[str]:
+    items = [{"part": k, "calls": json.dumps([[c, *calls[c]] for c in parts[k]])} for k in todo]
+    ds = ray.data.from_items(items, override_num_blocks=len(items))  # one block per part: every CPU gets one
+    ds = ds.map_batches(import_part, fn_kwargs={"output_uri": output_uri, "options": options}, batch_size=1,
+                        batch_format="pyarrow", num_cpus=options.cpus_per_task)
+    return sorted(set(row["node"] for row in ds.take_all()))
+
+
+def import_part(item: pa.Table, output_uri: str, options: CallImportOptions) -> pa.Table:
+    """A part's calls in (one item); its turns written as part-NNNNN.parquet, then its done
+    marker (calls, turns, how they were found, problems). Returns the node that did it. No
+    model to load, so a plain Ray Data task, not an actor."""
+    part = item.column("part")[0].as_py()
+    rows, problems, sources = [], [], {}
+    for call_id, audio_uri, sidecar_uri in json.loads(item.column("calls")[0].as_py()):
+        call_rows, how, found = import_call(call_id, audio_uri, sidecar_uri, options.split, options.energy)
+        rows += call_rows
+        problems += found
+        sources[how] = sources.get(how, 0) + 1
+    output.write_part(turns_table(rows, output_uri), output_uri, part)
+    summary = {"turns": len(rows), "sources": sources, "problems": [vars(p) for p in problems]}
+    output.mark_done(output_uri, part, sum(sources.values()), summary)
+    return pa.table({"node": [ray.get_runtime_context().get_node_id()]})
