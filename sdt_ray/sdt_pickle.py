@@ -113,6 +113,13 @@ def import_sdt_pickle(uri: str, dataset: str, dev_fraction: float = 0.1, seed: i
     if not storage.exists(uri):
         raise InputError(f"{uri}: not found")
     items = load_restricted(storage.read_bytes(uri), uri)
+    try:
+        return _import(items, uri, dataset, layout, dev_fraction, seed)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:  # a shape no check above foresaw
+        raise InputError(f"{uri}: not an SDT feature file of the {dataset} layout ({type(exc).__name__}: {str(exc)[:120]})") from None
+
+
+def _import(items: Any, uri: str, dataset: str, layout: Layout, dev_fraction: float, seed: int) -> PickleImport:
     if not isinstance(items, tuple) or len(items) != layout.items:
         kind = f"a {len(items)}-item {type(items).__name__}" if hasattr(items, "__len__") else type(items).__name__
         raise InputError(f"{uri}: {dataset}'s feature file is a {layout.items}-tuple (SDT_SPEC §9); this is {kind}")
@@ -163,10 +170,8 @@ def check_label_order(labels: dict, train: list, layout: Layout, source: str) ->
     mislabel every utterance. A small or resampled file with the right order passes."""
     counts = np.zeros(len(layout.labels), dtype=np.int64)
     for dialogue in train:
-        for label in labels[dialogue]:
-            if not 0 <= int(label) < len(layout.labels):
-                raise InputError(f"{source}: label id {label} in dialogue {dialogue}; {len(layout.labels)} classes expected")
-            counts[int(label)] += 1
+        for label in _entry(labels, dialogue, "videoLabels", source):
+            counts[_label_id(label, dialogue, len(layout.labels), source)] += 1
     if tuple(counts) == layout.train_counts:
         return f"order {','.join(layout.labels)} (train counts equal the published file's)"
     log_shares = np.log(np.array(layout.train_counts) / sum(layout.train_counts))
@@ -187,26 +192,48 @@ def _rows(speakers, labels, items, split_of, layout, source) -> dict[str, Any]:
     out: dict[str, list] = {k: [] for k in ("dialogue_id", "utterance_index", "speaker", "label", "split")}
     vectors: dict[str, list] = {m: [] for m in MODALITY_ITEMS}
     for dialogue in sorted(split_of, key=str):
-        n = len(labels[dialogue])
+        dialogue_labels = _entry(labels, dialogue, "videoLabels", source)
+        n = len(dialogue_labels)
         for m, position in MODALITY_ITEMS.items():
-            block = np.asarray(items[position][dialogue], dtype=np.float32)
+            try:
+                block = np.asarray(_entry(items[position], dialogue, f"the {m} features", source), dtype=np.float32)
+            except ValueError as exc:
+                raise InputError(f"{source}: dialogue {dialogue}: {m} features are not numbers ({str(exc)[:80]})") from None
             if block.ndim != 2 or block.shape[0] != n:
                 raise InputError(f"{source}: dialogue {dialogue}: {m} features of shape {block.shape} for {n} utterances")
             vectors[m].append(block)
-        names = [_speaker(s) for s in speakers[dialogue]]
+        names = [_speaker(s) for s in _entry(speakers, dialogue, "videoSpeakers", source)]
         if len(names) != n:
             raise InputError(f"{source}: dialogue {dialogue}: {len(names)} speakers for {n} utterances")
         for u in range(n):
             out["dialogue_id"].append(str(dialogue))
             out["utterance_index"].append(u)
             out["speaker"].append(names[u])
-            out["label"].append(layout.labels[int(labels[dialogue][u])])
+            out["label"].append(layout.labels[_label_id(dialogue_labels[u], dialogue, len(layout.labels), source)])
             out["split"].append(split_of[dialogue])
     widths = {m: {b.shape[1] for b in blocks} for m, blocks in vectors.items()}
     for m, found in widths.items():
         if len(found) > 1:
             raise InputError(f"{source}: {m} features of several sizes {sorted(found)}")
     return {**out, **{m: np.concatenate(blocks) for m, blocks in vectors.items()}}
+
+
+def _entry(mapping: Any, dialogue: Any, name: str, source: str) -> Any:
+    """mapping[dialogue], or one line saying that the split lists name a dialogue `name` lacks."""
+    try:
+        return mapping[dialogue]
+    except (KeyError, TypeError, IndexError):
+        raise InputError(f"{source}: {name} has no entry for dialogue {dialogue!r}, which trainVid or testVid lists") from None
+
+
+def _label_id(value: Any, dialogue: Any, classes: int, source: str) -> int:
+    try:
+        label = int(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{source}: videoLabels: dialogue {dialogue!r} has the label {value!r}, not a class id") from None
+    if not 0 <= label < classes:
+        raise InputError(f"{source}: label id {label} in dialogue {dialogue}; {classes} classes expected")
+    return label
 
 
 def _speaker(value: Any) -> str:

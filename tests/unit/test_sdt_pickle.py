@@ -121,3 +121,22 @@ def test_dialogues_outside_the_split_lists_are_reported_and_overlaps_refused(tmp
     with pytest.raises(InputError, match="1 dialogues are in both trainVid and testVid"):
         import_sdt_pickle(write_pickle(tmp_path / "b.pkl", tuple(items)), "iemocap")
 
+
+
+def test_a_malformed_file_is_one_line_naming_what_is_wrong(tmp_path):
+    """A trainVid id with no data, or a label that is not a number, once gave a raw traceback."""
+    items = list(synthetic_items("iemocap"))
+    items[10] = set(items[10]) | {"ghost"}  # listed for training, no data anywhere
+    path = write_pickle(tmp_path / "ghost.pkl", tuple(items))
+    with pytest.raises(InputError, match=f"{path}: videoLabels has no entry for dialogue 'ghost'"):
+        import_sdt_pickle(path, "iemocap")
+    items = list(synthetic_items("iemocap"))
+    items[2] = {**items[2], "d003": ["happy"] * len(items[2]["d003"])}
+    path = write_pickle(tmp_path / "words.pkl", tuple(items))
+    with pytest.raises(InputError, match=f"{path}: videoLabels: dialogue 'd003' has the label 'happy', not a class id"):
+        import_sdt_pickle(path, "iemocap")
+    items = list(synthetic_items("iemocap"))
+    items[1] = None  # videoSpeakers is not a mapping at all
+    path = write_pickle(tmp_path / "none.pkl", tuple(items))
+    with pytest.raises(InputError, match="videoSpeakers has no entry for dialogue"):
+        import_sdt_pickle(path, "iemocap")
