@@ -19,6 +19,10 @@ Measures, on this machine:
   local Ray over 100k and 400k synthetic utterances at MELD dims, with peak RSS;
 - under `calls` (bench_calls.py): one generated call of 150 and of 1,500 turns through
   import, extract (text + audio), predict and report, with peak RSS of each step;
+- under `scale` (bench_scale.py): the driver's peak RSS over `extract` of N and 10N long
+  utterances, and its CPU share of `import calls` over many minutes of stereo MP3;
+- `extraction.text_ratio`: `extract --modalities text` (MiniLM) on Ray against the same encoder
+  in one process, on the same texts and CPUs, side by side in one run;
 and peak resident memory of this process.
 """
 
@@ -328,6 +332,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--scoring-sizes", default="100000,400000",
                         help="comma-separated corpus sizes (utterances) for the scoring runs; the first gives the headline")
     parser.add_argument("--no-encoder", action="store_true", help="skip the text-encoder measurement")
+    parser.add_argument("--scale-utterances", type=int, default=2000, help="N: the driver-memory runs extract N and 10N")
+    parser.add_argument("--scale-calls", type=int, default=24, help="generated MP3 calls for the import calls CPU share")
+    parser.add_argument("--scale-call-minutes", type=float, default=2.5, help="minutes per generated call")
+    parser.add_argument("--text-ratio-utterances", type=int, default=20_000, help="texts for extraction.text_ratio")
     parser.add_argument("--call-turns", default="150,1500",
                         help="comma-separated call lengths (turns) for the long-call memory runs (espeak-ng needed)")
     args = parser.parse_args(argv)
@@ -354,6 +362,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         from .bench_calls import bench_calls
 
         results["calls"] = bench_calls(tuple(int(n) for n in args.call_turns.split(",")), workdir=str(out))
+        from .bench_scale import bench_scale
+
+        results["scale"] = bench_scale(args.scale_utterances, args.scale_calls, args.scale_call_minutes, workdir=str(out))
     results["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     (out / "results.json").write_text(json.dumps(results, indent=2))
     plot(results, out / "results.png")
@@ -397,6 +408,11 @@ def bench_extraction(args) -> dict[str, Any]:
             "ratio_wall": round(pipeline["rtf_per_core_wall"] / alone["rtf_per_core"], 3),
             "ratio_cpu": round(pipeline["rtf_per_core_cpu"] / alone["rtf_per_core"], 3),
         }
+        results["opensmile_ratio"] = results["opensmile"]["ratio_wall"]
+        from .bench_scale import bench_text_ratio
+
+        results["text_job"] = bench_text_ratio(args.text_ratio_utterances)
+        results["text_ratio"] = results["text_job"]["ratio"]
         results["end_to_end"] = bench_extract_job(args.utterances, ("text", "audio", "visual"))
         with tempfile.TemporaryDirectory() as workdir:
             results["finetune_job"] = bench_finetune_job(workdir)
