@@ -229,7 +229,9 @@ def plot(results: dict[str, Any], path: Path) -> None:
         panels.append(_scoring_panel)
     if "calls" in results:
         panels.append(_calls_panel)
-    ratios = [3, 1, 1.4, 1.2][: len(panels)]
+    if "scale" in results:
+        panels.append(_scale_panel)
+    ratios = [3, 1, 1.4, 1.2, 1][: len(panels)]
     fig, axes = plt.subplots(1, len(panels), figsize=(5 + 4.2 * len(panels), 4.8), dpi=120,
                              gridspec_kw={"width_ratios": ratios}, squeeze=False)
     for panel, ax in zip(panels, axes[0]):
@@ -320,6 +322,23 @@ def _calls_panel(results: dict[str, Any], ax) -> None:
     ax.set_title(f"one call through import, extract, predict, report\n(longest: {minutes:.0f} min of stereo audio)", fontsize=9)
     ax.set_ylim(0, None)
     ax.legend(fontsize=7, loc="upper left")
+
+
+def _scale_panel(results: dict[str, Any], ax) -> None:
+    """The driver's peak RSS for extract at N and 10N (flat means it never holds the archive)."""
+    scale = results["scale"]
+    runs = scale["extract"]["runs"]
+    labels = [f"{r['utterances']:,} utt\n({r['text_mb']:.0f} MB text)" for r in runs]
+    bars = ax.bar(range(len(runs)), [r["driver_peak_rss_mb"] for r in runs], color="#4477aa")
+    ax.bar_label(bars, labels=[f"{r['driver_peak_rss_mb']:.0f}" for r in runs], fontsize=8)
+    ax.axhline(runs[0]["driver_peak_rss_mb"] + scale["extract"]["bound_mb"], color="#cc3311", linestyle="--", linewidth=1,
+               label=f"N + {scale['extract']['bound_mb']} MB")
+    ax.set_xticks(range(len(runs)), labels, fontsize=8)
+    ax.set_ylabel("driver peak RSS (MB)")
+    calls = scale["import_calls"]
+    ax.set_title(f"extract: driver +{scale['extract']['driver_growth_mb']:.0f} MB from N to 10N\n"
+                 f"import calls: driver CPU {calls['driver_cpu_share']:.0%} of wall ({calls['audio_minutes']:.0f} min of MP3)", fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

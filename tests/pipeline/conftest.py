@@ -150,6 +150,23 @@ def job_inputs(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def text_checkpoint(tmp_path_factory):
+    """A random text model (16-d features, synthetic.LABELS): what scoring contracts need."""
+    import torch
+
+    from synthetic import LABELS
+    from sdt_ray.checkpoint import save_checkpoint, state_dict_for_saving
+    from sdt_ray.config import ModelConfig
+    from sdt_ray.model import SDT
+
+    torch.manual_seed(0)
+    config = ModelConfig(input_dims=(16,), hidden=16, heads=2, n_classes=3, class_names=tuple(LABELS))
+    folder = tmp_path_factory.mktemp("ckpt")
+    save_checkpoint(folder, state_dict_for_saving(SDT(config)), config)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
 def text_audio_checkpoint(tmp_path_factory):
     """A random text (MiniLM, 384) + audio (eGeMAPS, 88) model with MELD's labels: contracts
     (rows, columns, equality of two paths) need no training."""

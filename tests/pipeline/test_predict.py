@@ -7,16 +7,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
-import torch
 
 from synthetic import LABELS, features_table, with_values
 from sdt_ray import storage
-from sdt_ray.checkpoint import save_checkpoint, state_dict_for_saving
-from sdt_ray.config import ModelConfig
 from sdt_ray.errors import InputError
 from sdt_ray.evaluate import evaluate
 from sdt_ray.metrics import classification_report
-from sdt_ray.model import SDT
 from sdt_ray.pipelines import predict_job
 from sdt_ray.scoring import PredictOptions
 
@@ -24,12 +20,8 @@ QUIET = {"log": lambda m: None}
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    config = ModelConfig(input_dims=(16,), hidden=16, heads=2, n_classes=3, class_names=tuple(LABELS))
-    folder = tmp_path_factory.mktemp("ckpt")
-    save_checkpoint(folder, state_dict_for_saving(SDT(config)), config)
-    return str(folder)
+def checkpoint(text_checkpoint):
+    return text_checkpoint
 
 
 @pytest.fixture(scope="module")

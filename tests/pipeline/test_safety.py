@@ -12,15 +12,11 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-import torch
 
-from synthetic import LABELS, corrupt_column, features_table
+from synthetic import corrupt_column, features_table
 from sdt_ray import output, storage
-from sdt_ray.checkpoint import save_checkpoint, state_dict_for_saving
-from sdt_ray.config import ModelConfig
 from sdt_ray.errors import InputError
 from sdt_ray.importers import DEMO_CORPUS, import_corpus
-from sdt_ray.model import SDT
 from sdt_ray.pipelines import ExtractOptions, extract, predict_job
 from sdt_ray.scoring import PredictOptions
 
@@ -29,12 +25,8 @@ KEYS = [("dialogue_id", "ascending"), ("utterance_index", "ascending")]
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    config = ModelConfig(input_dims=(16,), hidden=16, heads=2, n_classes=3, class_names=tuple(LABELS))
-    folder = tmp_path_factory.mktemp("ckpt")
-    save_checkpoint(folder, state_dict_for_saving(SDT(config)), config)
-    return str(folder)
+def checkpoint(text_checkpoint):
+    return text_checkpoint
 
 
 def test_an_unreadable_page_becomes_read_error_rows_and_the_rest_is_scored(ray_local, checkpoint, tmp_path):
