@@ -207,7 +207,8 @@ def extract(
     audio_encoder: Optional[str] = AUDIO_ENCODER,
     visual_model: Optional[str] = VISUAL_MODEL,
     frames: int = FRAMES,
-    batch_size: int = typer.Option(64, help="Utterances per batch handed to each stage; also the resume granularity."),
+    batch_size: int = typer.Option(512, help="Utterances per block handed to each stage (whole dialogues, at least this "
+                                   "many; the text encoder length-sorts within one); also the resume granularity."),
     rows_per_file: int = typer.Option(10_000, help="Rows per output part file (part-00000.parquet, ...)."),
     actors: Optional[int] = typer.Option(None, help="Actors per stage; default: sized from the cluster's resources."),
     cpus_per_actor: float = typer.Option(1.0, help="CPUs per actor at most (fewer on a small machine; torch threads)."),
@@ -408,7 +409,7 @@ def predict(
     visual_model: Optional[str] = VISUAL_MODEL,
     frames: int = FRAMES,
     chunk_size: int = typer.Option(
-        64, help="With --extract: utterances per streamed chunk of whole dialogues (longer dialogues go alone)."
+        512, help="With --extract: utterances per streamed chunk of whole dialogues (at least this many; the unit of resume)."
     ),
     output: str = typer.Option(..., "--output", help="Predictions folder: part-NNNNN.parquet, one row per input utterance."),
     batch_size: int = typer.Option(16, help="Dialogues (or windows of long ones) per forward pass."),

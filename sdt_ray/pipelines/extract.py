@@ -52,7 +52,10 @@ class ExtractOptions:
     audio_encoder: str | None = None  # a transformers speech model instead of openSMILE (local folder or cached id)
     visual_model: str | None = None  # local folder, an id in the user's HF cache, or `random-vit`
     frames: int = DEFAULT_FRAMES  # frames sampled per utterance
-    batch_size: int = 64  # utterances per batch handed to a stage
+    # Utterances per block handed to the stages (whole dialogues, at least this many), and the
+    # resume granularity. The text encoder length-sorts within a block: 64 rows ran one thread at
+    # 63 utterances/s, 512 at 136 (MiniLM, MELD texts), from padding alone.
+    batch_size: int = 512
     rows_per_file: int = 10_000  # rows per output part file
     actors: int | None = None  # per stage; default: sized from the cluster's resources
     cpus_per_actor: float = 1.0

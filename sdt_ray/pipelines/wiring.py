@@ -63,11 +63,22 @@ def stream_chunks(tasks: list[dict], todo: list[int], read: ReadOptions, stages:
     ds = ds.map_batches(ReadStage, fn_constructor_kwargs={"options": read}, batch_size=1, batch_format="pyarrow",
                         compute=ActorPoolStrategy(size=sizes_readers(sizes)), num_cpus=READER_CPUS)
     ds = map_stages(ds, stages, sizes, batch_size=None)
-    ds = ds.map_batches(
-        lambda batch: with_node(fragments.write_fragments(batch.select(columns) if columns else batch, output_uri, run_id)),
-        batch_size=None, batch_format="pyarrow", num_cpus=WRITER_CPUS,
-    )
+    # An actor, not tasks: a task per block started fresh worker processes that took half a core
+    # each from the model actors (measured: extract at 0.53x the encoder alone).
+    ds = ds.map_batches(FragmentWriter, fn_constructor_kwargs={"output_uri": output_uri, "run_id": run_id, "columns": columns},
+                        batch_size=None, batch_format="pyarrow", num_cpus=WRITER_CPUS, compute=ActorPoolStrategy(size=1))
     return sorted({row["node"] for row in ds.take_all()})
+
+
+class FragmentWriter:
+    """Finished blocks in, written as fragments (their `columns` only); out, one row per
+    fragment with the node that wrote it."""
+
+    def __init__(self, output_uri: str, run_id: str, columns: list[str] | None):
+        self.output_uri, self.run_id, self.columns = output_uri, run_id, columns
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return with_node(fragments.write_fragments(batch.select(self.columns) if self.columns else batch, self.output_uri, self.run_id))
 
 
 def with_node(table: pa.Table) -> pa.Table:
