@@ -78,7 +78,7 @@ class ExtractSummary:
     seconds: float = 0.0  # wall time of this run
     stats: dict[str, float] = field(default_factory=dict)  # seconds summed over this run's rows
     pools: dict[str, PoolSize] = field(default_factory=dict)  # the actor pools this run used
-    nodes: list[str] = field(default_factory=list)  # Ray node ids whose fragment writers wrote in this run
+    nodes: list[str] = field(default_factory=list)  # Ray node ids whose (last stage's) actors extracted rows in this run
 
     @property
     def extracted_rows(self) -> int:

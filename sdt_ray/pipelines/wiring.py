@@ -36,9 +36,11 @@ def describe_pools(sizes: dict[str, PoolSize]) -> str:
 
 
 def map_stages(ds, stages: list[Stage], sizes: dict[str, PoolSize], batch_size: int | None):
-    """Each stage as an actor pool over the stream; batch_size None hands each stage whole blocks."""
-    for demand, stage, kwargs in stages:
+    """Each stage as an actor pool over the stream; batch_size None hands each stage whole blocks.
+    The last stage's rows name the node that made them (NODE), for the job's summary."""
+    for k, (demand, stage, kwargs) in enumerate(stages):
         pool = sizes[demand.name]
+        stage = node_tagging(stage) if k == len(stages) - 1 else stage
         if demand.name in MODEL_STAGES or kwargs.get("speech_model"):
             kwargs = {**kwargs, "threads": max(1, int(pool.num_cpus))}
         ds = ds.map_batches(
@@ -56,7 +58,8 @@ def map_stages(ds, stages: list[Stage], sizes: dict[str, PoolSize], batch_size: 
 def stream_chunks(tasks: list[dict], todo: list[int], read: ReadOptions, stages: list[Stage], sizes: dict[str, PoolSize],
                   output_uri: str, run_id: str, columns: list[str] | None = None) -> list[str]:
     """Chunk items -> ReadStage -> stages (actor pools, whole blocks) -> fragments. Returns the
-    nodes whose fragment writers wrote. Only chunk items (slices of files) pass through the driver."""
+    nodes whose actors made the rows (the last stage's). Only chunk items (slices of files) pass
+    through the driver."""
     resume = {p for p in fragments.fragment_parts(output_uri)}  # parts an earlier run began
     items = chunk_items(tasks, todo, resume)
     ds = ray.data.from_items(items, override_num_blocks=len(items))  # one block per chunk: every actor gets work
@@ -67,23 +70,34 @@ def stream_chunks(tasks: list[dict], todo: list[int], read: ReadOptions, stages:
     # each from the model actors (measured: extract at 0.53x the encoder alone).
     ds = ds.map_batches(FragmentWriter, fn_constructor_kwargs={"output_uri": output_uri, "run_id": run_id, "columns": columns},
                         batch_size=None, batch_format="pyarrow", num_cpus=WRITER_CPUS, compute=ActorPoolStrategy(size=1))
-    return sorted({row["node"] for row in ds.take_all()})
+    return sorted({row["node"] for row in ds.take_all() if row["node"]})
+
+
+NODE = "_node"  # the node whose actor made a row (the last stage's), dropped before writing
+
+
+def node_tagging(stage: type) -> type:
+    """`stage` (same name, so its actors are named as before) whose output rows carry NODE."""
+
+    def call(self, batch: pa.Table) -> pa.Table:
+        out = stage.__call__(self, batch)
+        return out.append_column(NODE, pa.array([ray.get_runtime_context().get_node_id()] * out.num_rows, pa.string()))
+
+    return type(stage.__name__, (stage,), {"__call__": call})
 
 
 class FragmentWriter:
     """Finished blocks in, written as fragments (their `columns` only); out, one row per
-    fragment with the node that wrote it."""
+    fragment with the node whose actor made its rows."""
 
     def __init__(self, output_uri: str, run_id: str, columns: list[str] | None):
         self.output_uri, self.run_id, self.columns = output_uri, run_id, columns
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return with_node(fragments.write_fragments(batch.select(self.columns) if self.columns else batch, self.output_uri, self.run_id))
-
-
-def with_node(table: pa.Table) -> pa.Table:
-    """A stage's summary rows, tagged with the node that ran it (where the work went)."""
-    return table.append_column("node", pa.array([ray.get_runtime_context().get_node_id()] * table.num_rows, pa.string()))
+        node = batch.column(NODE)[0].as_py() if batch.num_rows else None
+        batch = batch.drop_columns([NODE])
+        written = fragments.write_fragments(batch.select(self.columns) if self.columns else batch, self.output_uri, self.run_id)
+        return written.append_column("node", pa.array([node] * written.num_rows, pa.string()))
 
 
 def sizes_readers(sizes: dict[str, PoolSize]) -> int:
