@@ -27,6 +27,9 @@ def main(argv: list[str]) -> list[dict]:
     try:
         cluster.wait_for_nodes()
         ray.init(address=cluster.address, log_to_driver=False, logging_level="WARNING")
+        # Dispatch only once every pool actor is up: by default Ray Data starts them asynchronously,
+        # and on a cold start one actor could finish a tiny job before the other node's was ready.
+        ray.data.DataContext.get_current().wait_for_min_actors_s = 300
         nodes = sum(1 for n in ray.nodes() if n["Alive"])
         return [{"nodes": nodes, **run_job(cluster.address, job)} for job in jobs(argv)]
     finally:
