@@ -92,13 +92,21 @@ def import_calls(source: str, split: str | None = None, energy: EnergyOptions = 
     """Every call under `source` (a folder or an s3:// prefix) to utterance rows, in this process
     (`sdt-ray import calls` runs the same per call on Ray workers: pipelines/calls.py)."""
     listing = find_calls(source)
-    rows, problems, sources = [], list(listing.problems), {}
-    for call_id, (audio_uri, sidecar_uri) in listing.calls.items():
+    calls = [(call_id, audio, sidecar) for call_id, (audio, sidecar) in listing.calls.items()]
+    rows, problems, sources = import_many(calls, split, energy)
+    return CallImport(turns_table(rows, source), list(listing.problems) + problems, sources)
+
+
+def import_many(calls: list[tuple[str, str, str | None]], split: str | None,
+                energy: EnergyOptions) -> tuple[list[dict], list[Problem], dict[str, int]]:
+    """(call id, audio URI, sidecar URI) each -> their rows, problems, and how many calls each way of finding turns took."""
+    rows, problems, sources = [], [], {}
+    for call_id, audio_uri, sidecar_uri in calls:
         call_rows, how, found = import_call(call_id, audio_uri, sidecar_uri, split, energy)
         rows += call_rows
         problems += found
         sources[how] = sources.get(how, 0) + 1
-    return CallImport(turns_table(rows, source), problems, sources)
+    return rows, problems, sources
 
 
 def import_call(call_id: str, audio_uri: str, sidecar_uri: str | None, split: str | None,

@@ -20,9 +20,10 @@ import pyarrow as pa
 import ray
 
 from .. import output
-from ..calls import EnergyOptions, Problem, find_calls, import_call, turns_table
+from ..calls import EnergyOptions, Problem, find_calls, import_many, turns_table
 from ..errors import ConfigError
 from ..submit import ray_session, require_shared_storage
+from .wiring import check_all_done
 
 PLAN = "_import.json"
 
@@ -74,10 +75,7 @@ def import_calls_job(source: str, output_uri: str, options: CallImportOptions = 
         todo = [k for k in range(len(parts)) if k not in finished]
         log(f"importing {sum(len(parts[k]) for k in todo)} of {len(ids)} calls in {len(todo)} parts")
         nodes = _run(parts, todo, listing.calls, output_uri, options) if todo else []
-    done = output.finished_parts(output_uri, plan)
-    missing = [k for k in range(plan.parts) if k not in done]
-    if missing:
-        raise ConfigError(f"{output_uri}: parts {missing[:5]} were not imported (rerun to resume)")
+    done = check_all_done(output_uri, plan)
     output.complete(output_uri, plan, PLAN)
     summaries = [done[k]["summary"] for k in range(plan.parts)]
     problems = list(listing.problems) + [Problem(**p) for s in summaries for p in s["problems"]]
@@ -98,12 +96,7 @@ def import_part(item: pa.Table, output_uri: str, options: CallImportOptions) -> 
     marker (calls, turns, how they were found, problems). Returns the node that did it. No
     model to load, so a plain Ray Data task, not an actor."""
     part = item.column("part")[0].as_py()
-    rows, problems, sources = [], [], {}
-    for call_id, audio_uri, sidecar_uri in json.loads(item.column("calls")[0].as_py()):
-        call_rows, how, found = import_call(call_id, audio_uri, sidecar_uri, options.split, options.energy)
-        rows += call_rows
-        problems += found
-        sources[how] = sources.get(how, 0) + 1
+    rows, problems, sources = import_many(json.loads(item.column("calls")[0].as_py()), options.split, options.energy)
     output.write_part(turns_table(rows, output_uri), output_uri, part)
     summary = {"turns": len(rows), "sources": sources, "problems": [vars(p) for p in problems]}
     output.mark_done(output_uri, part, sum(sources.values()), summary)

@@ -101,8 +101,8 @@ class FragmentWriter:
 
 
 def sizes_readers(sizes: dict[str, PoolSize]) -> int:
-    """One reader per two actors of the widest pool after them (a task yields many blocks, so a
-    reader feeds several actors), within the CPUs the pools leave (pools.reserve_cpus) beside
+    """One reader per two actors of the widest pool after them (a reader is light, so a
+    reader's chunks feed several actors), within the CPUs the pools leave (pools.reserve_cpus) beside
     one fragment writer: a laptop's 2 CPUs get one reader."""
     widest = max((s.actors for s in sizes.values()), default=1)
     cpus = float(ray.cluster_resources().get("CPU", 1.0))
