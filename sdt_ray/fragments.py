@@ -24,7 +24,7 @@ from . import output, storage
 from .errors import InputError
 from .failpoints import reached
 from .schema import error_counts
-from .tasks import ROW, TASK as PART
+from .tasks import INPUT_SHA, ROW, TASK as PART, part_input_sha256
 
 FRAGMENTS = output.FRAGMENTS
 STATS_COLUMNS = ("_audio_s", "_audio_cpu_s")  # per-row seconds summed for the job's summary
@@ -66,25 +66,29 @@ def fragment_parts(output_uri: str) -> list[int]:
     return sorted({int(m.group(1)) for m in map(_FRAGMENT_NAME.search, names) if m})
 
 
-def compact_part(output_uri: str, plan: output.Plan, part: int, write, run_id: str) -> dict[str, float]:
+def compact_part(output_uri: str, plan: output.Plan, part: int, write, run_id: str) -> dict:
     """Merge part `part`'s fragments, `write(table)` its file(s) and return the part's summary
-    (a dict), then write its done marker and delete the fragments. Returns the seconds in
-    STATS_COLUMNS summed over the rows this run (`run_id`) extracted."""
+    (a dict), then write its done marker (with the part's input hash) and delete the fragments.
+    Returns {"stats": the seconds in STATS_COLUMNS summed over the rows this run (`run_id`)
+    extracted, "changed": a message when rows of one chunk were read with different contents
+    (the input changed between runs: nothing is written), else None}."""
     uris = part_fragments(output_uri, part)
+    stats = {c: 0.0 for c in STATS_COLUMNS}
     if output.part_done(output_uri, plan, part) is None:  # else an earlier run died before deleting the fragments
         tables = [storage.read_table(u) for u in uris]
         this_run = [f"-{run_id}-" in u.rsplit("/", 1)[-1] for u in uris]
         stats = {c: sum(float(pc.sum(t.column(c)).as_py() or 0.0) for t, mine in zip(tables, this_run) if mine and c in t.column_names)
                  for c in STATS_COLUMNS}
         table = merge_fragments([t.drop_columns([c for c in STATS_COLUMNS if c in t.column_names]) for t in tables], plan, part, output_uri)
-        summary = write(table.drop_columns([ROW]))
+        input_sha, changed = part_input_sha256(table)
+        if changed:  # kept for the user to see; the driver reports it (a raise here would be a Ray traceback)
+            return {"stats": stats, "changed": f"part {part}, rows {changed[:3]} on"}
+        summary = write(table.drop_columns([ROW, INPUT_SHA]))
         reached("compaction")
-        output.mark_done(output_uri, part, table.num_rows, summary)
-    else:
-        stats = {c: 0.0 for c in STATS_COLUMNS}
+        output.mark_done(output_uri, part, table.num_rows, summary, input_sha)
     for uri in uris:
         storage.delete(uri)
-    return stats
+    return {"stats": stats, "changed": None}
 
 
 def write_features_part(output_uri: str, part: int, metadata: dict[bytes, bytes]):

@@ -15,10 +15,15 @@ is one InputError naming the file and the column, before any work.
 
 A data page that cannot be read inside a task does not end the job: its rows come back with
 their keys (read again alone, as the driver read them) and the reason in `READ_ERROR`.
+
+The worker that reads rows also hashes them (`content_sha256`): a part's done marker carries
+the SHA-256 of the rows it was made from, and a resumed part whose rows were read twice with
+different contents is caught at compaction, even where an input file kept its size and mtime.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 
@@ -34,6 +39,7 @@ READ_ERROR = "_read_error"  # why a row's other columns could not be read; null 
 KEY_COLUMNS = ("dialogue_id", "utterance_index")
 TASK = "_part"  # the task (= output part) a row belongs to
 ROW = "_row"  # a row's position in its task, in (dialogue_id, utterance_index) order
+INPUT_SHA = "_input_sha256"  # per row: "<chunk offset>:<SHA-256 of the chunk's rows as read>"
 
 
 @dataclass
@@ -239,6 +245,32 @@ def read_slices(slices: list[list], columns: list[str] | None = None, cache: Row
     if READ_ERROR not in table.column_names:
         table = table.append_column(READ_ERROR, pa.nulls(table.num_rows, pa.string()))
     return table
+
+
+def content_sha256(table: pa.Table) -> str:
+    """SHA-256 of a table's contents as read: its Arrow IPC stream (schema, then the batches),
+    which is the same bytes for the same rows read the same way."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return hashlib.sha256(sink.getvalue()).hexdigest()
+
+
+def combined_sha256(hashes: list[str]) -> str:
+    """One SHA-256 over an ordered list of hashes (a part's chunks, a job's parts)."""
+    return hashlib.sha256("\n".join(hashes).encode()).hexdigest()
+
+
+def part_input_sha256(table: pa.Table) -> tuple[str, list[int]]:
+    """A compacted part's input hash from its rows' INPUT_SHA values (its chunks in offset
+    order), and the chunk offsets whose rows came with more than one hash: rows read in two
+    runs whose input differed."""
+    by_offset: dict[int, set[str]] = {}
+    for value in pc.unique(table.column(INPUT_SHA)).to_pylist():
+        offset, sha = value.split(":", 1)
+        by_offset.setdefault(int(offset), set()).add(sha)
+    changed = sorted(o for o, shas in by_offset.items() if len(shas) > 1)
+    return combined_sha256([f"{o}:{min(by_offset[o])}" for o in sorted(by_offset)]), changed
 
 
 def _read_range(uri: str, start: int, stop: int, columns: list[str] | None, cache: RowGroupCache) -> list[pa.Table]:

@@ -11,6 +11,7 @@ mechanism (output.py) makes the job resumable and keeps it apart from the archiv
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -19,10 +20,11 @@ from typing import Callable
 import pyarrow as pa
 import ray
 
-from .. import output
+from .. import output, storage
 from ..calls import EnergyOptions, Problem, find_calls, import_many, turns_table
 from ..errors import ConfigError
 from ..submit import ray_session, require_shared_storage
+from ..tasks import combined_sha256
 from .wiring import check_all_done
 
 PLAN = "_import.json"
@@ -76,7 +78,7 @@ def import_calls_job(source: str, output_uri: str, options: CallImportOptions = 
         log(f"importing {sum(len(parts[k]) for k in todo)} of {len(ids)} calls in {len(todo)} parts")
         nodes = _run(parts, todo, listing.calls, output_uri, options) if todo else []
     done = check_all_done(output_uri, plan)
-    output.complete(output_uri, plan, PLAN)
+    output.complete(output_uri, plan, PLAN, done)
     summaries = [done[k]["summary"] for k in range(plan.parts)]
     problems = list(listing.problems) + [Problem(**p) for s in summaries for p in s["problems"]]
     return CallImportSummary(output_uri, len(ids), sum(s["turns"] for s in summaries), output.summed(done.values(), "sources"),
@@ -91,13 +93,21 @@ def _run(parts: list[list[str]], todo: list[int], calls: dict, output_uri: str, 
     return sorted(set(row["node"] for row in ds.take_all()))
 
 
+def _files_sha256(calls: list[list]) -> str:
+    """The part's input hash: each call's recording and transcript bytes, in order (read again
+    after decoding, so mostly from the page cache)."""
+    hashes = [hashlib.sha256(storage.read_bytes(uri)).hexdigest() for _, *uris in calls for uri in uris if uri]
+    return combined_sha256(hashes)
+
+
 def import_part(item: pa.Table, output_uri: str, options: CallImportOptions) -> pa.Table:
     """A part's calls in (one item); its turns written as part-NNNNN.parquet, then its done
     marker (calls, turns, how they were found, problems). Returns the node that did it. No
     model to load, so a plain Ray Data task, not an actor."""
     part = item.column("part")[0].as_py()
-    rows, problems, sources = import_many(json.loads(item.column("calls")[0].as_py()), options.split, options.energy)
+    calls = json.loads(item.column("calls")[0].as_py())
+    rows, problems, sources = import_many(calls, options.split, options.energy)
     output.write_part(turns_table(rows, output_uri), output_uri, part)
     summary = {"turns": len(rows), "sources": sources, "problems": [vars(p) for p in problems]}
-    output.mark_done(output_uri, part, sum(sources.values()), summary)
+    output.mark_done(output_uri, part, sum(sources.values()), summary, _files_sha256(calls))
     return pa.table({"node": [ray.get_runtime_context().get_node_id()]})

@@ -33,7 +33,7 @@ from ..pools import PoolSize, StageDemand
 from ..schema import ENCODERS_METADATA_KEY, KEY_FIELDS, LABEL_FIELDS, LABELS_METADATA_KEY, check_splits, feature_column
 from ..schema import labels_from_metadata, validate_utterances
 from ..submit import ray_session, require_shared_storage
-from ..tasks import InputPlan, plan_input
+from ..tasks import INPUT_SHA, InputPlan, plan_input
 from .stages import ReadOptions
 from .wiring import check_all_done, compact_parts, describe_pools, pool_sizes, stream_chunks
 
@@ -140,7 +140,7 @@ def extract(
         stats = compact_parts(output_uri, plan, lambda p: fragments.write_features_part(output_uri, p, metadata), run_id)
     done = check_all_done(output_uri, plan)
     storage.delete(storage.join(output_uri, fragments.FRAGMENTS))
-    output.complete(output_uri, plan, PLAN)
+    output.complete(output_uri, plan, PLAN, done)
     rows_out = sum(m["rows"] for m in done.values())
     return ExtractSummary(plan.rows, rows_out, output.summed(done.values(), "errors"), output_uri, resumed,
                           time.time() - started, stats, pools, nodes)
@@ -270,5 +270,5 @@ def _run_stages(prepared: PreparedInput, todo: list[int], output_uri: str, optio
 
 def _fragment_columns(modalities: tuple[str, ...], timing: list[str] = ()) -> list[str]:
     names = [f.name for f in KEY_FIELDS + LABEL_FIELDS] + list(timing)
-    names += [feature_column(m) for m in SUPPORTED_MODALITIES if m in modalities] + ["errors", fragments.ROW, fragments.PART]
+    names += [feature_column(m) for m in SUPPORTED_MODALITIES if m in modalities] + ["errors", fragments.ROW, fragments.PART, INPUT_SHA]
     return names + (list(fragments.STATS_COLUMNS) if "audio" in modalities else [])

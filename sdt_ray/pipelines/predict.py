@@ -27,13 +27,13 @@ from ..pools import StageDemand
 from ..schema import feature_column, predictions_schema
 from ..scoring import PredictOptions, checkpoint_identity
 from ..submit import ray_session, require_shared_storage
-from ..tasks import input_files, plan_input, task_items
+from ..tasks import INPUT_SHA, input_files, plan_input, task_items
 from .extract import MEDIA_COLUMN, ExtractOptions, _check_options, _stage_demands, input_uris, prepare_input
 from .stages import ReadOptions, ScoreStage, StreamScoreStage, write_scored_part
 from .wiring import check_all_done, compact_parts, describe_pools, fewer_actors, pool_sizes, stream_chunks
 
 PLAN = "_predict.json"
-CARRIED = [fragments.ROW, fragments.PART, "errors"]  # through the scorer to the fragments; not in the output
+CARRIED = [fragments.ROW, fragments.PART, "errors", INPUT_SHA]  # through the scorer to the fragments; not in the output
 
 
 @dataclass
@@ -137,13 +137,14 @@ def _score(checkpoint_uri: str, output_uri: str, options: PredictOptions, model_
 
 def _finish(output_uri: str, plan: output.Plan, seconds: float, skipped: int, nodes: list[str]) -> PredictSummary:
     """The summary from the parts' done markers (never from the output's rows), then the plan says complete."""
-    done = check_all_done(output_uri, plan).values()
+    markers = check_all_done(output_uri, plan)
+    done = markers.values()
     rows_out = sum(m["rows"] for m in done)
     summary = PredictSummary(plan.rows, rows_out, output.summed(done, "labels"), output.summed(done, "errors"), output_uri,
                              seconds, skipped, output.summed(done, "modalities"), nodes)
     if rows_out != plan.rows:
         raise InputError(f"scoring wrote {rows_out} rows for {plan.rows} input utterances")
-    output.complete(output_uri, plan, PLAN)
+    output.complete(output_uri, plan, PLAN, markers)
     return summary
 
 

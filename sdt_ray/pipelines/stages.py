@@ -17,7 +17,8 @@ from .. import fragments, output
 from ..features.text_card import CONTEXT_COLUMN, context_texts
 from ..schema import KEY_FIELDS, UTTERANCES_SCHEMA, add_errors
 from ..scoring import PredictOptions, load_scorer
-from ..tasks import READ_ERROR, RowGroupCache, check_whole_chunks, mark_chunk, number_task, read_slices, whole_dialogues
+from ..tasks import INPUT_SHA, READ_ERROR, RowGroupCache, check_whole_chunks, content_sha256, mark_chunk, number_task
+from ..tasks import read_slices, whole_dialogues
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,8 @@ class ReadOptions:
 class ReadStage:
     """Chunk items (tasks.chunk_items) in, one per call; the chunk's rows out, read where they
     lie, only `columns`, cast to the utterances schema, numbered within their task, without
-    the rows an earlier run finished. One block per chunk, so every actor after it gets work."""
+    the rows an earlier run finished, each carrying the chunk's INPUT_SHA (the hash of every
+    row read, finished or not). One block per chunk, so every actor after it gets work."""
 
     def __init__(self, options: ReadOptions):
         self.options = options
@@ -42,7 +44,9 @@ class ReadStage:
         o = self.options
         task, offset, chunk = (item.column(c)[0].as_py() for c in ("task", "offset", "chunk"))
         slices = json.loads(item.column("slices")[0].as_py())
-        table = number_task(_as_utterances(read_slices(slices, list(o.columns), self.cache), o.columns), task, offset)
+        read = read_slices(slices, list(o.columns), self.cache)
+        table = number_task(_as_utterances(read, o.columns), task, offset)
+        table = table.append_column(INPUT_SHA, pa.array([f"{offset}:{content_sha256(read)}"] * table.num_rows, pa.string()))
         if o.context:  # before finished rows go: a turn's context is its dialogue's (whole in a chunk)
             table = table.append_column(CONTEXT_COLUMN, pa.array(context_texts(table, *o.context)))
         if item.column("resume")[0].as_py():
@@ -97,7 +101,7 @@ class ScoreStage:
             table = read_slices(json.loads(slices), self.columns)
             scored = self.scorer(table, self.keep_columns)
             output.write_part(scored, self.output_uri, task, self.partition_by)
-            output.mark_done(self.output_uri, task, scored.num_rows, prediction_counts(scored))
+            output.mark_done(self.output_uri, task, scored.num_rows, prediction_counts(scored), content_sha256(table))
             rows += scored.num_rows
         import ray  # the node this actor runs on, for the job's summary (the rest of this module needs no Ray)
 

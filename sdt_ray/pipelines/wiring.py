@@ -114,7 +114,11 @@ def compact_parts(output_uri: str, plan: output.Plan, writers: dict, run_id: str
     """Merge each part's fragments into its file(s), in parallel Ray tasks (`writers`: part -> writer)."""
     compact = ray.remote(num_cpus=WRITER_CPUS)(fragments.compact_part)
     results = ray.get([compact.remote(output_uri, plan, p, writers(p), run_id) for p in fragments.fragment_parts(output_uri)])
-    return {c: float(sum(r[c] for r in results)) for c in fragments.STATS_COLUMNS}
+    changed = [r["changed"] for r in results if r["changed"]]
+    if changed:
+        raise InputError(f"{output_uri}: the input changed while this output was being resumed (its rows read in two runs "
+                         f"differ: {'; '.join(changed[:3])}); pass --overwrite to start over")
+    return {c: float(sum(r["stats"][c] for r in results)) for c in fragments.STATS_COLUMNS}
 
 
 def check_all_done(output_uri: str, plan: output.Plan) -> dict[int, dict]:

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
@@ -71,6 +72,8 @@ def test_a_resumed_run_refuses_an_input_that_changed_and_names_it(ray_local, che
     out = str(tmp_path / "predictions")
     predict_job(checkpoint, str(source), out, PredictOptions(), **QUIET)
     plan = output.read_plan(out, "_predict.json")
+    assert all(len(output.part_done(out, plan, p)["input_sha256"]) == 64 for p in range(plan.parts))
+    assert len(plan.extra["input_sha256"]) == 64
     plan.complete = False
     output.write_plan(out, plan, "_predict.json")
     storage.write_table(features_table({"test": 4}, seed=9), str(source / "part-00000.parquet"))  # new content
@@ -126,4 +129,25 @@ def test_a_job_killed_at_the_worst_moment_resumes_to_the_same_rows(ray_local, ut
     diff = pc.max(pc.abs(pc.subtract(pc.list_flatten(resumed.column("text_features")),
                                      pc.list_flatten(reference.column("text_features"))))).as_py()
     assert diff < 1e-5
-    assert output.read_plan(out, "_extract.json").complete
+    finished, whole_plan = output.read_plan(out, "_extract.json"), output.read_plan(whole, "_extract.json")
+    assert finished.complete
+    # The workers' hash of the rows read is the same whether or not the run was interrupted.
+    assert finished.extra["input_sha256"] == whole_plan.extra["input_sha256"]
+
+
+@pytest.mark.slow
+def test_the_input_hash_changes_with_one_letter_of_the_input(ray_local, utterances, tiny_bert, uninterrupted, tmp_path):
+    """Same size, same row count: only the workers' hash of the rows read tells the two inputs apart."""
+    table = storage.read_table(utterances)
+    texts = table.column("text").to_pylist()
+    texts[3] = texts[3][:-1] + ("x" if texts[3][-1] != "x" else "y")
+    edited = str(tmp_path / "utterances.parquet")
+    storage.write_table(table.set_column(table.column_names.index("text"), "text", pa.array(texts)), edited)
+    out = str(tmp_path / "features")
+    extract(edited, out, ExtractOptions(text_model=tiny_bert, batch_size=8, rows_per_file=40), **QUIET)
+    plan, reference = output.read_plan(out, "_extract.json"), output.read_plan(uninterrupted, "_extract.json")
+    assert plan.inputs[0]["rows"] == reference.inputs[0]["rows"]
+    assert len(plan.extra["input_sha256"]) == 64 and plan.extra["input_sha256"] != reference.extra["input_sha256"]
+    markers = [output.part_done(out, plan, p) for p in range(plan.parts)]
+    changed = [m["input_sha256"] != output.part_done(uninterrupted, reference, p)["input_sha256"] for p, m in enumerate(markers)]
+    assert changed.count(True) == 1  # only the part holding the edited row

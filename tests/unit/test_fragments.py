@@ -7,13 +7,16 @@ import pytest
 from sdt_ray import fragments, output, storage
 from sdt_ray.errors import InputError
 from sdt_ray.schema import ERROR_TYPE as ERROR
-from sdt_ray.tasks import number_task
+from sdt_ray.tasks import INPUT_SHA, combined_sha256, content_sha256, number_task
+
+CHUNKS = ["0:" + "a" * 64] * 3 + ["3:" + "b" * 64] * 3  # two chunks of three rows, as ReadStage tags them
 
 
 def numbered(task=0):
     table = pa.table({"dialogue_id": ["b", "b", "a", "a", "a", "c"], "utterance_index": [1, 0, 2, 0, 1, 0]})
     table = table.append_column("errors", pa.array([[]] * 6, pa.list_(ERROR)))
-    return number_task(table, task)
+    table = number_task(table, task)
+    return table.append_column(INPUT_SHA, pa.array(CHUNKS))
 
 
 def plan_for(*part_rows):
@@ -48,7 +51,10 @@ def test_done_rows_and_compaction_keep_one_row_each(tmp_path):
     assert part.column("utterance_index").to_pylist() == [0, 1, 0, 1, 2, 0]
     assert fragments.ROW not in part.column_names and part.schema.metadata == {b"k": b"v"}
     assert fragments.fragment_parts(out) == []
-    assert output.part_done(out, plan, 0) == {"rows": 6, "summary": {"errors": {}}}
+    assert fragments.ROW not in part.column_names and INPUT_SHA not in part.column_names
+    # The marker's input hash: the chunks' hashes in offset order, one line each.
+    assert output.part_done(out, plan, 0) == {"rows": 6, "summary": {"errors": {}},
+                                              "input_sha256": combined_sha256(["0:" + "a" * 64, "3:" + "b" * 64])}
 
 
 def test_transient_failures_are_retried_and_the_better_copy_kept(tmp_path):
@@ -93,6 +99,29 @@ def test_stats_count_only_this_runs_rows(tmp_path):
     table = table.append_column("_audio_cpu_s", pa.array(np.ones(6)))
     fragments.write_fragments(table.take([0, 1]), out, "old")
     fragments.write_fragments(table.take([2, 3, 4, 5]), out, "new")
-    stats = fragments.compact_part(out, plan_for(6), 0, write_part(out, 0), "new")
-    assert stats == {"_audio_s": 14.0, "_audio_cpu_s": 4.0}
+    compacted = fragments.compact_part(out, plan_for(6), 0, write_part(out, 0), "new")
+    assert compacted == {"stats": {"_audio_s": 14.0, "_audio_cpu_s": 4.0}, "changed": None}
     assert "_audio_s" not in storage.read_table(storage.join(out, "part-00000.parquet")).column_names
+
+
+def test_rows_of_one_chunk_read_with_different_contents_are_not_compacted(tmp_path):
+    """A resumed run read chunk 3 again and hashed it differently: the input changed under
+    the resume (though its size and mtime did not), so the part is not written."""
+    out = str(tmp_path / "features")
+    table, plan = numbered(), plan_for(6)
+    fragments.write_fragments(table.take([0, 1, 2, 3]), out, "run1")
+    reread = table.take([4, 5]).set_column(table.column_names.index(INPUT_SHA), INPUT_SHA, pa.array(["3:" + "c" * 64] * 2))
+    fragments.write_fragments(reread, out, "run2")
+    compacted = fragments.compact_part(out, plan, 0, write_part(out, 0), "run2")
+    assert compacted["changed"] == "part 0, rows [3] on"
+    assert output.part_done(out, plan, 0) is None and not storage.exists(storage.join(out, "part-00000.parquet"))
+    assert fragments.fragment_parts(out) == [0]  # kept: the user decides (--overwrite)
+
+
+def test_content_hash_follows_the_rows_values():
+    table = pa.table({"dialogue_id": ["a", "a"], "text": ["hello", "there"]})
+    same = pa.table({"dialogue_id": ["a", "a"], "text": ["hello", "there"]})
+    one_letter = pa.table({"dialogue_id": ["a", "a"], "text": ["hello", "thera"]})
+    assert content_sha256(table) == content_sha256(same)
+    assert content_sha256(table) != content_sha256(one_letter)
+    assert len(content_sha256(table)) == 64

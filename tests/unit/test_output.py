@@ -9,6 +9,7 @@ import pytest
 
 from sdt_ray import output, storage
 from sdt_ray.errors import InputError
+from sdt_ray.tasks import combined_sha256
 
 def QUIET(message):
     pass
@@ -34,7 +35,10 @@ def test_a_new_output_gets_its_marker_and_plan(tmp_path):
     opened = output.open_output(out, plan(), "_extract.json", overwrite=False, log=QUIET)
     assert sorted(os.listdir(out)) == ["_extract.json", output.MARKER]
     assert output.read_plan(out, "_extract.json") == opened and not opened.complete
-    output.complete(out, opened, "_extract.json")
+    markers = {p: {"rows": n, "input_sha256": f"{p}" * 64} for p, n in enumerate(opened.part_rows)}
+    output.complete(out, opened, "_extract.json", markers)
+    finished = output.read_plan(out, "_extract.json")
+    assert finished.complete and finished.extra["input_sha256"] == combined_sha256([m["input_sha256"] for m in markers.values()])
     with pytest.raises(InputError, match="already exists; pass --overwrite"):
         output.open_output(out, plan(), "_extract.json", overwrite=False, log=QUIET)
     assert output.open_output(out, plan(rows=(1,)), "_extract.json", overwrite=True, log=QUIET).part_rows == [1]
@@ -59,7 +63,7 @@ def test_overwrite_never_deletes_what_sdt_ray_did_not_write(tmp_path):
 
 def test_overwrite_refuses_our_folder_once_a_user_put_a_file_in_it(tmp_path):
     out = str(tmp_path / "features")
-    output.complete(out, output.open_output(out, plan(), "_extract.json", False, QUIET), "_extract.json")
+    output.complete(out, output.open_output(out, plan(), "_extract.json", False, QUIET), "_extract.json", {})
     storage.write_table(pa.table({"x": [1]}), storage.join(out, "part-00000.parquet"))
     (tmp_path / "features" / "label=joy").mkdir()
     (tmp_path / "features" / "label=joy" / "part-00000.parquet").write_bytes(b"ours by name")
@@ -92,7 +96,7 @@ def test_killed_before_the_first_plan_was_in_place_starts_afresh(tmp_path):
 
 def test_another_jobs_output_is_not_taken_over_without_overwrite(tmp_path):
     out = str(tmp_path / "features")
-    output.complete(out, output.open_output(out, plan(), "_extract.json", False, QUIET), "_extract.json")
+    output.complete(out, output.open_output(out, plan(), "_extract.json", False, QUIET), "_extract.json", {})
     with pytest.raises(InputError, match="already exists; pass --overwrite"):
         output.open_output(out, plan(), "_predict.json", overwrite=False, log=QUIET)
     assert os.path.exists(tmp_path / "features" / "_extract.json")
