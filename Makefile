@@ -31,7 +31,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	test -x $(BIN)/uv || $(BIN)/python -m pip install -q --disable-pip-version-check "$(UV_SPEC)"
 	$(UV_INSTALL) "$(TORCH_SPEC)" $(TORCH_INDEX)
-	$(UV_INSTALL) -c constraints.txt -e '.[test]'
+	$(UV_INSTALL) -c constraints.txt -e '.[test,asr]'
 	touch $@
 
 # Debian packages in PACKAGES that are not installed yet (nothing to do when all are).
