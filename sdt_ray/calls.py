@@ -19,6 +19,12 @@ faulty, is one problem more, and its call's turns are then found by energy as if
 Files that are not imported (a second recording of the same name, a transcript without a
 recording, a file of another kind) are problems too, each naming the file.
 
+With speech recognition (`import calls --asr`, asr.py), a call without a usable transcript (or
+every call, with --asr-all) gets its turns, words and speakers from the recording: a channel is
+a speaker, `--roles agent,customer` names the channels, and a mono call is one speaker lane
+(no diarization model is available offline: listed as `one_speaker_lane`). `words_from` says
+where each turn's words came from: transcript, asr, or null (energy turns have no words).
+
 Energy turns: 30 ms frames; a frame is speech when its level is 15 dB above the channel's
 noise floor (its 10th percentile level) and above -50 dBFS; speech runs closer than
 `min_silence_s` merge, and runs shorter than `min_turn_s` are dropped.
@@ -73,6 +79,9 @@ class Turn:
     text: str | None
     channel: int | None = None
     label: str | None = None
+    words_from: str | None = None  # transcript | asr | None (energy: no words)
+    asr_logprob: float | None = None  # the recogniser's mean log-probability over the turn
+    asr_no_speech: float | None = None  # its highest no-speech probability
 
 
 @dataclass
@@ -97,23 +106,35 @@ def import_calls(source: str, split: str | None = None, energy: EnergyOptions = 
     return CallImport(turns_table(rows, source), list(listing.problems) + problems, sources)
 
 
-def import_many(calls: list[tuple[str, str, str | None]], split: str | None,
-                energy: EnergyOptions) -> tuple[list[dict], list[Problem], dict[str, int]]:
+@dataclass
+class PreparedCall:
+    """A call after its CPU work: turns from the transcript or energy, and the channel levels
+    speech recognition plans its spans from (None when the audio could not be read)."""
+
+    call_id: str
+    audio_uri: str
+    turns: list[Turn]
+    how: str  # transcript | energy | unreadable audio | asr
+    problems: list[Problem]
+    levels: np.ndarray | None = None  # (C, F) dBFS per FRAME_S frame
+    duration_s: float = 0.0
+
+
+def import_many(calls: list[tuple[str, str, str | None]], split: str | None, energy: EnergyOptions,
+                roles: tuple[str, ...] = ()) -> tuple[list[dict], list[Problem], dict[str, int]]:
     """(call id, audio URI, sidecar URI) each -> their rows, problems, and how many calls each way of finding turns took."""
+    return call_rows([prepare_call(*call, energy) for call in calls], split, roles)
+
+
+def call_rows(prepared: list[PreparedCall], split: str | None,
+              roles: tuple[str, ...] = ()) -> tuple[list[dict], list[Problem], dict[str, int]]:
+    """Prepared calls, in order -> their utterance rows, problems, and calls per way of finding turns."""
     rows, problems, sources = [], [], {}
-    for call_id, audio_uri, sidecar_uri in calls:
-        call_rows, how, found = import_call(call_id, audio_uri, sidecar_uri, split, energy)
-        rows += call_rows
-        problems += found
-        sources[how] = sources.get(how, 0) + 1
+    for call in prepared:
+        rows += [_row(call.call_id, i, turn, call.audio_uri, split, roles) for i, turn in enumerate(call.turns)]
+        problems += call.problems
+        sources[call.how] = sources.get(call.how, 0) + 1
     return rows, problems, sources
-
-
-def import_call(call_id: str, audio_uri: str, sidecar_uri: str | None, split: str | None,
-                energy: EnergyOptions) -> tuple[list[dict], str, list[Problem]]:
-    """One call's utterance rows, how its turns were found, and its problems."""
-    turns, how, problems = call_turns(call_id, audio_uri, sidecar_uri, energy)
-    return [_row(call_id, i, turn, audio_uri, split) for i, turn in enumerate(turns)], how, problems
 
 
 def turns_table(rows: list[dict], source: str) -> pa.Table:
@@ -168,10 +189,22 @@ def find_calls(source: str) -> Listing:
 
 def call_turns(call_id: str, audio_uri: str, sidecar_uri: str | None, energy: EnergyOptions) -> tuple[list[Turn], str, list[Problem]]:
     """(turns in time order, how they were found, problems) for one call."""
+    call = prepare_call(call_id, audio_uri, sidecar_uri, energy)
+    return call.turns, call.how, call.problems
+
+
+def prepare_call(call_id: str, audio_uri: str, sidecar_uri: str | None, energy: EnergyOptions) -> PreparedCall:
+    """One call's levels (streamed: flat memory) and turns from its transcript, or by energy."""
     try:
         levels, duration = audio_levels(audio_uri, FRAME_S)  # (C, F) dBFS
     except MediaError as exc:
-        return [], "unreadable audio", [Problem(call_id, "unreadable_audio", f"{exc.reason}: {exc.detail}")]
+        return PreparedCall(call_id, audio_uri, [], "unreadable audio", [Problem(call_id, "unreadable_audio", f"{exc.reason}: {exc.detail}")])
+    turns, how, problems = _turns(call_id, audio_uri, sidecar_uri, energy, levels, duration)
+    return PreparedCall(call_id, audio_uri, turns, how, problems, levels, duration)
+
+
+def _turns(call_id: str, audio_uri: str, sidecar_uri: str | None, energy: EnergyOptions, levels: np.ndarray,
+           duration: float) -> tuple[list[Turn], str, list[Problem]]:
     problems: list[Problem] = []
     if sidecar_uri:
         try:
@@ -183,6 +216,8 @@ def call_turns(call_id: str, audio_uri: str, sidecar_uri: str | None, energy: En
             kept, faults = check_turns(call_id, turns, duration)
             if kept or not raw:
                 _assign_channels(kept, levels)
+                for turn in kept:
+                    turn.words_from = "transcript" if turn.text else None
                 return kept, "transcript", problems + found + faults
             problems += found + faults + [Problem(call_id, "no_usable_segments",
                                                   f"{sidecar_uri}: none of its {len(raw)} segments is usable; turns found by energy instead")]
@@ -303,9 +338,28 @@ def _runs(active: np.ndarray, bridge: int) -> list[tuple[int, int]]:
     return runs
 
 
-def _row(call_id: str, index: int, turn: Turn, audio_uri: str, split: str | None) -> dict:
+def heard_turns(call: PreparedCall, heard: list) -> PreparedCall:
+    """The call with its turns from speech recognition (asr.HeardTurn, in time order) in place
+    of any it had; a call where nothing was heard, or a mono call, is listed."""
+    turns = [Turn(h.start_s, h.end_s, f"ch{h.channel}", h.text, h.channel, None, "asr", round(h.logprob, 4),
+                  round(h.no_speech, 4)) for h in heard]
+    problems = list(call.problems)
+    if not turns:
+        problems.append(Problem(call.call_id, "no_speech", f"{call.audio_uri}: the recogniser heard no words in "
+                                f"{call.duration_s:.1f} s; the call has no turns"))
+    elif call.levels is not None and call.levels.shape[0] == 1:
+        problems.append(Problem(call.call_id, "one_speaker_lane", f"{call.audio_uri} is mono: all its turns are one "
+                                "speaker lane (ch0); no diarization model is available offline"))
+    for turn in turns:
+        turn.channel = turn.channel if call.levels is not None and call.levels.shape[0] > 1 else None
+    return PreparedCall(call.call_id, call.audio_uri, turns, "asr", problems, call.levels, call.duration_s)
+
+
+def _row(call_id: str, index: int, turn: Turn, audio_uri: str, split: str | None, roles: tuple[str, ...] = ()) -> dict:
+    speaker = roles[turn.channel] if turn.channel is not None and turn.channel < len(roles) else turn.speaker
     return {
-        "dialogue_id": call_id, "utterance_index": index, "speaker": turn.speaker or "unknown", "text": turn.text,
+        "dialogue_id": call_id, "utterance_index": index, "speaker": speaker or "unknown", "text": turn.text,
         "label": turn.label, "split": split, "audio_uri": audio_uri, "video_uri": None,
         "start_s": round(turn.start_s, 3), "end_s": round(turn.end_s, 3), "channel": turn.channel,
+        "words_from": turn.words_from, "asr_logprob": turn.asr_logprob, "asr_no_speech": turn.asr_no_speech,
     }

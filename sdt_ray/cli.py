@@ -161,6 +161,17 @@ def import_calls(
     min_turn_s: float = typer.Option(0.25, help="Calls without transcript: shorter bursts of sound are not turns."),
     calls_per_part: int = typer.Option(16, help="Calls per Ray task and output file: the unit of parallel work and of resume."),
     cpus_per_task: float = typer.Option(1.0, help="CPUs per import task (decoding a recording is single-threaded)."),
+    asr: Optional[str] = typer.Option(None, help="Speech recognition for calls without a usable transcript: 'whisper-base' "
+                                      "(the [asr] extra's model, joined into your cache on first use) or a local "
+                                      "CTranslate2 Whisper folder. Default: none (such calls get energy turns, no words)."),
+    asr_all: bool = typer.Option(False, help="With --asr: recognise every call, transcribed or not."),
+    asr_language: str = typer.Option("en", help="With --asr: the calls' language (a Whisper code), or 'auto' to detect it."),
+    pause_s: float = typer.Option(0.8, help="With --asr: a pause this long (seconds) between words ends a turn."),
+    roles: Optional[str] = typer.Option(None, help="Speaker names by channel, comma-separated (e.g. agent,customer): "
+                                        "channel 0 is the first. Default: ch0, ch1, ... (or the transcript's speakers)."),
+    cpus_per_actor: float = typer.Option(1.0, help="With --asr: CPUs (recogniser threads) per recognition actor."),
+    gpus_per_actor: float = typer.Option(0.0, help="With --asr: GPUs per recognition actor (float16 on CUDA; 0: int8 on CPU)."),
+    actors: Optional[int] = typer.Option(None, help="With --asr: recognition actors; default: sized from the cluster."),
     overwrite: bool = typer.Option(False, help="Replace OUTPUT if an earlier `import calls` wrote it (anything else is refused)."),
     s3_endpoint: Optional[str] = S3_ENDPOINT,
     s3_region: Optional[str] = S3_REGION,
@@ -171,13 +182,18 @@ def import_calls(
     """Call recordings: one utterance row per turn, the call as the dialogue, decoded on Ray workers.
     Turns come from the transcript, or, without one, from each channel's energy (stereo: agent and
     customer apart). Faulty transcript entries and files not imported are listed; the rest imports."""
+    from .asr import AsrOptions
     from .calls import EnergyOptions
     from .pipelines.calls import CallImportOptions, import_calls_job
 
     _set_s3_environment(s3_endpoint, s3_region)
     _on_cluster(ctx, address, cluster, no_wait)
+    recognition = AsrOptions(model=asr, language=None if asr_language == "auto" else asr_language, pause_s=pause_s,
+                             all_calls=asr_all) if asr else None
     options = CallImportOptions(split=split, energy=EnergyOptions(min_silence_s=min_silence_s, min_turn_s=min_turn_s),
-                                calls_per_part=calls_per_part, cpus_per_task=cpus_per_task, overwrite=overwrite)
+                                calls_per_part=calls_per_part, cpus_per_task=cpus_per_task, overwrite=overwrite,
+                                asr=recognition, roles=tuple(r.strip() for r in roles.split(",")) if roles else (),
+                                cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor, actors=actors)
     _log(import_calls_job(source, output, options, address=address, log=_log).describe())
 
 

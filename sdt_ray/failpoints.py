@@ -5,7 +5,12 @@ reaches <point> writes the point's name to SDT_RAY_PAUSE_FILE and sleeps; the te
 for that file, then kills the job's process group. Unset, a point costs one lookup.
 
 Points: `plan-start` and `plan-complete` (a plan written aside, not yet moved into place),
-`compaction` (a part's file written, its done marker not yet).
+`compaction` (a part's file written, its done marker not yet), `recognition` (a call
+recognised, its part not yet written).
+
+With SDT_RAY_CRASH_AT=<point> instead, the first process to reach <point> writes
+SDT_RAY_CRASH_FILE and dies at once (os._exit, as a SIGKILL or the OOM killer would end it);
+later processes pass: a test of Ray's actor restart and task retry.
 """
 
 from __future__ import annotations
@@ -20,3 +25,13 @@ def reached(point: str) -> None:
         return
     Path(os.environ["SDT_RAY_PAUSE_FILE"]).write_text(point)
     time.sleep(3600)
+
+
+def crash_once(point: str) -> None:
+    if os.environ.get("SDT_RAY_CRASH_AT") != point:
+        return
+    flag = Path(os.environ["SDT_RAY_CRASH_FILE"])
+    if flag.exists():
+        return
+    flag.write_text(point)
+    os._exit(1)

@@ -40,7 +40,13 @@ MEDIA_FIELDS = [
     pa.field("channel", pa.int16()),
 ]
 
-UTTERANCES_SCHEMA = pa.schema(KEY_FIELDS + [pa.field("text", pa.string())] + LABEL_FIELDS + MEDIA_FIELDS)
+HEARD_FIELDS = [  # calls: where a turn's words came from, and how sure the recogniser was
+    pa.field("words_from", pa.string()),  # transcript | asr | null (no words: energy turns)
+    pa.field("asr_logprob", pa.float32()),  # mean log-probability of the recognised words
+    pa.field("asr_no_speech", pa.float32()),  # the recogniser's highest no-speech probability over the turn
+]
+
+UTTERANCES_SCHEMA = pa.schema(KEY_FIELDS + [pa.field("text", pa.string())] + LABEL_FIELDS + MEDIA_FIELDS + HEARD_FIELDS)
 UTTERANCES_REQUIRED = ("dialogue_id", "utterance_index", "speaker", "text", "label", "split")
 
 # Why a modality of a row has no vector: one entry per failed modality, empty when all went well.

