@@ -4,7 +4,7 @@ import -> extract text (bundled MiniLM) -> train (Ray Train, 2 workers) -> evalu
 then the media path: the bundled video clips -> text, openSMILE audio and face-crop visual
 features -> `predict` with the bundled checkpoint (trained by `make demo-model` on MELD train),
 then a call archive: stereo calls generated from the slice's dev dialogues (espeak-ng) ->
-`import calls` -> text+audio features -> `predict` with the bundled text+audio checkpoint
+`import calls` (the call without a transcript heard by Whisper base) -> text+audio features -> `predict` with the bundled text+audio checkpoint
 (`make meld-text-audio`, modality dropout) -> `report`.
 """
 
@@ -22,6 +22,7 @@ from typing import Callable
 import numpy as np
 
 from . import storage
+from .asr import AsrOptions
 from .config import RecipeConfig
 from .errors import ConfigError
 from .evaluate import evaluate, format_report
@@ -106,7 +107,8 @@ def _calls(out: Path, log: Callable[[str], None]) -> None:
     subprocess.run([sys.executable, str(CALL_GENERATOR), "--meld", str(DEMO_CORPUS / "dev_sent_emo.csv"),
                     "--output", str(archive), "--calls", str(DEMO_CALLS), "--bad-sidecars"], check=True, capture_output=True)
     utterances, features, predictions = (str(folder / name) for name in ("utterances", "features", "predictions"))
-    imported = import_calls_job(str(archive), utterances, CallImportOptions(overwrite=True), log=log)
+    log("      the call without a transcript is heard by Whisper base (faster-whisper, int8 on CPU)")
+    imported = import_calls_job(str(archive), utterances, CallImportOptions(overwrite=True, asr=AsrOptions()), log=log)
     for line in imported.describe().splitlines():
         log(f"      {line}")
     log(f"[8/9] extract calls: text (MiniLM) and audio (openSMILE) per turn -> {features}")
@@ -114,13 +116,26 @@ def _calls(out: Path, log: Callable[[str], None]) -> None:
     for line in extracted.describe().splitlines():
         log(f"      {line}")
     log(f"      predict: the bundled text+audio checkpoint ({DEMO_CALLS_MODEL}) -> {predictions}")
-    options = PredictOptions(keep_columns=("start_s", "end_s"), overwrite=True)
+    options = PredictOptions(keep_columns=("start_s", "end_s", "text", "words_from", "asr_logprob"), overwrite=True)
     scored = predict_job(str(DEMO_CALLS_MODEL), features, predictions, options, log=log)
     for line in scored.describe().splitlines():
         log(f"      {line}")
+    _heard_turns(predictions, log)
     _call_accuracy(storage.read_table(utterances), predictions, log)
     report = build_report(predictions, str(folder / "report"))
     log(f"[9/9] report: {report.describe()}; open {folder / 'report' / 'index.html'}")
+
+
+def _heard_turns(predictions: str, log: Callable[[str], None], shown: int = 4) -> None:
+    """The first turns Whisper heard in the untranscribed call, with their predicted emotion."""
+    rows = storage.read_table(predictions).sort_by([("dialogue_id", "ascending"), ("utterance_index", "ascending")]).to_pylist()
+    heard = [r for r in rows if r["words_from"] == "asr"]
+    if not heard:
+        return
+    log(f"      heard by Whisper in {heard[0]['dialogue_id']} (first {min(shown, len(heard))} of {len(heard)} turns):")
+    for r in heard[:shown]:
+        emotion = r["label"] or f"({r['error']})"
+        log(f"      {r['start_s']:6.1f} s  {r['speaker']:<4} {emotion:<9} log-prob {r['asr_logprob']:5.2f}  {r['text'][:60]}")
 
 
 def _call_accuracy(turns, predictions: str, log: Callable[[str], None]) -> None:

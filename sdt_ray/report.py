@@ -4,13 +4,18 @@ OUTPUT/calls.parquet   one row per call: turns, negative shares, the longest neg
                        emotions of the customer's last turns, and per speaker the share of each
                        emotion (`speakers`, a list of structs)
 OUTPUT/timelines/*.png emotion per turn over time, one lane per speaker (the most negative calls first)
+OUTPUT/calls/*.html    per drawn call: its timeline and every turn: time, speaker, emotion, the
+                       words heard and how sure the recogniser was (low-confidence turns marked)
 OUTPUT/index.html      every call in a table, sortable by any column (click a header, or open
-                       index.html#sort=COLUMN); links to the timelines
+                       index.html#sort=COLUMN), with where its words came from; links to the call pages
 
 Turn times come from `start_s`/`end_s` when the predictions carry them (`predict --keep-columns
 start_s,end_s`); otherwise turns are drawn one per unit. Rows with an error are counted, drawn
-grey, and left out of the shares. The customer is the speaker given with `--customer`, or else,
-in each call, the first speaker other than the one who opens it (agents answer calls).
+grey, and left out of the shares. The customer is the speaker given with `--customer`; else a
+speaker named `customer` (`import calls --roles agent,customer`); else, in each call, the first
+speaker other than the one who opens it (agents answer calls). The words and the recogniser's
+confidence come from `text`, `words_from` and `asr_logprob` when the predictions carry them
+(`predict --keep-columns start_s,end_s,text,words_from,asr_logprob`).
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ COLOURS = {  # emotion -> colour: negatives warm or dark, neutral grey
 }
 OTHER_COLOURS = ["#17becf", "#bcbd22", "#e377c2", "#7f7f7f", "#aec7e8", "#ffbb78"]
 NEEDED = ("dialogue_id", "utterance_index", "speaker", "label", "confidence", "error")
+OPTIONAL = ("start_s", "end_s", "text", "words_from", "asr_logprob")  # kept from the utterances by predict --keep-columns
+CUSTOMER_ROLE = "customer"
 
 
 @dataclass(frozen=True)
@@ -43,6 +50,7 @@ class ReportOptions:
     negative: frozenset[str] = NEGATIVE  # emotion names counted as negative (case-insensitive)
     timelines: int = 100  # draw this many calls, the most negative first (0: none)
     last_turns: int = 3  # the customer's last turns whose emotions are listed
+    low_confidence_logprob: float = -1.0  # a recognised turn whose mean log-probability is lower is marked
 
 
 @dataclass
@@ -68,6 +76,10 @@ def build_report(predictions_uri: str, output_uri: str, options: ReportOptions =
         os.makedirs(os.path.join(folder, "timelines"), exist_ok=True)
         for call_id in drawn:
             timeline_png(by_call[call_id], labels, options, os.path.join(folder, "timelines", _png_name(call_id)))
+        os.makedirs(os.path.join(folder, "calls"), exist_ok=True)
+        for call_id in drawn:
+            with open(os.path.join(folder, "calls", _page_name(call_id)), "w", encoding="utf-8") as out:
+                out.write(call_html(by_call[call_id], options))
         with open(os.path.join(folder, "index.html"), "w", encoding="utf-8") as out:
             out.write(index_html(summary, set(drawn), labels))
     return Report(len(summary), len(frame), len(drawn), output_uri)
@@ -79,7 +91,7 @@ def read_predictions(uri: str) -> tuple[pd.DataFrame, list[str]]:
     if missing:
         raise InputError(f"{uri}: not a predictions table (no {missing}); give the output of `sdt-ray predict`")
     labels = [c[len("prob_"):] for c in table.column_names if c.startswith("prob_")]
-    keep = [c for c in NEEDED + ("start_s", "end_s") if c in table.column_names]
+    keep = [c for c in NEEDED + OPTIONAL if c in table.column_names]
     frame = table.select(keep).to_pandas().sort_values(["dialogue_id", "utterance_index"], kind="stable")
     return frame.reset_index(drop=True), labels
 
@@ -89,7 +101,7 @@ def call_summary(call: pd.DataFrame, labels: list[str], options: ReportOptions) 
     negative = {name.lower() for name in options.negative}
     scored = call[call["error"].isna()]
     is_negative = scored["label"].str.lower().isin(negative).to_numpy()
-    customer = options.customer or _answering_speaker(call)
+    customer = _customer(call, options)
     said_by_customer = scored[scored["speaker"] == customer]
     run, run_start = _longest_run(is_negative, scored)
     return {
@@ -104,7 +116,30 @@ def call_summary(call: pd.DataFrame, labels: list[str], options: ReportOptions) 
         "longest_negative_run_start_s": run_start,
         "last_customer_emotions": list(said_by_customer["label"].iloc[-options.last_turns:]),
         "speakers": [_speaker_shares(name, turns, labels, customer) for name, turns in scored.groupby("speaker", sort=False)],
+        "words_from": _words_from(call),
+        "low_confidence_turns": int(_low_confidence(call, options).sum()),
     }
+
+
+def _customer(call: pd.DataFrame, options: ReportOptions) -> str | None:
+    if options.customer:
+        return options.customer
+    return CUSTOMER_ROLE if (call["speaker"] == CUSTOMER_ROLE).any() else _answering_speaker(call)
+
+
+def _words_from(call: pd.DataFrame) -> str:
+    """transcript, asr, both (transcript+asr), or none (no words: energy turns, or not kept)."""
+    if "words_from" not in call:
+        return "none"
+    sources = sorted(set(call["words_from"].dropna()))
+    return "+".join(sources) if sources else "none"
+
+
+def _low_confidence(call: pd.DataFrame, options: ReportOptions) -> np.ndarray:
+    """(turns,) bool: recognised turns whose mean log-probability is under the threshold."""
+    if "asr_logprob" not in call:
+        return np.zeros(len(call), dtype=bool)
+    return (call["asr_logprob"].astype(float) < options.low_confidence_logprob).to_numpy()
 
 
 def _answering_speaker(call: pd.DataFrame) -> str | None:
@@ -140,6 +175,7 @@ def _summary_table(summary: pd.DataFrame, labels: list[str]) -> pa.Table:
         ("customer", pa.string()), ("negative_share", pa.float32()), ("customer_negative_share", pa.float32()),
         ("longest_negative_run", pa.int32()), ("longest_negative_run_start_s", pa.float64()),
         ("last_customer_emotions", pa.list_(pa.string())), ("speakers", pa.list_(speaker)),
+        ("words_from", pa.string()), ("low_confidence_turns", pa.int32()),
     ])
     records = [{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in row.items()}
                for row in summary.to_dict("records")]
@@ -163,7 +199,7 @@ def timeline_png(call: pd.DataFrame, labels: list[str], options: ReportOptions, 
     starts = call["start_s"].to_numpy(float) if timed else np.arange(len(call), dtype=float)
     ends = call["end_s"].to_numpy(float) if timed else starts + 0.85
     speakers = list(dict.fromkeys(call["speaker"]))
-    customer = options.customer or _answering_speaker(call)
+    customer = _customer(call, options)
     width = min(24.0, 8.0 + 0.08 * len(call))  # inches: long calls get wider, up to a screen
     fig, ax = plt.subplots(figsize=(width, 1.2 + 0.55 * len(speakers)), dpi=100)
     for start, end, speaker, label, confidence, error in zip(
@@ -194,8 +230,10 @@ def timeline_png(call: pd.DataFrame, labels: list[str], options: ReportOptions, 
 def index_html(summary: pd.DataFrame, drawn: set[str], labels: list[str]) -> str:
     columns = [("call_id", "call"), ("turns", "turns"), ("duration_s", "duration (s)"), ("negative_share", "negative share"),
                ("customer_negative_share", "customer negative share"), ("longest_negative_run", "longest negative run"),
-               ("last_customer_emotions", "customer's last turns"), ("errors", "errors")]
-    head = "".join(f'<th data-key="{key}" data-numeric="{int(key not in ("call_id", "last_customer_emotions"))}">'
+               ("last_customer_emotions", "customer's last turns"), ("errors", "errors"), ("words_from", "words from"),
+               ("low_confidence_turns", "low-confidence turns")]
+    text_columns = ("call_id", "last_customer_emotions", "words_from")
+    head = "".join(f'<th data-key="{key}" data-numeric="{int(key not in text_columns)}">'
                    f"{html.escape(title)}</th>" for key, title in columns)
     rows = "\n".join(_html_row(row, columns, row["call_id"] in drawn) for row in summary.to_dict("records"))
     return INDEX_TEMPLATE.format(head=head, rows=rows, calls=len(summary))
@@ -207,10 +245,12 @@ def _html_row(row: dict, columns: list[tuple[str, str]], drawn: bool) -> str:
         value = row[key]
         if key == "call_id":
             text = html.escape(str(value))
-            link = f'<a href="timelines/{html.escape(_png_name(value))}">{text}</a>' if drawn else text
+            link = f'<a href="calls/{html.escape(_page_name(value))}">{text}</a>' if drawn else text
             cells.append(f'<td data-value="{text}">{link}</td>')
         elif key == "last_customer_emotions":
             cells.append(f"<td>{html.escape(', '.join(value))}</td>")
+        elif key == "words_from":
+            cells.append(f"<td>{html.escape(str(value))}</td>")
         else:
             missing = value is None or (isinstance(value, float) and np.isnan(value))
             shown = "" if missing else (f"{value:.0%}" if "share" in key else f"{value:g}")
@@ -219,7 +259,34 @@ def _html_row(row: dict, columns: list[tuple[str, str]], drawn: bool) -> str:
 
 
 def _png_name(call_id: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in call_id) + ".png"
+    return _safe(call_id) + ".png"
+
+
+def _page_name(call_id: str) -> str:
+    return _safe(call_id) + ".html"
+
+
+def _safe(call_id: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in call_id)
+
+
+def call_html(call: pd.DataFrame, options: ReportOptions) -> str:
+    """One call's page: its timeline, then a row per turn with what was heard."""
+    low = _low_confidence(call, options)
+    rows = []
+    for k, turn in enumerate(call.to_dict("records")):
+        start = turn.get("start_s")
+        when = "" if start is None or pd.isna(start) else f"{start:.1f}"
+        logprob = turn.get("asr_logprob")
+        sure = "" if logprob is None or pd.isna(logprob) else f"{logprob:.2f}" + (" (low)" if low[k] else "")
+        emotion = turn["error"] if isinstance(turn["error"], str) else f"{turn['label']} ({turn['confidence']:.0%})"
+        rows.append(f'<tr class="{"low" if low[k] else ""}"><td>{when}</td><td>{html.escape(str(turn["speaker"]))}</td>'
+                    f"<td>{html.escape(emotion)}</td><td class=\"text\">{html.escape(str(turn.get('text') or ''))}</td>"
+                    f"<td>{html.escape(str(turn.get('words_from') or 'none'))}</td><td>{sure}</td></tr>")
+    call_id = str(call["dialogue_id"].iloc[0])
+    return CALL_TEMPLATE.format(call=html.escape(call_id), png=html.escape(_png_name(call_id)), rows="\n".join(rows),
+                                customer=html.escape(str(_customer(call, options))), low=int(low.sum()),
+                                threshold=options.low_confidence_logprob)
 
 
 class _Staging:
@@ -288,5 +355,29 @@ const wanted = new URLSearchParams(location.hash.slice(1));
 if (wanted.get("sort")) sortBy(wanted.get("sort"), wanted.get("order") !== "asc");
 else sortBy("negative_share", true);
 </script>
+</body></html>
+"""
+
+
+CALL_TEMPLATE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{call}: sdt-ray call report</title>
+<style>
+body {{ font-family: sans-serif; margin: 1.5em; }}
+table {{ border-collapse: collapse; }}
+th, td {{ padding: 0.25em 0.7em; border-bottom: 1px solid #ddd; text-align: left; vertical-align: top; }}
+th {{ background: #f4f4f4; }}
+tr.low td {{ background: #fff3cd; }}
+td.text {{ max-width: 40em; }}
+</style></head>
+<body>
+<p><a href="../index.html">all calls</a></p>
+<h1>{call}</h1>
+<p>Customer: {customer}. {low} turns heard with low confidence (mean log-probability under {threshold:g}) are shaded.</p>
+<img src="../timelines/{png}" alt="emotion per turn over time" style="max-width: 100%">
+<table id="turns"><thead><tr><th>start (s)</th><th>speaker</th><th>emotion</th><th>words</th><th>words from</th>
+<th>recogniser log-probability</th></tr></thead>
+<tbody>
+{rows}
+</tbody></table>
 </body></html>
 """

@@ -100,7 +100,9 @@ def test_the_index_page_lists_every_call_in_a_browser(tmp_path):
         for i, label in enumerate(labels):
             rows.append({"dialogue_id": call, "utterance_index": i, "speaker": "AB"[i % 2], "label": label,
                          "confidence": 0.9, "error": None, "prob_neutral": 0.1, "prob_joy": 0.1,
-                         "prob_anger": 0.1, "prob_sadness": 0.1, "start_s": 2.0 * i, "end_s": 2.0 * i + 1.5})
+                         "prob_anger": 0.1, "prob_sadness": 0.1, "start_s": 2.0 * i, "end_s": 2.0 * i + 1.5,
+                         "text": f"{call} turn {i}", "words_from": "asr" if call == "angry" else "transcript",
+                         "asr_logprob": -1.5 if (call, i) == ("angry", 1) else -0.2})
     storage.write_table(pa.Table.from_pylist(rows), str(tmp_path / "predictions.parquet"))
     build_report(str(tmp_path / "predictions.parquet"), str(tmp_path / "report"), ReportOptions(timelines=2))
 
@@ -119,7 +121,19 @@ def test_the_index_page_lists_every_call_in_a_browser(tmp_path):
     assert 'data-sorted-by="negative_share:desc"' in default
     by_turns = rendered("#sort=turns&order=asc")
     assert re.findall(r'<tr data-call="([^"]+)"', by_turns)[-1] == "sad"  # 4 turns, the most
-    assert default.count('href="timelines/') == 2  # two timelines drawn, both linked
+    assert default.count('href="calls/') == 2  # two calls drawn, both linked to their pages
+    page = subprocess.run(
+        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}",
+         "--dump-dom", f"file://{tmp_path / 'report' / 'calls' / 'angry.html'}"], capture_output=True, text=True, timeout=120)
+    turns = re.findall(r'<tr class="(low)?"><td>([^<]*)</td><td>([^<]*)</td><td>([^<]*)</td><td class="text">([^<]*)</td>'
+                       r'<td>([^<]*)</td>', page.stdout)
+    # each turn's words and source; the second turn (log-probability -1.5 < -1.0) is marked low
+    assert [(low, text, source) for low, _, _, _, text, source in turns] == [
+        ("", "angry turn 0", "asr"), ("low", "angry turn 1", "asr"), ("", "angry turn 2", "asr")]
+    assert 'src="../timelines/angry.png"' in page.stdout
+    summary = storage.read_table(str(tmp_path / "report" / "calls.parquet")).to_pylist()
+    assert {r["call_id"]: (r["words_from"], r["low_confidence_turns"]) for r in summary} == {
+        "angry": ("asr", 1), "sad": ("transcript", 0), "calm": ("transcript", 0)}
 
 
 def test_a_speech_encoder_instead_of_opensmile(ray_local, corpus, tmp_path):
