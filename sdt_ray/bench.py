@@ -23,6 +23,10 @@ Measures, on this machine:
   utterances, and its CPU share of `import calls` over many minutes of stereo MP3;
 - `extraction.text_ratio`: `extract --modalities text` (MiniLM) on Ray against the same encoder
   in one process, on the same texts and CPUs, side by side in one run;
+- under `asr` (bench_asr.py): Whisper base on generated calls with their transcripts withheld:
+  word error rate, gold turns matched, emotion figures from gold text, heard text and audio
+  alone, recognition throughput per core, the call flow per audio hour, and the recogniser's
+  peak memory on a 10-minute and a 2-hour call;
 and peak resident memory of this process.
 """
 
@@ -355,6 +359,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--scale-calls", type=int, default=24, help="generated MP3 calls for the import calls CPU share")
     parser.add_argument("--scale-call-minutes", type=float, default=2.5, help="minutes per generated call")
     parser.add_argument("--text-ratio-utterances", type=int, default=20_000, help="texts for extraction.text_ratio")
+    parser.add_argument("--asr-calls", type=int, default=13, help="generated calls for the speech-recognition figures (asr)")
+    parser.add_argument("--asr-long-minutes", default="10,120", help="long-call lengths (minutes) for the recogniser's memory ('' skips)")
     parser.add_argument("--call-turns", default="150,1500",
                         help="comma-separated call lengths (turns) for the long-call memory runs (espeak-ng needed)")
     args = parser.parse_args(argv)
@@ -384,6 +390,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         from .bench_scale import bench_scale
 
         results["scale"] = bench_scale(args.scale_utterances, args.scale_calls, args.scale_call_minutes, workdir=str(out))
+        from .bench_asr import bench_asr, bench_long_call
+
+        results["asr"] = bench_asr(args.asr_calls, workdir=str(out))
+        if args.asr_long_minutes:
+            results["asr"]["long_call"] = bench_long_call(tuple(float(m) for m in args.asr_long_minutes.split(",")), workdir=str(out))
     results["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     (out / "results.json").write_text(json.dumps(results, indent=2))
     plot(results, out / "results.png")
