@@ -42,7 +42,8 @@ NO_WAIT = typer.Option(
 # Encoder and storage flags shared by `extract` and `predict --extract`.
 TEXT_MODEL = typer.Option(
     None, help="Text encoder: a local transformers folder (such as one `sdt-ray finetune-text` wrote: its card travels "
-    "into the features table, and its context input is rebuilt), an id in your own HF cache, or 'minilm' (default, bundled)."
+    "into the features table, and its context input is rebuilt), an id in your own HF cache, 'minilm' (default, bundled) "
+    "or 'mpnet' (all-mpnet-base-v2: pip install 'sdt-ray[mpnet]')."
 )
 TEXT_MAX_LENGTH = typer.Option(128, help="Tokens per utterance; longer texts are truncated.")
 AUDIO_FEATURE_SET = typer.Option(
@@ -371,7 +372,7 @@ def finetune_text(
     ctx: typer.Context,
     input: str = typer.Option(..., "--input", help="Utterances table (from `sdt-ray import`) with train and dev splits."),
     output: str = typer.Option(..., "--output", help="ENCODER_DIR to write: a transformers folder for `extract --text-model`."),
-    base_model: Optional[str] = typer.Option(None, help="Encoder to start from: 'minilm' (default, bundled), a local folder, or an id in your own HF cache."),
+    base_model: Optional[str] = typer.Option(None, help="Encoder to start from: 'minilm' (default, bundled), 'mpnet' (the [mpnet] extra), a local folder, or an id in your own HF cache."),
     epochs: int = typer.Option(3, help="Epochs; the one with the best dev weighted F1 is kept."),
     lr: float = typer.Option(3e-5, help="AdamW peak learning rate (linear warm-up over 10% of steps, then linear decay)."),
     batch_size: int = typer.Option(32, help="Utterances per optimiser step, over all workers."),

