@@ -187,12 +187,6 @@ def find_calls(source: str) -> Listing:
     return Listing(calls, problems, [f for f in facts if f["uri"] in used])
 
 
-def call_turns(call_id: str, audio_uri: str, sidecar_uri: str | None, energy: EnergyOptions) -> tuple[list[Turn], str, list[Problem]]:
-    """(turns in time order, how they were found, problems) for one call."""
-    call = prepare_call(call_id, audio_uri, sidecar_uri, energy)
-    return call.turns, call.how, call.problems
-
-
 def prepare_call(call_id: str, audio_uri: str, sidecar_uri: str | None, energy: EnergyOptions) -> PreparedCall:
     """One call's levels (streamed: flat memory) and turns from its transcript, or by energy."""
     try:
@@ -341,17 +335,16 @@ def _runs(active: np.ndarray, bridge: int) -> list[tuple[int, int]]:
 def heard_turns(call: PreparedCall, heard: list) -> PreparedCall:
     """The call with its turns from speech recognition (asr.HeardTurn, in time order) in place
     of any it had; a call where nothing was heard, or a mono call, is listed."""
-    turns = [Turn(h.start_s, h.end_s, f"ch{h.channel}", h.text, h.channel, None, "asr", round(h.logprob, 4),
-                  round(h.no_speech, 4)) for h in heard]
+    stereo = call.levels is not None and call.levels.shape[0] > 1  # mono turns keep channel null, as transcript turns do
+    turns = [Turn(h.start_s, h.end_s, f"ch{h.channel}", h.text, h.channel if stereo else None, None, "asr",
+                  round(h.logprob, 4), round(h.no_speech, 4)) for h in heard]
     problems = list(call.problems)
     if not turns:
         problems.append(Problem(call.call_id, "no_speech", f"{call.audio_uri}: the recogniser heard no words in "
                                 f"{call.duration_s:.1f} s; the call has no turns"))
-    elif call.levels is not None and call.levels.shape[0] == 1:
+    elif not stereo:
         problems.append(Problem(call.call_id, "one_speaker_lane", f"{call.audio_uri} is mono: all its turns are one "
                                 "speaker lane (ch0); no diarization model is available offline"))
-    for turn in turns:
-        turn.channel = turn.channel if call.levels is not None and call.levels.shape[0] > 1 else None
     return PreparedCall(call.call_id, call.audio_uri, turns, "asr", problems, call.levels, call.duration_s)
 
 
