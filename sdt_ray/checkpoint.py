@@ -1,5 +1,5 @@
-"""A trained model on disk: `config.json` (the ModelConfig and label names) and
-`model.safetensors`. `load_checkpoint` rebuilds the model from config.json alone."""
+"""A trained model on disk: `config.json` (the ModelConfig, label names and, once fitted, the
+calibration) and `model.safetensors`. `load_checkpoint` rebuilds the model from config.json alone."""
 
 from __future__ import annotations
 
@@ -30,7 +30,13 @@ class LoadedModel:
     config: ModelConfig
     labels: list[str]
     meta: dict[str, Any]  # training provenance: recipe, data, metrics
-    model_id: str  # sha256 of the weights file, first 16 hex digits
+    model_id: str  # sha256 of the weights file (and of the temperature, once calibrated), first 16 hex digits
+    calibration: dict[str, Any] | None = None  # calibration.Calibration as a dict; None: never fitted
+
+    @property
+    def temperature(self) -> float:
+        """What the fused logits are divided by before softmax (1.0 for an uncalibrated checkpoint)."""
+        return float(self.calibration["temperature"]) if self.calibration else 1.0
 
 
 def state_dict_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -52,6 +58,14 @@ def save_checkpoint(
         "meta": meta or {},
     }
     (directory / CONFIG_FILE).write_text(json.dumps(document, indent=2, sort_keys=True))
+
+
+def write_calibration(directory: str | Path, calibration: dict[str, Any]) -> None:
+    """Record a fitted temperature in a local checkpoint's config.json (replacing any earlier one)."""
+    path = Path(directory) / CONFIG_FILE
+    document = json.loads(path.read_text())
+    document["calibration"] = calibration
+    path.write_text(json.dumps(document, indent=2, sort_keys=True))
 
 
 def read_config(directory: str | Path) -> tuple[ModelConfig, dict[str, Any]]:
@@ -78,5 +92,9 @@ def load_checkpoint(uri: str | Path, device: str = "cpu") -> LoadedModel:
     except (RuntimeError, FileNotFoundError) as exc:
         raise ConfigError(f"{uri}: weights do not fit config.json ({exc})") from None
     model.to(device).eval()
-    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
-    return LoadedModel(model, config, list(document.get("labels") or config.class_names), document.get("meta", {}), digest)
+    calibration = document.get("calibration")
+    digest = hashlib.sha256(weights.read_bytes())
+    if calibration:  # the same weights under another temperature give other probabilities: another id
+        digest.update(f"temperature={float(calibration['temperature']):.6g}".encode())
+    return LoadedModel(model, config, list(document.get("labels") or config.class_names), document.get("meta", {}),
+                       digest.hexdigest()[:16], calibration)

@@ -336,6 +336,10 @@ def train(
         None, help="Hide each modality of each training utterance with this probability (never all of one "
         "utterance's), so the model scores any subset: e.g. 0.3 for calls without video or turns without text. Default: 0."
     ),
+    calibrate: Optional[bool] = typer.Option(
+        None, "--calibrate/--no-calibrate", help="After selection, fit one temperature on dev by NLL and store it in "
+        "best/, so that predict's confidence and prob_* are calibrated. Default: the recipe's (on)."
+    ),
     resume: bool = typer.Option(False, help="Continue the run already in OUTPUT from its latest checkpoint."),
     address: Optional[str] = typer.Option(None, help=ADDRESS_HELP),
     cluster: Optional[Path] = CLUSTER,
@@ -350,7 +354,7 @@ def train(
     recipe = load_recipe(config) if config else RecipeConfig()
     overrides = {"workers": workers, "epochs": epochs, "seed": seed, "patience": patience, "lr": lr, "batch_size": batch_size,
                  "ema_decay": ema_decay, "placement": placement.upper() if placement else None, "max_failures": max_failures,
-                 "modality_dropout": modality_dropout}
+                 "modality_dropout": modality_dropout, "calibrate": calibrate}
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if gpu:
         overrides["use_gpu"] = True
@@ -378,7 +382,15 @@ def finetune_text(
     batch_size: int = typer.Option(32, help="Utterances per optimiser step, over all workers."),
     max_length: int = typer.Option(128, help="Tokens per input, context included; longer inputs are truncated."),
     context: int = typer.Option(0, help="Previous turns of the dialogue to read with each utterance, as 'speaker: text' "
-                                "after the tokenizer's separator (EmoBERTa / COSMIC style); 0: the utterance alone."),
+                                "after the tokenizer's separator (EmoBERTa / COSMIC style); 0: none."),
+    future: int = typer.Option(0, help="Following turns to read with each utterance, after the previous ones. For archives "
+                               "only: a live call has no future turns, so an encoder for live scoring keeps 0."),
+    speakers: bool = typer.Option(True, "--speakers/--no-speakers", help="Read each utterance as 'speaker: text' (the "
+                                  "table's speaker names; roles for calls imported with --roles)."),
+    freeze_layers: int = typer.Option(0, help="Keep the embeddings and this many lowest transformer layers as they are; "
+                                      "only the layers above and the head learn (MPNet, 8 of 12: a step about 4x faster on CPU)."),
+    accumulate: int = typer.Option(1, help="Split each step's batch into this many micro-batches, summing their gradients: "
+                                   "the same step in less memory."),
     workers: int = typer.Option(1, help="Ray Train workers (DDP ranks). On a CPU machine one worker using every core is fastest."),
     gpu: bool = typer.Option(False, "--gpu", help="One GPU per worker."),
     seed: int = typer.Option(0, help="Seed for the head, shuffling and dropout (and for carving dev when there is none)."),
@@ -398,7 +410,8 @@ def finetune_text(
     from .finetune import finetune_text as run_finetune
 
     options = FinetuneOptions(base_model=base_model, epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length,
-                              context=context, workers=workers, use_gpu=gpu, seed=seed, max_failures=max_failures, overwrite=overwrite)
+                              context=context, future=future, speakers=speakers, freeze_layers=freeze_layers,
+                              accumulate=accumulate, workers=workers, use_gpu=gpu, seed=seed, max_failures=max_failures, overwrite=overwrite)
     started = time.time()
     result = run_finetune(input, output, options, address=address, log=_log)
     dev = result.dev_metrics
@@ -482,7 +495,7 @@ def evaluate(
     checkpoint: str = typer.Option(..., "--checkpoint", help="Checkpoint folder, e.g. RUN_DIR/best (local or s3://)."),
     features: str = typer.Option(..., "--features", help="Features table with the split to score."),
     split: str = typer.Option("test", help="train, dev or test."),
-    output: str = typer.Option(..., "--output", help="EVAL_DIR: metrics.json and confusion_matrix.png."),
+    output: str = typer.Option(..., "--output", help="EVAL_DIR: metrics.json, confusion_matrix.png and reliability.png."),
     without: Optional[str] = typer.Option(
         None, help="Modalities to score as missing, comma-separated (e.g. audio): the model masks them even where the "
         "features have them; an ablation, and what a text-only archive gets."),
@@ -490,7 +503,7 @@ def evaluate(
     cluster: Optional[Path] = CLUSTER,
     no_wait: bool = NO_WAIT,
 ) -> None:
-    """Score a checkpoint on one split: metrics.json, confusion_matrix.png and a table."""
+    """Score a checkpoint on one split: metrics.json (with the calibration error before and after the checkpoint's temperature), confusion_matrix.png, reliability.png and a table."""
     _on_cluster(ctx, address, cluster, no_wait)
     from .evaluate import evaluate as run_evaluate
 
@@ -506,7 +519,7 @@ def _print_evaluation(result, output: str) -> None:
     if result.exclusions:
         _log(f"excluded: {result.exclusions.describe()}")
     _log(format_report(result.metrics))
-    _log(f"wrote {output}/metrics.json and {output}/confusion_matrix.png")
+    _log(f"wrote {output}/metrics.json, {output}/confusion_matrix.png" + (f" and {output}/reliability.png" if "calibration" in result.metrics else ""))
 
 
 @app.command("evaluate-text")
@@ -515,7 +528,7 @@ def evaluate_text(
     encoder: str = typer.Option(..., "--encoder", help="ENCODER_DIR from `sdt-ray finetune-text`."),
     input: str = typer.Option(..., "--input", help="Utterances table with the split to score."),
     split: str = typer.Option("test", help="train, dev or test."),
-    output: str = typer.Option(..., "--output", help="EVAL_DIR: metrics.json and confusion_matrix.png."),
+    output: str = typer.Option(..., "--output", help="EVAL_DIR: metrics.json, confusion_matrix.png and reliability.png."),
 ) -> None:
     """Score a fine-tuned encoder's own classification head, utterance by utterance, without any context model."""
     from .evaluate import evaluate_text as run_evaluate_text

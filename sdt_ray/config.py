@@ -136,6 +136,9 @@ class TrainConfig:
     # an utterance's), so the model learns to score any subset: text-only transcripts, calls
     # without video, turns without a transcript.
     modality_dropout: float = 0.0
+    # After selection, one temperature is fitted on the selection split by NLL and stored in
+    # best/config.json: predict's confidence and prob_* are then calibrated (calibration.py).
+    calibrate: bool = True
 
     def __post_init__(self) -> None:
         if self.placement not in PLACEMENTS:

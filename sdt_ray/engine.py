@@ -24,7 +24,8 @@ class Predictions:
     dialogue_ids: list[str]  # one per utterance
     positions: np.ndarray  # (N,) utterance position within its dialogue
     labels: np.ndarray  # (N,) true label index, IGNORE_LABEL where unlabelled
-    probabilities: np.ndarray  # (N, C) softmax of the fused logits
+    logits: np.ndarray  # (N, C) fused logits, as the model gives them
+    probabilities: np.ndarray  # (N, C) softmax of the fused logits / temperature
     modality_weights: np.ndarray  # (N, M) gate weights α
     present: np.ndarray  # (N, M) bool, the modalities each utterance was scored with
 
@@ -85,11 +86,13 @@ def weight_average(model: nn.Module, decay: float) -> AveragedModel:
 
 
 @torch.inference_mode()
-def predict(model: SDT | nn.Module, batches: Iterable[Batch], device: torch.device | str = "cpu") -> Predictions:
-    """Eval-mode pass; collects per-utterance probabilities for real utterances only."""
+def predict(model: SDT | nn.Module, batches: Iterable[Batch], device: torch.device | str = "cpu",
+            temperature: float = 1.0) -> Predictions:
+    """Eval-mode pass; collects per-utterance probabilities for real utterances only.
+    `temperature`: the checkpoint's calibration (calibration.py); it moves no argmax."""
     model.eval()
     ids: list[str] = []
-    positions, labels, probs, weights, present = [], [], [], [], []
+    positions, labels, logits, probs, weights, present = [], [], [], [], [], []
     for batch in batches:
         batch = batch.to(device)
         output = forward(model, batch)
@@ -98,17 +101,20 @@ def predict(model: SDT | nn.Module, batches: Iterable[Batch], device: torch.devi
         for dialogue_id, n in zip(batch.dialogue_ids, lengths):
             ids.extend([dialogue_id] * n)
             positions.append(np.arange(n))
-        probs.append(torch.softmax(output.logits.float(), dim=-1).cpu()[mask].numpy())
+        fused = output.logits.float().cpu()[mask]  # (n, C)
+        logits.append(fused.numpy())
+        probs.append(torch.softmax(fused / temperature, dim=-1).numpy())
         weights.append(output.modality_weights.float().cpu()[mask].numpy())
         present.append(torch.stack(list(batch.present.values()), dim=-1).cpu()[mask].numpy())  # (n, M)
         labels.append(batch.labels.cpu()[mask].numpy())
     if not ids:
         empty = np.zeros((0, 0))
-        return Predictions([], np.zeros(0, int), np.zeros(0, int), empty, empty, empty.astype(bool))
+        return Predictions([], np.zeros(0, int), np.zeros(0, int), empty, empty, empty, empty.astype(bool))
     return Predictions(
         dialogue_ids=ids,
         positions=np.concatenate(positions),
         labels=np.concatenate(labels),
+        logits=np.concatenate(logits),
         probabilities=np.concatenate(probs),
         modality_weights=np.concatenate(weights),
         present=np.concatenate(present),

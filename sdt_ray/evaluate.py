@@ -1,7 +1,8 @@
 """Score a checkpoint on one split of a features table and write the figures.
 
-EVAL_DIR/metrics.json        accuracy, weighted/macro F1, per-class, confusion matrix
+EVAL_DIR/metrics.json        accuracy, weighted/macro F1, per-class, confusion matrix, calibration
 EVAL_DIR/confusion_matrix.png
+EVAL_DIR/reliability.png     confidence against accuracy, before and after the checkpoint's temperature
 """
 
 from __future__ import annotations
@@ -18,11 +19,13 @@ from . import storage
 from .checkpoint import load_checkpoint
 from .collate import batches
 from .dialogues import Exclusions, dialogue_rows, select_split, to_dialogues, usable_rows
-from .engine import predict
+from .calibration import ECE_BINS, expected_calibration_error, nll, reliability, softmax
+from .engine import Predictions, predict
 from .errors import ConfigError
 from .features.text_card import card_from_metadata, label_leaks
 from .metrics import classification_report
-from .plots import confusion_matrix_png
+from .losses import IGNORE_LABEL
+from .plots import confusion_matrix_png, reliability_png
 from .schema import feature_column, validate_features
 
 TEST_SELECTED = "test-selected, not a fair estimate"
@@ -53,6 +56,7 @@ def evaluate(
     dialogues = to_dialogues(dialogue_rows(table, config, loaded.labels, features_uri), config)
     predictions = predict(loaded.model, batches(dialogues, batch_size, config.max_speakers))
     metrics = classification_report(*predictions.labelled(), loaded.labels)
+    calibration = calibration_figures(predictions, loaded.temperature)
     metrics.update(
         split=split,
         checkpoint=checkpoint_uri,
@@ -63,12 +67,28 @@ def evaluate(
         without=list(without),
         selected_on=loaded.meta.get("recipe", {}).get("train", {}).get("select_on", "dev"),
         warnings=leaks,
+        calibration={**calibration, "fitted_on": (loaded.calibration or {}).get("fitted_on")},
     )
     if metrics["selected_on"] == "test":  # the paper's protocol: say so wherever its figures go
         metrics["selection"] = TEST_SELECTED
     title = f"{split}: acc {metrics['accuracy']:.3f}, weighted F1 {metrics['weighted_f1']:.3f}"
-    _write(metrics, output_uri, title + (f" ({TEST_SELECTED})" if "selection" in metrics else ""))
+    _write(metrics, output_uri, title + (f" ({TEST_SELECTED})" if "selection" in metrics else ""), reliability_of=split)
     return Evaluation(metrics, exclusions, output_uri)
+
+
+def calibration_figures(predictions: Predictions, temperature: float) -> dict[str, Any]:
+    """ECE (and the reliability bins) of the labelled utterances at T = 1 and at the
+    checkpoint's temperature; the two are equal for an uncalibrated checkpoint."""
+    keep = predictions.labels != IGNORE_LABEL
+    logits, labels = predictions.logits[keep], predictions.labels[keep]
+    before, after = softmax(logits), softmax(logits, temperature)
+    return {
+        "temperature": temperature, "bins": ECE_BINS,
+        "ece_before": round(expected_calibration_error(before, labels), 6),
+        "ece_after": round(expected_calibration_error(after, labels), 6),
+        "nll_before": round(nll(logits, labels), 6), "nll_after": round(nll(logits, labels, temperature), 6),
+        "reliability_before": reliability(before, labels), "reliability_after": reliability(after, labels),
+    }
 
 
 def evaluate_text(encoder_dir: str, utterances_uri: str, split: str, output_uri: str, batch_size: int = 64) -> Evaluation:
@@ -81,26 +101,30 @@ def evaluate_text(encoder_dir: str, utterances_uri: str, split: str, output_uri:
 
     classifier, tokenizer, card = load_classifier(encoder_dir)
     table = validate_utterances(storage.read_table(utterances_uri), utterances_uri)
-    rows, left_out = classifier_rows(table, card.labels, card.context, card.separator, splits=(split,))
+    spec = card.text_input()
+    rows, left_out = classifier_rows(table, card.labels, spec, splits=(split,))
     if rows.num_rows == 0:
         raise ConfigError(f"{utterances_uri}: no labelled {split} utterances with text")
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    contexts = rows.column("text_context").to_pylist() if card.context else None
+    contexts = rows.column("text_context").to_pylist() if spec.has_context else None
     predicted = predict_classes(classifier.to(device), tokenizer, rows.column("text").to_pylist(), contexts,
                                 card.max_length, batch_size, device)
     metrics = classification_report(rows.column("label_id").to_numpy(), predicted.numpy(), card.labels)
     leaks = label_leaks(card, {split: rows})
-    metrics.update(split=split, encoder=encoder_dir, utterances=utterances_uri, context=card.context,
+    metrics.update(split=split, encoder=encoder_dir, utterances=utterances_uri, context=card.context, future=card.future,
+                   speakers=card.speakers,
                    encoder_selection=card.selection, left_out=left_out, warnings=leaks)
     title = f"{split}, encoder alone: acc {metrics['accuracy']:.3f}, weighted F1 {metrics['weighted_f1']:.3f}"
     _write(metrics, output_uri, title)
     return Evaluation(metrics, Exclusions(left_out), output_uri)
 
 
-def _write(metrics: dict[str, Any], output_uri: str, title: str) -> None:
+def _write(metrics: dict[str, Any], output_uri: str, title: str, reliability_of: str | None = None) -> None:
     storage.write_text(storage.join(output_uri, "metrics.json"), json.dumps(metrics, indent=2))
     with tempfile.TemporaryDirectory() as tmp:
         confusion_matrix_png(metrics["confusion_matrix"], metrics["labels"], os.path.join(tmp, "confusion_matrix.png"), title)
+        if reliability_of is not None:
+            reliability_png(metrics["calibration"], os.path.join(tmp, "reliability.png"), reliability_of)
         storage.upload_dir(tmp, output_uri)
 
 
@@ -115,6 +139,9 @@ def format_report(metrics: dict[str, Any]) -> str:
     lines.append(f"{'accuracy':<{width}}{metrics['accuracy']:>30.4f}{metrics['n_utterances']:>10d}")
     lines.append(f"{'weighted F1':<{width}}{metrics['weighted_f1']:>30.4f}")
     lines.append(f"{'macro F1':<{width}}{metrics['macro_f1']:>30.4f}")
+    if "calibration" in metrics:
+        c = metrics["calibration"]
+        lines.append(f"{'ECE':<{width}}{c['ece_before']:>30.4f}  at T = 1; {c['ece_after']:.4f} at the checkpoint's T = {c['temperature']:.3f}")
     if "selection" in metrics:
         lines.append(f"epoch selected on the test split: {metrics['selection']}")
     return "\n".join(lines)

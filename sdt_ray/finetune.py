@@ -13,6 +13,7 @@ OUTPUT layout:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -33,10 +34,11 @@ from ray.train.torch import TorchTrainer
 from . import storage
 from .errors import ConfigError, InputError, SdtError
 from .features.text import resolve_text_model, tokenize
-from .features.text_card import TextEncoderCard, labelled_fingerprint, read_card
+from .features.text_card import TextEncoderCard, TextInput, labelled_fingerprint, read_card
 from .features.text_classifier import (
     UtteranceClassifier,
     classifier_rows,
+    freeze_lower_layers,
     load_base,
     load_classifier,
     predict_classes,
@@ -59,7 +61,11 @@ class FinetuneOptions:
     lr: float = 3e-5  # AdamW peak; linear warm-up over the first 10% of steps, then linear decay
     batch_size: int = 32  # utterances per optimiser step, over all workers
     max_length: int = 128  # tokens per input, context included
-    context: int = 0  # previous turns prepended as `speaker: text`; 0: the utterance alone
+    context: int = 0  # previous turns read with each utterance, as `speaker: text`; 0: none
+    future: int = 0  # following turns read with it (offline archives; a live call has none yet)
+    speakers: bool = True  # the utterance itself as `speaker: text` (names from the table, roles for calls)
+    freeze_layers: int = 0  # the embeddings and this many lowest transformer layers keep their weights
+    accumulate: int = 1  # micro-batches per optimiser step: batch_size / accumulate utterances in memory at once
     workers: int = 1
     use_gpu: bool = False
     seed: int = 0
@@ -82,6 +88,7 @@ class FinetuneResult:
 def finetune_text(input_uri: str, output_uri: str, options: FinetuneOptions = FinetuneOptions(),
                   address: str | None = None, log: Callable[[str], None] = print) -> FinetuneResult:
     _check(options)
+    _check_layers(options)
     output_uri = absolute_uri(output_uri)
     if storage.exists(output_uri) and not options.overwrite:
         raise ConfigError(f"{output_uri} already exists; pass --overwrite to replace it")
@@ -89,16 +96,17 @@ def finetune_text(input_uri: str, output_uri: str, options: FinetuneOptions = Fi
     require_shared_storage(address, {"--input": input_uri, "--output": output_uri})
     storage.delete(output_uri)
     card = TextEncoderCard(
-        base_model=options.base_model or "minilm", labels=labels, context=options.context,
-        max_length=options.max_length, label_splits=["train"],
+        base_model=options.base_model or "minilm", labels=labels, context=options.context, future=options.future,
+        speakers=options.speakers, max_length=options.max_length, label_splits=["train"],
         label_dialogues=sorted(set(train_rows.column("dialogue_id").to_pylist())),
         data_sha256=fingerprint, separator=separator,
         training={k: v for k, v in asdict(options).items() if k not in ("overwrite", "base_model")} | {"dev_split": dev_split},
     )
     log(f"fine-tuning {resolve_text_model(options.base_model)} on {train_rows.num_rows} train utterances "
         f"({len(card.label_dialogues)} dialogues), selecting on {dev_split} ({dev_rows.num_rows}); "
-        f"{options.epochs} epochs, batch {options.batch_size}, lr {options.lr:g}, context {options.context}, "
-        f"{options.workers} worker(s)")
+        f"{options.epochs} epochs, batch {options.batch_size}" + (f" in {options.accumulate} steps" if options.accumulate > 1 else "")
+        + f", lr {options.lr:g}, {card.text_input().describe()}"
+        + (f", lowest {options.freeze_layers} layers frozen" if options.freeze_layers else "") + f", {options.workers} worker(s)")
     with ray_session(address):
         trainer = _build_trainer(train_rows, dev_rows, card, options, output_uri)
         with JsonlPrinter(storage.join(output_uri, "progress.jsonl"), log, interval_s=2.0, describe=_describe_progress, key="n"), \
@@ -111,14 +119,28 @@ def finetune_text(input_uri: str, output_uri: str, options: FinetuneOptions = Fi
 
 def _check(options: FinetuneOptions) -> None:
     counts = {"--epochs": options.epochs, "--batch-size": options.batch_size, "--max-length": options.max_length,
-              "--workers": options.workers}
+              "--workers": options.workers, "--accumulate": options.accumulate}
     for flag, value in counts.items():
         if value < 1:
             raise ConfigError(f"{flag} must be at least 1 (got {value})")
-    if options.context < 0 or options.lr <= 0:
-        raise ConfigError("--context must not be negative and --lr must be positive")
-    if options.batch_size < options.workers:
-        raise ConfigError(f"--batch-size {options.batch_size} is split over {options.workers} workers: give each at least one")
+    if min(options.context, options.future, options.freeze_layers) < 0 or options.lr <= 0:
+        raise ConfigError("--context, --future and --freeze-layers must not be negative, and --lr must be positive")
+    if options.batch_size < options.workers * options.accumulate:
+        raise ConfigError(f"--batch-size {options.batch_size} is split over {options.workers} worker(s) and "
+                          f"{options.accumulate} accumulation step(s): give each at least one utterance")
+
+
+def _check_layers(options: FinetuneOptions) -> None:
+    """--freeze-layers against the base model's depth, from its config alone, before Ray starts."""
+    if options.freeze_layers:
+        from transformers import AutoConfig
+
+        from .features.local_models import load_pretrained
+
+        config = load_pretrained("text model", options.base_model, resolve_text_model(options.base_model), AutoConfig)
+        if options.freeze_layers > config.num_hidden_layers:
+            raise ConfigError(f"--freeze-layers {options.freeze_layers}: {options.base_model or 'minilm'} has "
+                              f"{config.num_hidden_layers} layers")
 
 
 def _prepare(input_uri: str, options: FinetuneOptions, log) -> tuple[pa.Table, pa.Table, list[str], str, str, str]:
@@ -131,8 +153,9 @@ def _prepare(input_uri: str, options: FinetuneOptions, log) -> tuple[pa.Table, p
         raise InputError(f"{input_uri}: no train split to fine-tune on (splits: {splits})")
     labels = labels_from_metadata(raw.schema) or sorted(
         set(table.filter(pc.equal(table.column("split"), "train")).column("label").drop_null().to_pylist()))
-    separator = _separator(options.base_model) if options.context else "|"
-    rows, left_out = classifier_rows(table, labels, options.context, separator or "|", splits=("train", "dev"))
+    separator = (_separator(options.base_model) if options.context or options.future else None) or "|"
+    spec = TextInput(past=options.context, future=options.future, speakers=options.speakers, separator=separator)
+    rows, left_out = classifier_rows(table, labels, spec, splits=("train", "dev"))
     if left_out:
         log("left out of fine-tuning and selection: " + ", ".join(f"{n} rows with {why}" for why, n in left_out.items()))
     train = rows.filter(pc.equal(rows.column("split"), "train"))
@@ -146,7 +169,7 @@ def _prepare(input_uri: str, options: FinetuneOptions, log) -> tuple[pa.Table, p
         raise InputError(f"{input_uri}: {train.num_rows} labelled train utterances, fewer than one batch of {options.batch_size}")
     seen = table.filter(pc.is_in(table.column("dialogue_id"), value_set=pc.unique(train.column("dialogue_id"))))
     fingerprint = labelled_fingerprint(seen.filter(pc.and_(pc.equal(seen.column("split"), "train"), pc.is_valid(seen.column("label")))))
-    return train, dev, labels, dev_split, separator or "|", fingerprint
+    return train, dev, labels, dev_split, separator, fingerprint
 
 
 def _separator(base_model: str | None) -> str | None:
@@ -195,6 +218,7 @@ def finetune_loop_per_worker(config: dict[str, Any]) -> None:
         classifier = UtteranceClassifier(encoder, len(card.labels), options.dropout)
     else:
         tokenizer, classifier = _load_best(options.dropout)
+    freeze_lower_layers(classifier.encoder, options.freeze_layers)
     model = ray.train.torch.prepare_model(classifier)
     optimizer, schedule = _optimizer(model, options, config["steps_per_epoch"], state["epoch"])
     shard = ray.train.get_dataset_shard("train")
@@ -221,8 +245,9 @@ def finetune_loop_per_worker(config: dict[str, Any]) -> None:
 
 def _optimizer(model, options: FinetuneOptions, steps_per_epoch: int, epochs_done: int):
     """AdamW without decay on biases and norms; linear warm-up (10% of steps), then linear decay to 0."""
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
+    learning = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay = [p for n, p in learning if p.ndim > 1]
+    no_decay = [p for n, p in learning if p.ndim <= 1]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": options.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=options.lr)
     total = steps_per_epoch * options.epochs
@@ -240,19 +265,35 @@ def _train_epoch(model, optimizer, schedule, shard, tokenizer, options: Finetune
     total, steps, last_note = 0.0, 0, time.time()
     seed = int(np.random.SeedSequence([options.seed, epoch, rank]).generate_state(1)[0])
     for batch in _length_bucketed(shard, config["per_worker_batch"], seed):
-        contexts = batch.column("text_context").to_pylist() if options.context else None
-        tokens, mask = tokenize(tokenizer, batch.column("text").to_pylist(), contexts, options.max_length)
-        logits = model(tokens.to(device), mask.to(device))  # (b, C)
-        loss = torch.nn.functional.cross_entropy(logits, torch.as_tensor(batch.column("label_id").to_numpy(), device=device))
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = _accumulated_step(model, tokenizer, batch, options, device)
         optimizer.step()
         schedule.step()
-        total, steps = total + float(loss.item()), steps + 1
+        total, steps = total + loss, steps + 1
         if rank == 0 and time.time() - last_note > PROGRESS_EVERY_S:
             _note_progress(config["output"], epoch, steps, config["steps_per_epoch"], total / steps)
             last_note = time.time()
     return total / max(steps, 1)
+
+
+def _accumulated_step(model, tokenizer, batch: pa.Table, options: FinetuneOptions, device) -> float:
+    """Gradients of one optimiser step's batch, summed over `accumulate` micro-batches (each
+    loss weighted by its share of the batch, so the sum is the whole batch's mean loss). DDP
+    averages across ranks once, on the last micro-batch. Returns the batch's mean loss."""
+    parts = np.array_split(np.arange(batch.num_rows), min(options.accumulate, batch.num_rows))
+    total = 0.0
+    for k, rows in enumerate(parts):
+        micro = batch.take(pa.array(rows))
+        contexts = micro.column("text_context").to_pylist() if options.context or options.future else None
+        tokens, mask = tokenize(tokenizer, micro.column("text").to_pylist(), contexts, options.max_length)
+        sync = k == len(parts) - 1 or not hasattr(model, "no_sync")
+        with contextlib.nullcontext() if sync else model.no_sync():
+            logits = model(tokens.to(device), mask.to(device))  # (b, C)
+            labels = torch.tensor(micro.column("label_id").to_pylist(), dtype=torch.long, device=device)
+            loss = torch.nn.functional.cross_entropy(logits, labels) * (len(rows) / batch.num_rows)
+            loss.backward()
+        total += float(loss.item())
+    return total
 
 
 def _length_bucketed(shard, batch_size: int, seed: int, pool_batches: int = 32):
@@ -280,7 +321,7 @@ def _note_progress(output: str, epoch: int, step: int, steps: int, loss: float) 
 
 
 def _score_dev(classifier, tokenizer, dev: pa.Table, card: TextEncoderCard, options: FinetuneOptions, device) -> dict[str, float]:
-    contexts = dev.column("text_context").to_pylist() if options.context else None
+    contexts = dev.column("text_context").to_pylist() if options.context or options.future else None
     predicted = predict_classes(classifier, tokenizer, dev.column("text").to_pylist(), contexts, options.max_length, device=device)
     report = classification_report(dev.column("label_id").to_numpy(), predicted.numpy(), card.labels)
     return {k: round(report[k], 6) for k in ("accuracy", "weighted_f1", "macro_f1")}

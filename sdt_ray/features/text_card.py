@@ -20,7 +20,28 @@ import pyarrow.compute as pc
 
 CARD_FILE = "sdt_ray_text_encoder.json"
 CARD_METADATA_KEY = b"sdt_ray.text_encoder"  # JSON: the card, in a features table's metadata
-CONTEXT_COLUMN = "text_context"  # previous turns of each utterance, added for encoders with context > 0
+CONTEXT_COLUMN = "text_context"  # the turns around each utterance, added for encoders fine-tuned with context
+FUTURE_MARK = "next"  # between the past turns and the future ones in a context: `past | next | future`
+
+
+@dataclass(frozen=True)
+class TextInput:
+    """How an utterance is written for a fine-tuned encoder. `finetune-text` and `extract` (and
+    the live paths) build it with the same functions, from the card, so the encoder always reads
+    what it was trained on."""
+
+    past: int = 0  # previous turns of the dialogue in the context, nearest first
+    future: int = 0  # following turns (offline archives only: a live call has none yet)
+    speakers: bool = False  # the utterance itself as `speaker: text`
+    separator: str = "|"  # between context turns: the tokenizer's separator token
+
+    @property
+    def has_context(self) -> bool:
+        return self.past > 0 or self.future > 0
+
+    def describe(self) -> str:
+        turns = f"context {self.past} past + {self.future} future turns" if self.has_context else "no context"
+        return turns + (", speaker-named" if self.speakers else "")
 
 
 @dataclass(frozen=True)
@@ -35,6 +56,11 @@ class TextEncoderCard:
     selection: dict[str, Any] = field(default_factory=dict)  # split, epoch, metrics
     training: dict[str, Any] = field(default_factory=dict)  # epochs, lr, batch size, workers, seed
     separator: str = "|"  # between context turns: the tokenizer's separator token
+    future: int = 0  # following turns in each input (after the past ones); older cards have none
+    speakers: bool = False  # each utterance read as `speaker: text`; older cards read the text alone
+
+    def text_input(self) -> TextInput:
+        return TextInput(past=self.context, future=self.future, speakers=self.speakers, separator=self.separator)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
@@ -46,7 +72,7 @@ class TextEncoderCard:
     def summary(self) -> str:
         dev = self.selection.get("metrics", {}).get("weighted_f1")
         return (f"fine-tuned from {self.base_model} on the labels of {len(self.label_dialogues)} {'+'.join(self.label_splits)} "
-                f"dialogues, context {self.context}" + (f", {self.selection.get('split')} weighted F1 {dev:.4f}" if dev is not None else ""))
+                f"dialogues, {self.text_input().describe()}" + (f", {self.selection.get('split')} weighted F1 {dev:.4f}" if dev is not None else ""))
 
 
 def read_card(folder: str) -> TextEncoderCard | None:
@@ -63,23 +89,51 @@ def card_from_metadata(schema: pa.Schema) -> TextEncoderCard | None:
     return TextEncoderCard.from_json(raw.decode()) if raw else None
 
 
-def context_texts(table: pa.Table, k: int, separator: str) -> list[str]:
-    """For each row, up to `k` previous turns of its dialogue as `speaker: text`, nearest first,
-    joined by ` separator `; "" for a dialogue's first turn. Nearest first, so that truncation
-    (which cuts a segment's end) drops the oldest turns. Rows may come in any order."""
+def speaker_text(speaker: str | None, text: str | None) -> str:
+    """One turn as the encoder reads it with speakers: `speaker: text`."""
+    return f"{speaker or 'unknown'}: {(text or '').strip()}"
+
+
+def target_texts(table: pa.Table, spec: TextInput) -> list[str | None]:
+    """Each row's utterance as the encoder reads it: the text, or `speaker: text` when the spec
+    names speakers. A null or blank text stays as it is, so that it is still refused as empty."""
+    texts = table.column("text").to_pylist()
+    if not spec.speakers:
+        return texts
+    speakers = table.column("speaker").to_pylist()
+    return [speaker_text(s, t) if t and t.strip() else t for s, t in zip(speakers, texts)]
+
+
+def context_texts(table: pa.Table, past: int, separator: str, future: int = 0) -> list[str]:
+    """For each row, up to `past` previous turns of its dialogue as `speaker: text`, nearest
+    first, joined by ` separator `; then, with `future`, `next` and up to `future` following
+    turns, nearest first, all joined the same way (`past | next | future`). "" where a turn has none. Nearest first, so that
+    truncation (which cuts a segment's end) drops the farthest turns, the future ones before the
+    past. Rows may come in any order."""
     dialogues = table.column("dialogue_id").to_pylist()
     positions = table.column("utterance_index").to_pylist()
     speakers = table.column("speaker").to_pylist()
     texts = table.column("text").to_pylist()
     order = sorted(range(table.num_rows), key=lambda i: (dialogues[i], positions[i]))
     out = [""] * table.num_rows
-    previous: list[str] = []
-    for n, i in enumerate(order):
-        if n == 0 or dialogues[order[n - 1]] != dialogues[i]:
-            previous = []
-        out[i] = f" {separator} ".join(reversed(previous[-k:])) if k > 0 else ""
-        previous.append(f"{speakers[i] or 'unknown'}: {(texts[i] or '').strip()}")
+    joiner = f" {separator} "
+    start = 0
+    for end in range(1, len(order) + 1):  # one dialogue at a time: order[start:end]
+        if end < len(order) and dialogues[order[end]] == dialogues[order[start]]:
+            continue
+        turns = [speaker_text(speakers[i], texts[i]) for i in order[start:end]]
+        for n, i in enumerate(order[start:end]):
+            before = joiner.join(reversed(turns[max(0, n - past):n])) if past > 0 else ""
+            after = joiner.join(turns[n + 1:n + 1 + future]) if future > 0 else ""
+            out[i] = joiner.join(([before] if before else []) + [FUTURE_MARK, after]) if after else before
+        start = end
     return out
+
+
+def input_texts(table: pa.Table, spec: TextInput) -> tuple[list[str | None], list[str] | None]:
+    """(utterances, contexts or None): the two segments of each row's encoder input."""
+    contexts = context_texts(table, spec.past, spec.separator, spec.future) if spec.has_context else None
+    return target_texts(table, spec), contexts
 
 
 def labelled_fingerprint(rows: pa.Table) -> str:

@@ -18,7 +18,7 @@ from torch import nn
 
 from .local_models import load_pretrained
 from .text import mean_pool, resolve_text_model
-from .text_card import CARD_FILE, TextEncoderCard, read_card
+from .text_card import CARD_FILE, TextEncoderCard, TextInput, input_texts, read_card
 
 HEAD_FILE = "sdt_ray_text_head.safetensors"
 
@@ -36,6 +36,25 @@ class UtteranceClassifier(nn.Module):
         hidden = self.encoder(**tokens).last_hidden_state  # (B, T, H)
         pooled = mean_pool(hidden, pool_mask)  # (B, H)
         return self.head(self.dropout(pooled))  # (B, C) logits
+
+
+def freeze_lower_layers(encoder: torch.nn.Module, n: int) -> None:
+    """Keep the embeddings and the lowest `n` transformer layers as they are: only the layers
+    above (and the head) learn. On 2 cores, 8 of MPNet's 12 layers frozen makes a step about
+    4x faster (backward stops at layer 8). Everything of the encoder outside `encoder.layer.K`
+    for K >= n is frozen, shared parts too (MPNet's relative position bias feeds every layer:
+    left trainable, it would pull the backward pass through the frozen layers)."""
+    from ..errors import ConfigError
+
+    if n <= 0:
+        return
+    layers = len(encoder.encoder.layer)
+    if n > layers:
+        raise ConfigError(f"--freeze-layers {n}: the encoder has {layers} layers")
+    trainable = tuple(f"encoder.layer.{k}." for k in range(n, layers))
+    for name, parameter in encoder.named_parameters():
+        if not name.startswith(trainable):
+            parameter.requires_grad_(False)
 
 
 def load_base(model: str | None):
@@ -91,17 +110,17 @@ def predict_classes(classifier: UtteranceClassifier, tokenizer, texts: list[str]
     return out
 
 
-def classifier_rows(utterances, labels: list[str], context: int, separator: str, splits: tuple[str, ...] | None = None):
+def classifier_rows(utterances, labels: list[str], spec: TextInput, splits: tuple[str, ...] | None = None):
     """The rows of `splits` (default: all) a classifier trains or is scored on: labelled, with
-    text. Returns (table with dialogue_id, split, text, text_context, label_id; {reason: rows
-    of those splits left out}). Contexts are built on the whole table first, so an unlabelled
-    turn, or one of another split, still serves as a later turn's context."""
+    text. Returns (table with dialogue_id, split, text (the utterance as the encoder reads it,
+    text_input.target_texts), text_context, label_id; {reason: rows of those splits left out}).
+    Contexts are built on the whole table first, so an unlabelled turn, or one of another
+    split, still serves as a neighbour's context."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from .text_card import context_texts
-
-    contexts = context_texts(utterances, context, separator) if context else [""] * utterances.num_rows
+    targets, contexts = input_texts(utterances, spec)
+    contexts = contexts or [""] * utterances.num_rows
     index = {name: i for i, name in enumerate(labels)}
     label_ids = [index.get(v, -1) if v is not None else -1 for v in utterances.column("label").to_pylist()]
     texts = utterances.column("text").to_pylist()
@@ -109,7 +128,7 @@ def classifier_rows(utterances, labels: list[str], context: int, separator: str,
     table = pa.table({
         "dialogue_id": utterances.column("dialogue_id"),
         "split": utterances.column("split"),
-        "text": utterances.column("text"),
+        "text": pa.array(targets, pa.string()),
         "text_context": pa.array(contexts, pa.string()),
         "label_id": pa.array(label_ids, pa.int64()),
     })

@@ -27,7 +27,7 @@ from ..errors import ConfigError, InputError
 from ..features.audio import DEFAULT_FEATURE_SET, AudioFeatureStage, feature_set_dim
 from ..features.speech import resolve_speech_model, speech_model_dim
 from ..features.text import TextFeatureStage, resolve_text_model
-from ..features.text_card import CARD_METADATA_KEY, read_card
+from ..features.text_card import CARD_METADATA_KEY, TextInput, read_card
 from ..features.visual import DEFAULT_FRAMES, FrameStage, VisualFeatureStage, resolve_visual_model
 from ..pools import PoolSize, StageDemand
 from ..schema import ENCODERS_METADATA_KEY, KEY_FIELDS, LABEL_FIELDS, LABELS_METADATA_KEY, check_splits, feature_column
@@ -111,7 +111,7 @@ class PreparedInput:
     columns: tuple[str, ...]
     metadata: dict[bytes, bytes]
     timing: tuple[str, ...]  # start_s, end_s, channel when the utterances cut media by time; HEARD_COLUMNS for calls
-    context: tuple[int, str] | None  # a fine-tuned text encoder's (turns, separator)
+    context: TextInput | None  # a fine-tuned text encoder's input, when it reads the turns around each utterance
 
 
 def extract(
@@ -196,7 +196,7 @@ def prepare_input(input_uri: str, options: ExtractOptions, keep_columns: tuple[s
     card = read_card(resolve_text_model(options.text_model)) if "text" in options.modalities else None
     if card is not None:  # a fine-tuned encoder: its card travels into the features table
         metadata[CARD_METADATA_KEY] = card.to_json().encode()
-    context = (card.context, card.separator) if card is not None and card.context else None
+    context = card.text_input() if card is not None and card.text_input().has_context else None
     timing = _timing_columns(plan)
     columns = [f.name for f in KEY_FIELDS + LABEL_FIELDS] + (["text"] if "text" in options.modalities or context else [])
     for modality in options.modalities:

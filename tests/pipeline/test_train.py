@@ -77,6 +77,35 @@ def test_evaluate_writes_metrics_and_plot(trained, features_path, tmp_path):
     assert (tmp_path / "eval" / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_best_is_calibrated_on_dev_and_evaluate_reports_it(trained, features_path, tmp_path):
+    """The temperature in best/ is the one that minimises dev NLL of best/'s own logits, found
+    here again from scratch; evaluate reports ECE at T = 1 and at it, with the diagram."""
+    import numpy as np
+
+    from sdt_ray.calibration import fit_temperature
+    from sdt_ray.collate import batches
+    from sdt_ray.dialogues import dialogue_rows, select_split, to_dialogues
+    from sdt_ray.engine import predict
+
+    run_dir, result, lines, _ = trained
+    loaded = load_checkpoint(run_dir / "best")
+    assert loaded.calibration == result.calibration and loaded.calibration["fitted_on"] == "dev"
+    assert any(line.startswith("calibration on dev") for line in lines)
+    dev = select_split(storage.read_table(features_path), "dev", features_path)
+    dialogues = to_dialogues(dialogue_rows(dev, loaded.config, loaded.labels, features_path), loaded.config)
+    scored = predict(loaded.model, batches(dialogues, 4, loaded.config.max_speakers))
+    assert loaded.temperature == pytest.approx(fit_temperature(scored.logits, scored.labels), rel=1e-4)
+    assert loaded.calibration["n_utterances"] == len(scored.labels)
+
+    ev = evaluate(str(run_dir / "best"), features_path, "test", str(tmp_path / "eval"))
+    calibration = json.loads((tmp_path / "eval" / "metrics.json").read_text())["calibration"]
+    assert calibration["temperature"] == loaded.temperature and calibration["fitted_on"] == "dev"
+    assert {"ece_before", "ece_after", "nll_before", "nll_after"} <= set(calibration)
+    assert sum(calibration["reliability_after"]["count"]) == ev.metrics["n_utterances"]
+    assert (tmp_path / "eval" / "reliability.png").read_bytes()[:4] == b"\x89PNG"
+    assert np.isfinite([calibration["ece_before"], calibration["ece_after"]]).all()
+
+
 def test_run_dir_is_never_silently_reused(trained, features_path):
     run_dir, _, _, _ = trained
     with pytest.raises(ConfigError, match="already holds run .* pass --resume"):

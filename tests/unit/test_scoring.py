@@ -71,6 +71,30 @@ def test_one_window_equals_the_unwindowed_pass(model):
     assert out.column("error").null_count == 10 and out.column("model_id").to_pylist() == ["abc"] * 10
 
 
+def test_a_calibrated_scorer_divides_the_logits_by_its_temperature(model, tmp_path):
+    from sdt_ray.calibration import softmax
+    from sdt_ray.checkpoint import load_checkpoint, save_checkpoint, state_dict_for_saving, write_calibration
+
+    table = rows()
+    plain = scorer(model)(table)
+    calibrated = DialogueScorer(model, CONFIG, LABELS, "abc", "0.1.0", batch_size=4, temperature=2.5)(table)
+    values = np.stack(table.column("text_features").to_pylist()).astype(np.float32)
+    dialogues = [Dialogue(f"d{d}", {"text": values[5 * d: 5 * d + 5]}, relative_speaker_ids(list("ABABA"), 9),
+                          np.full(5, IGNORE_LABEL)) for d in range(2)]
+    logits = predict(model, batches(dialogues, 4, CONFIG.max_speakers)).logits
+    got = np.stack([calibrated.column(f"prob_{label}").to_numpy() for label in LABELS], axis=1)
+    np.testing.assert_allclose(got, softmax(logits, 2.5), atol=1e-6)
+    assert calibrated.column("label").to_pylist() == plain.column("label").to_pylist()  # no argmax moves
+    assert np.all(np.asarray(calibrated.column("confidence")) < np.asarray(plain.column("confidence")))
+
+    # The checkpoint's temperature is part of its identity: the same weights, calibrated, are another model.
+    save_checkpoint(tmp_path / "ckpt", state_dict_for_saving(model), CONFIG)
+    before = load_checkpoint(tmp_path / "ckpt")
+    write_calibration(tmp_path / "ckpt", {"temperature": 2.5, "fitted_on": "dev"})
+    after = load_checkpoint(tmp_path / "ckpt")
+    assert before.temperature == 1.0 and after.temperature == 2.5 and after.model_id != before.model_id
+
+
 def test_long_dialogue_gets_one_prediction_per_utterance(model):
     table = rows(n_dialogues=1, length=300)
     out = scorer(model, max_context=64)(table)

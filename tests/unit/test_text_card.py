@@ -1,6 +1,8 @@
 """The fine-tuned text encoder's pieces without Ray: context input, pooling over the
 utterance's own tokens, the card, and the label-leak warnings train and evaluate print."""
 
+import json
+
 import pyarrow as pa
 import torch
 
@@ -9,10 +11,13 @@ from sdt_ray.features.text import mean_pool, resolve_text_model, tokenize
 from sdt_ray.features.text_card import (
     CARD_METADATA_KEY,
     TextEncoderCard,
+    TextInput,
     card_from_metadata,
     context_texts,
+    input_texts,
     label_leaks,
     labelled_fingerprint,
+    target_texts,
 )
 from sdt_ray.features.text_classifier import UtteranceClassifier, classifier_rows
 from sdt_ray.storage import write_table
@@ -62,13 +67,48 @@ def test_the_pool_covers_the_utterance_tokens_only():
 
 
 def test_classifier_rows_keep_labelled_text_and_count_the_rest():
-    rows, left_out = classifier_rows(utterances(), ["neutral", "joy", "anger"], 1, "|", splits=("train",))
+    rows, left_out = classifier_rows(utterances(), ["neutral", "joy", "anger"], TextInput(past=1), splits=("train",))
     assert rows.column("text").to_pylist() == ["third", "first "]
     assert rows.column("label_id").to_pylist() == [2, 0]
     assert rows.column("text_context").to_pylist() == ["Bob: second", ""]  # the unlabelled turn is still context
     assert left_out == {"no or unknown label": 1}
-    _, dev_left_out = classifier_rows(utterances(), ["neutral", "joy", "anger"], 0, "|", splits=("dev",))
+    _, dev_left_out = classifier_rows(utterances(), ["neutral", "joy", "anger"], TextInput(), splits=("dev",))
     assert dev_left_out == {"empty text": 1}
+    named, _ = classifier_rows(utterances(), ["neutral", "joy", "anger"], TextInput(speakers=True), splits=("train",))
+    assert named.column("text").to_pylist() == ["Ann: third", "Ann: first"]
+    assert named.column("text_context").to_pylist() == ["", ""]
+
+
+def test_future_turns_follow_the_past_ones_after_a_mark():
+    table = utterances()
+    # a: first (Ann), second (Bob), third (Ann); b: yo (Cy), "  " (no speaker)
+    both = context_texts(table, 1, "</s>", future=2)
+    assert both == [
+        "next </s> unknown: ",  # b0 has no past; its one future turn has no speaker and no text
+        "Bob: second",  # a2: the last turn has no future
+        "next </s> Bob: second </s> Ann: third",  # a0: no past, two future turns, nearest first
+        "Ann: first </s> next </s> Ann: third",  # a1
+        "Cy: yo",  # b1
+    ]
+    assert context_texts(table, 0, "|", future=1)[3] == "next | Ann: third"
+    assert context_texts(table, 0, "|", future=0) == [""] * 5
+
+
+def test_speakers_name_the_utterance_itself_and_blank_texts_stay_blank():
+    table = utterances()
+    assert target_texts(table, TextInput(speakers=True)) == ["Cy: yo", "Ann: third", "Ann: first", "Bob: second", "  "]
+    assert target_texts(table, TextInput()) == table.column("text").to_pylist()  # as before: the text as it is
+    texts, contexts = input_texts(table, TextInput(past=2, speakers=True, separator="[SEP]"))
+    assert texts[1] == "Ann: third" and contexts[1] == "Bob: second [SEP] Ann: first"
+    assert input_texts(table, TextInput(speakers=True))[1] is None  # no context segment at all
+
+
+def test_an_older_card_reads_as_it_was_written():
+    old = card(context=2).to_json().replace('"future": 0,', "").replace('"speakers": false', '"_": 0')
+    old = json.dumps({k: v for k, v in json.loads(old).items() if k != "_"})
+    assert "future" not in old and "speakers" not in old
+    spec = TextEncoderCard.from_json(old).text_input()
+    assert spec == TextInput(past=2, future=0, speakers=False, separator="|")
 
 
 def test_the_fingerprint_ignores_row_order_and_sees_a_label():

@@ -1,0 +1,68 @@
+"""Fine-tuning's step without Ray: frozen lower layers and gradient accumulation, on a tiny
+random BERT and MPNet."""
+
+import pyarrow as pa
+import pytest
+import torch
+
+from sdt_ray.errors import ConfigError
+from sdt_ray.features.text_classifier import UtteranceClassifier, freeze_lower_layers
+from sdt_ray.finetune import FinetuneOptions, _accumulated_step
+
+
+class WordTokenizer:
+    """Enough of a tokenizer for `tokenize`: one id per word, padded; no context segment."""
+
+    def __call__(self, texts, contexts=None, padding=True, truncation=True, max_length=16, return_tensors="pt"):
+        ids = [[1 + (hash(w) % 40) for w in t.split()][:max_length] for t in texts]
+        width = max(len(i) for i in ids)
+        from transformers import BatchEncoding
+
+        return BatchEncoding({"input_ids": torch.tensor([i + [0] * (width - len(i)) for i in ids]),
+                              "attention_mask": torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i in ids])})
+
+
+def tiny(kind: str, layers: int = 3) -> UtteranceClassifier:
+    torch.manual_seed(0)
+    if kind == "bert":
+        from transformers import BertConfig, BertModel
+
+        encoder = BertModel(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=layers, num_attention_heads=2,
+                                       intermediate_size=16, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+    else:
+        from transformers import MPNetConfig, MPNetModel
+
+        encoder = MPNetModel(MPNetConfig(vocab_size=50, hidden_size=8, num_hidden_layers=layers, num_attention_heads=2,
+                                         intermediate_size=16, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+    return UtteranceClassifier(encoder, n_classes=3, dropout=0.0)
+
+
+@pytest.mark.parametrize("kind", ["bert", "mpnet"])
+def test_frozen_layers_get_no_gradient_and_the_layers_above_do(kind):
+    classifier = tiny(kind)
+    freeze_lower_layers(classifier.encoder, 2)
+    tokens = WordTokenizer()(["a b c", "d e"])
+    classifier(tokens, tokens["attention_mask"]).sum().backward()
+    learning = {n for n, p in classifier.encoder.named_parameters() if p.requires_grad}
+    assert learning and all(n.startswith("encoder.layer.2.") for n in learning)
+    assert all(p.grad is not None for n, p in classifier.encoder.named_parameters() if n in learning)
+    assert all(p.grad is None for n, p in classifier.encoder.named_parameters() if n not in learning)
+    assert classifier.head.weight.grad is not None
+    if kind == "mpnet":  # the shared position bias feeds every layer: frozen with the lower ones
+        assert not classifier.encoder.encoder.relative_attention_bias.weight.requires_grad
+    with pytest.raises(ConfigError, match="has 3 layers"):
+        freeze_lower_layers(tiny(kind).encoder, 4)
+
+
+def test_accumulated_micro_batches_give_the_whole_batch_gradient():
+    batch = pa.table({"text": ["a b c", "d", "e f", "g h i j", "k"], "text_context": [""] * 5, "label_id": [0, 1, 2, 1, 0]})
+    grads, losses = [], []
+    for accumulate in (1, 2, 5):
+        classifier = tiny("bert")
+        loss = _accumulated_step(classifier, WordTokenizer(), batch, FinetuneOptions(accumulate=accumulate), "cpu")
+        grads.append(torch.cat([p.grad.flatten() for p in classifier.parameters() if p.grad is not None]))
+        losses.append(loss)
+    # 5 rows in 2 micro-batches of 3 and 2, each weighted by its share: the same mean loss and gradient
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5) and losses[2] == pytest.approx(losses[0], rel=1e-5)
+    assert torch.allclose(grads[1], grads[0], atol=1e-6) and torch.allclose(grads[2], grads[0], atol=1e-6)
+    assert grads[0].abs().sum() > 0
