@@ -75,6 +75,10 @@ class FinetuneOptions:
     max_failures: int = 0
     overwrite: bool = False
 
+    @property
+    def has_context(self) -> bool:
+        return self.context > 0 or self.future > 0
+
 
 @dataclass
 class FinetuneResult:
@@ -153,7 +157,7 @@ def _prepare(input_uri: str, options: FinetuneOptions, log) -> tuple[pa.Table, p
         raise InputError(f"{input_uri}: no train split to fine-tune on (splits: {splits})")
     labels = labels_from_metadata(raw.schema) or sorted(
         set(table.filter(pc.equal(table.column("split"), "train")).column("label").drop_null().to_pylist()))
-    separator = (_separator(options.base_model) if options.context or options.future else None) or "|"
+    separator = (_separator(options.base_model) if options.has_context else None) or "|"
     spec = TextInput(past=options.context, future=options.future, speakers=options.speakers, separator=separator)
     rows, left_out = classifier_rows(table, labels, spec, splits=("train", "dev"))
     if left_out:
@@ -284,7 +288,7 @@ def _accumulated_step(model, tokenizer, batch: pa.Table, options: FinetuneOption
     total = 0.0
     for k, rows in enumerate(parts):
         micro = batch.take(pa.array(rows))
-        contexts = micro.column("text_context").to_pylist() if options.context or options.future else None
+        contexts = micro.column("text_context").to_pylist() if options.has_context else None
         tokens, mask = tokenize(tokenizer, micro.column("text").to_pylist(), contexts, options.max_length)
         sync = k == len(parts) - 1 or not hasattr(model, "no_sync")
         with contextlib.nullcontext() if sync else model.no_sync():
@@ -321,7 +325,7 @@ def _note_progress(output: str, epoch: int, step: int, steps: int, loss: float) 
 
 
 def _score_dev(classifier, tokenizer, dev: pa.Table, card: TextEncoderCard, options: FinetuneOptions, device) -> dict[str, float]:
-    contexts = dev.column("text_context").to_pylist() if options.context or options.future else None
+    contexts = dev.column("text_context").to_pylist() if options.has_context else None
     predicted = predict_classes(classifier, tokenizer, dev.column("text").to_pylist(), contexts, options.max_length, device=device)
     report = classification_report(dev.column("label_id").to_numpy(), predicted.numpy(), card.labels)
     return {k: round(report[k], 6) for k in ("accuracy", "weighted_f1", "macro_f1")}

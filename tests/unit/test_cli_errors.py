@@ -224,3 +224,13 @@ def test_asr_with_a_corrupted_piece_names_both_hashes(tmp_path, monkeypatch):
     line = result.output.strip().splitlines()[-1]
     assert line.startswith("error: whisper-base: the pieces ") and "expected d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9" in line
     assert not (tmp_path / "out").exists()
+
+
+def test_freezing_more_layers_than_the_encoder_has_is_one_line_before_ray(tmp_path):
+    result = run("finetune-text", "--input", str(tmp_path / "missing.parquet"), "--output", str(tmp_path / "enc"),
+                 "--freeze-layers", "7")
+    assert result.exit_code == 2 and result.output.startswith("error: --freeze-layers 7: minilm has 6 layers")
+    assert not (tmp_path / "enc").exists()
+    result = run("finetune-text", "--input", str(tmp_path / "missing.parquet"), "--output", str(tmp_path / "enc"),
+                 "--batch-size", "4", "--accumulate", "8")
+    assert result.exit_code == 2 and "--batch-size 4 is split over 1 worker(s) and 8 accumulation step(s)" in result.output
