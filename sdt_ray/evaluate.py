@@ -80,10 +80,12 @@ def calibration_figures(predictions: Predictions, temperature: float) -> dict[st
     """ECE (and the reliability bins) of the labelled utterances at T = 1 and at the
     checkpoint's temperature; the two are equal for an uncalibrated checkpoint."""
     keep = predictions.labels != IGNORE_LABEL
+    if not keep.any():
+        return {"temperature": temperature, "bins": ECE_BINS, "n_utterances": 0}
     logits, labels = predictions.logits[keep], predictions.labels[keep]
     before, after = softmax(logits), softmax(logits, temperature)
     return {
-        "temperature": temperature, "bins": ECE_BINS,
+        "temperature": temperature, "bins": ECE_BINS, "n_utterances": int(keep.sum()),
         "ece_before": round(expected_calibration_error(before, labels), 6),
         "ece_after": round(expected_calibration_error(after, labels), 6),
         "nll_before": round(nll(logits, labels), 6), "nll_after": round(nll(logits, labels, temperature), 6),
@@ -123,7 +125,7 @@ def _write(metrics: dict[str, Any], output_uri: str, title: str, reliability_of:
     storage.write_text(storage.join(output_uri, "metrics.json"), json.dumps(metrics, indent=2))
     with tempfile.TemporaryDirectory() as tmp:
         confusion_matrix_png(metrics["confusion_matrix"], metrics["labels"], os.path.join(tmp, "confusion_matrix.png"), title)
-        if reliability_of is not None:
+        if reliability_of is not None and metrics["calibration"].get("n_utterances"):
             reliability_png(metrics["calibration"], os.path.join(tmp, "reliability.png"), reliability_of)
         storage.upload_dir(tmp, output_uri)
 
@@ -139,7 +141,7 @@ def format_report(metrics: dict[str, Any]) -> str:
     lines.append(f"{'accuracy':<{width}}{metrics['accuracy']:>30.4f}{metrics['n_utterances']:>10d}")
     lines.append(f"{'weighted F1':<{width}}{metrics['weighted_f1']:>30.4f}")
     lines.append(f"{'macro F1':<{width}}{metrics['macro_f1']:>30.4f}")
-    if "calibration" in metrics:
+    if metrics.get("calibration", {}).get("n_utterances"):
         c = metrics["calibration"]
         lines.append(f"{'ECE':<{width}}{c['ece_before']:>30.4f}  at T = 1; {c['ece_after']:.4f} at the checkpoint's T = {c['temperature']:.3f}")
     if "selection" in metrics:

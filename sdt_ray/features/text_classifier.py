@@ -48,6 +48,8 @@ def freeze_lower_layers(encoder: torch.nn.Module, n: int) -> None:
 
     if n <= 0:
         return
+    if not hasattr(getattr(encoder, "encoder", None), "layer"):
+        raise ConfigError(f"--freeze-layers: {type(encoder).__name__} keeps no layers at encoder.layer (BERT, RoBERTa and MPNet do)")
     layers = len(encoder.encoder.layer)
     if n > layers:
         raise ConfigError(f"--freeze-layers {n}: the encoder has {layers} layers")

@@ -48,7 +48,7 @@ HEARD_COLUMNS = ("text", "words_from", "asr_logprob", "asr_no_speech")
 class ExtractOptions:
     modalities: tuple[str, ...] = ("text",)
     text_model: str | None = None  # local folder, `minilm`, or an id in the user's own HF cache
-    text_max_length: int = 128  # tokens
+    text_max_length: int | None = None  # tokens per input; None: a fine-tuned encoder's own (its card), else 128
     audio_feature_set: str = DEFAULT_FEATURE_SET
     audio_encoder: str | None = None  # a transformers speech model instead of openSMILE (local folder or cached id)
     visual_model: str | None = None  # local folder, an id in the user's HF cache, or `random-vit`

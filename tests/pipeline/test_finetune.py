@@ -45,7 +45,7 @@ def finetuned(ray_local, tiny_mpnet, tmp_path_factory):
     encoder = folder / "encoder"
     out = invoke("finetune-text", "--input", utterances, "--output", encoder, "--base-model", tiny_mpnet,
                  "--epochs", 1, "--workers", 2, "--batch-size", n_train, "--context", 2, "--future", 1,
-                 "--freeze-layers", 1, "--accumulate", 2, "--lr", 1e-3)
+                 "--freeze-layers", 1, "--accumulate", 2, "--max-length", 40, "--lr", 1e-3)
     return table, utterances, str(encoder), out
 
 
@@ -81,7 +81,13 @@ def test_extract_loads_the_folder_and_carries_its_card(finetuned, tmp_path):
 
     # The Ray Data stage read each utterance as `speaker: text` with its two previous turns and
     # the next one, as fine-tuning did.
-    direct, _ = TextEncoder(encoder)(*input_texts(table, read_card(encoder).text_input()))
+    # extract cut each input at the card's 40 tokens, as fine-tuning did, without being told.
+    loaded = TextEncoder(encoder)
+    assert loaded.max_length == 40
+    texts, contexts = input_texts(table, read_card(encoder).text_input())
+    lengths = [len(ids) for ids in loaded.tokenizer(texts, contexts)["input_ids"]]
+    assert sum(n > 40 for n in lengths) >= 5  # enough inputs are cut for a wrong limit to show below
+    direct, _ = loaded(texts, contexts)
     keys = list(zip(table.column("dialogue_id").to_pylist(), table.column("utterance_index").to_pylist()))
     got = dict(zip(zip(features.column("dialogue_id").to_pylist(), features.column("utterance_index").to_pylist()),
                    vectors(features, "text")))

@@ -66,3 +66,28 @@ def test_accumulated_micro_batches_give_the_whole_batch_gradient():
     assert losses[1] == pytest.approx(losses[0], rel=1e-5) and losses[2] == pytest.approx(losses[0], rel=1e-5)
     assert torch.allclose(grads[1], grads[0], atol=1e-6) and torch.allclose(grads[2], grads[0], atol=1e-6)
     assert grads[0].abs().sum() > 0
+
+
+def test_ddp_averages_once_per_step_on_the_last_micro_batch():
+    """Under DDP, all micro-batches but the last run inside no_sync; the last one syncs."""
+    import contextlib
+
+    class Recording(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.syncing, self.calls = inner, True, []
+
+        @contextlib.contextmanager
+        def no_sync(self):
+            self.syncing = False
+            yield
+            self.syncing = True
+
+        def forward(self, tokens, mask):
+            self.calls.append(self.syncing)
+            return self.inner(tokens, mask)
+
+    batch = pa.table({"text": ["a b", "c", "d e f", "g", "h i"], "text_context": [""] * 5, "label_id": [0, 1, 2, 0, 1]})
+    model = Recording(tiny("bert"))
+    _accumulated_step(model, WordTokenizer(), batch, FinetuneOptions(accumulate=3), "cpu")
+    assert model.calls == [False, False, True]
