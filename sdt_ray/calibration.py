@@ -93,12 +93,22 @@ def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bi
     return float(np.abs(right - confidence).sum() / counts.sum()) if counts.sum() else 0.0
 
 
+def scaling_figures(logits: np.ndarray, labels: np.ndarray, temperature: float, with_reliability: bool = False) -> dict:
+    """NLL and ECE of labelled (N, C) logits at T = 1 and at `temperature` (and, when asked, the
+    reliability bins of both): what fitting T on one split, or applying it to another, changed."""
+    before, after = softmax(logits), softmax(logits, temperature)
+    figures = {
+        "nll_before": round(nll(logits, labels), 6), "nll_after": round(nll(logits, labels, temperature), 6),
+        "ece_before": round(expected_calibration_error(before, labels), 6),
+        "ece_after": round(expected_calibration_error(after, labels), 6),
+    }
+    if with_reliability:
+        figures.update(reliability_before=reliability(before, labels), reliability_after=reliability(after, labels))
+    return figures
+
+
 def calibrate(logits: np.ndarray, labels: np.ndarray, fitted_on: str) -> Calibration:
     """Fit T on labelled (N, C) logits and say what it changed."""
     temperature = fit_temperature(logits, labels)
-    return Calibration(
-        temperature=round(temperature, 6), fitted_on=fitted_on, n_utterances=int(len(labels)),
-        nll_before=round(nll(logits, labels), 6), nll_after=round(nll(logits, labels, temperature), 6),
-        ece_before=round(expected_calibration_error(softmax(logits), labels), 6),
-        ece_after=round(expected_calibration_error(softmax(logits, temperature), labels), 6),
-    )
+    return Calibration(temperature=round(temperature, 6), fitted_on=fitted_on, n_utterances=int(len(labels)),
+                       **scaling_figures(logits, labels, temperature))

@@ -37,6 +37,11 @@ class Predictions:
         keep = self.labels != IGNORE_LABEL
         return self.labels[keep], self.predicted[keep]
 
+    def labelled_logits(self) -> tuple[np.ndarray, np.ndarray]:
+        """(logits (n, C), labels (n,)) of the labelled utterances: what calibration fits and scores."""
+        keep = self.labels != IGNORE_LABEL
+        return self.logits[keep], self.labels[keep]
+
 
 def forward(model: nn.Module, batch: Batch, present: dict[str, torch.Tensor] | None = None) -> SDTOutput:
     return model(batch.features, batch.speakers, batch.mask, batch.present if present is None else present)

@@ -19,12 +19,11 @@ from . import storage
 from .checkpoint import load_checkpoint
 from .collate import batches
 from .dialogues import Exclusions, dialogue_rows, select_split, to_dialogues, usable_rows
-from .calibration import ECE_BINS, expected_calibration_error, nll, reliability, softmax
+from .calibration import ECE_BINS, scaling_figures
 from .engine import Predictions, predict
 from .errors import ConfigError
 from .features.text_card import card_from_metadata, label_leaks
 from .metrics import classification_report
-from .losses import IGNORE_LABEL
 from .plots import confusion_matrix_png, reliability_png
 from .schema import feature_column, validate_features
 
@@ -79,18 +78,9 @@ def evaluate(
 def calibration_figures(predictions: Predictions, temperature: float) -> dict[str, Any]:
     """ECE (and the reliability bins) of the labelled utterances at T = 1 and at the
     checkpoint's temperature; the two are equal for an uncalibrated checkpoint."""
-    keep = predictions.labels != IGNORE_LABEL
-    if not keep.any():
-        return {"temperature": temperature, "bins": ECE_BINS, "n_utterances": 0}
-    logits, labels = predictions.logits[keep], predictions.labels[keep]
-    before, after = softmax(logits), softmax(logits, temperature)
-    return {
-        "temperature": temperature, "bins": ECE_BINS, "n_utterances": int(keep.sum()),
-        "ece_before": round(expected_calibration_error(before, labels), 6),
-        "ece_after": round(expected_calibration_error(after, labels), 6),
-        "nll_before": round(nll(logits, labels), 6), "nll_after": round(nll(logits, labels, temperature), 6),
-        "reliability_before": reliability(before, labels), "reliability_after": reliability(after, labels),
-    }
+    logits, labels = predictions.labelled_logits()
+    figures = {"temperature": temperature, "bins": ECE_BINS, "n_utterances": int(len(labels))}
+    return figures | (scaling_figures(logits, labels, temperature, with_reliability=True) if len(labels) else {})
 
 
 def evaluate_text(encoder_dir: str, utterances_uri: str, split: str, output_uri: str, batch_size: int = 64) -> Evaluation:

@@ -39,7 +39,7 @@ from .config import LossConfig, ModelConfig, RecipeConfig, TrainConfig
 from .dialogues import to_dialogues
 from .engine import predict, train_epoch, weight_average
 from .errors import ConfigError, SdtError
-from .losses import IGNORE_LABEL, SelfDistillationLoss
+from .losses import SelfDistillationLoss
 from .metrics import classification_report
 from .model import SDT
 from .submit import cpus_per_worker, ray_session, require_shared_storage
@@ -342,11 +342,10 @@ def _calibrate(best_dir: str, data: TrainingData) -> dict[str, Any] | None:
     the epoch, never test unless the parity protocol selects on test) and write it into best/."""
     loaded = load_checkpoint(best_dir)
     dialogues = to_dialogues(data.selection, loaded.config)
-    predictions = predict(loaded.model, batches(dialogues, 16, loaded.config.max_speakers))
-    labelled = predictions.labels != IGNORE_LABEL
-    if not labelled.any():  # nothing to fit on: the checkpoint stays at T = 1
+    logits, labels = predict(loaded.model, batches(dialogues, 16, loaded.config.max_speakers)).labelled_logits()
+    if len(labels) == 0:  # nothing to fit on: the checkpoint stays at T = 1
         return None
-    calibration = calibrate(predictions.logits[labelled], predictions.labels[labelled], data.selection_split).to_dict()
+    calibration = calibrate(logits, labels, data.selection_split).to_dict()
     write_calibration(best_dir, calibration)
     return calibration
 

@@ -104,9 +104,9 @@ def target_texts(table: pa.Table, spec: TextInput) -> list[str | None]:
     return [speaker_text(s, t) if t and t.strip() else t for s, t in zip(speakers, texts)]
 
 
-def context_texts(table: pa.Table, past: int, separator: str, future: int = 0) -> list[str]:
-    """For each row, up to `past` previous turns of its dialogue as `speaker: text`, nearest
-    first, joined by ` separator `; then, with `future`, `next` and up to `future` following
+def context_texts(table: pa.Table, spec: TextInput) -> list[str]:
+    """For each row, up to `spec.past` previous turns of its dialogue as `speaker: text`, nearest
+    first, joined by ` separator `; then, with `spec.future`, `next` and up to that many following
     turns, nearest first, all joined the same way (`past | next | future`). "" where a turn has none. Nearest first, so that
     truncation (which cuts a segment's end) drops the farthest turns, the future ones before the
     past. Rows may come in any order."""
@@ -116,7 +116,7 @@ def context_texts(table: pa.Table, past: int, separator: str, future: int = 0) -
     texts = table.column("text").to_pylist()
     order = sorted(range(table.num_rows), key=lambda i: (dialogues[i], positions[i]))
     out = [""] * table.num_rows
-    joiner = f" {separator} "
+    past, future, joiner = spec.past, spec.future, f" {spec.separator} "
     start = 0
     for end in range(1, len(order) + 1):  # one dialogue at a time: order[start:end]
         if end < len(order) and dialogues[order[end]] == dialogues[order[start]]:
@@ -132,7 +132,7 @@ def context_texts(table: pa.Table, past: int, separator: str, future: int = 0) -
 
 def input_texts(table: pa.Table, spec: TextInput) -> tuple[list[str | None], list[str] | None]:
     """(utterances, contexts or None): the two segments of each row's encoder input."""
-    contexts = context_texts(table, spec.past, spec.separator, spec.future) if spec.has_context else None
+    contexts = context_texts(table, spec) if spec.has_context else None
     return target_texts(table, spec), contexts
 
 

@@ -196,7 +196,8 @@ def prepare_input(input_uri: str, options: ExtractOptions, keep_columns: tuple[s
     card = read_card(resolve_text_model(options.text_model)) if "text" in options.modalities else None
     if card is not None:  # a fine-tuned encoder: its card travels into the features table
         metadata[CARD_METADATA_KEY] = card.to_json().encode()
-    context = card.text_input() if card is not None and card.text_input().has_context else None
+    spec = card.text_input() if card is not None else None
+    context = spec if spec is not None and spec.has_context else None
     timing = _timing_columns(plan)
     columns = [f.name for f in KEY_FIELDS + LABEL_FIELDS] + (["text"] if "text" in options.modalities or context else [])
     for modality in options.modalities:

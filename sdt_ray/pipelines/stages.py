@@ -48,8 +48,7 @@ class ReadStage:
         table = number_task(_as_utterances(read, o.columns), task, offset)
         table = table.append_column(INPUT_SHA, pa.array([f"{offset}:{content_sha256(read)}"] * table.num_rows, pa.string()))
         if o.context:  # before finished rows go: a turn's context is its dialogue's (whole in a chunk)
-            contexts = context_texts(table, o.context.past, o.context.separator, o.context.future)
-            table = table.append_column(CONTEXT_COLUMN, pa.array(contexts, pa.string()))
+            table = table.append_column(CONTEXT_COLUMN, pa.array(context_texts(table, o.context), pa.string()))
         if item.column("resume")[0].as_py():
             n = table.num_rows
             pending = ~fragments.done_rows(o.output_uri, task, offset + n)[offset:]

@@ -44,11 +44,11 @@ def card(**kw) -> TextEncoderCard:
 
 
 def test_context_is_the_previous_turns_nearest_first():
-    contexts = context_texts(utterances(), 2, "[SEP]")
+    contexts = context_texts(utterances(), TextInput(past=2, separator="[SEP]"))
     # a: first -> "", second -> "Ann: first", third -> "Bob: second [SEP] Ann: first"; b: yo -> "", "  " -> "Cy: yo"
     assert contexts == ["", "Bob: second [SEP] Ann: first", "", "Ann: first", "Cy: yo"]
-    assert context_texts(utterances(), 1, "[SEP]")[1] == "Bob: second"
-    assert context_texts(utterances(), 0, "[SEP]") == [""] * 5
+    assert context_texts(utterances(), TextInput(past=1, separator="[SEP]"))[1] == "Bob: second"
+    assert context_texts(utterances(), TextInput(past=0, separator="[SEP]")) == [""] * 5
 
 
 def test_the_pool_covers_the_utterance_tokens_only():
@@ -82,7 +82,7 @@ def test_classifier_rows_keep_labelled_text_and_count_the_rest():
 def test_future_turns_follow_the_past_ones_after_a_mark():
     table = utterances()
     # a: first (Ann), second (Bob), third (Ann); b: yo (Cy), "  " (no speaker)
-    both = context_texts(table, 1, "</s>", future=2)
+    both = context_texts(table, TextInput(past=1, future=2, separator="</s>"))
     assert both == [
         "next </s> unknown: ",  # b0 has no past; its one future turn has no speaker and no text
         "Bob: second",  # a2: the last turn has no future
@@ -90,8 +90,8 @@ def test_future_turns_follow_the_past_ones_after_a_mark():
         "Ann: first </s> next </s> Ann: third",  # a1
         "Cy: yo",  # b1
     ]
-    assert context_texts(table, 0, "|", future=1)[3] == "next | Ann: third"
-    assert context_texts(table, 0, "|", future=0) == [""] * 5
+    assert context_texts(table, TextInput(future=1))[3] == "next | Ann: third"
+    assert context_texts(table, TextInput()) == [""] * 5
 
 
 def test_speakers_name_the_utterance_itself_and_blank_texts_stay_blank():
