@@ -58,3 +58,14 @@ def test_bundled_call_checkpoint_is_the_text_audio_recipe():
     assert loaded.meta["recipe"]["name"] == "meld-text-audio" and loaded.meta["recipe"]["train"]["select_on"] == "dev"
     assert loaded.meta["recipe"]["train"]["modality_dropout"] == recipe.train.modality_dropout == 0.3
 
+
+
+def test_iemocap_class_weights_are_inverse_train_frequencies():
+    """The reference weighs CE by 1/frequency; the recipe once held the frequencies themselves,
+    which favours the frequent classes it should discount."""
+    train_counts = {"hap": 504, "sad": 839, "neu": 1324, "ang": 933, "exc": 742, "fru": 1468}
+    recipe = load_recipe(JOBS / "iemocap.yaml")
+    total = sum(train_counts.values())  # 5,810 utterances in sessions 1-4
+    expected = [total / train_counts[name] for name in recipe.model.class_names]
+    assert recipe.loss.class_weights == pytest.approx(expected, rel=1e-5)
+    assert max(recipe.loss.class_weights) == recipe.loss.class_weights[0]  # hap is the rarest
