@@ -17,8 +17,12 @@ runner = CliRunner()
 
 
 def run(*args: str):
+    """CliRunner keeps an escaped exception in result.exception, not in the output; a handled
+    error leaves only the SystemExit of its exit status there."""
     result = runner.invoke(app, list(args))
-    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    if result.exit_code != 0:
+        assert result.output.lstrip().startswith("error:"), result.output
     return result
 
 
