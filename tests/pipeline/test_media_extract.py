@@ -16,7 +16,7 @@ import pytest
 from media import gray_frames, save_tiny_vit, voice_like, write_video, write_wav
 from sdt_ray import fragments, output, storage
 from sdt_ray.features.audio import AcousticEncoder
-from sdt_ray.features.media import SAMPLE_RATE, decode_audio
+from sdt_ray.features.media import SAMPLE_RATE, decode_audio, segments
 from sdt_ray.importers import DEMO_MEDIA, import_manifest
 from sdt_ray.pipelines import ExtractOptions, extract
 from sdt_ray.schema import validate_features, vectors
@@ -37,6 +37,17 @@ def demo(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("demo") / "utterances.parquet")
     storage.write_table(table, path)
     return path, table
+
+
+def speech_seconds(table: pa.Table) -> float:
+    """Seconds of audio the rows name: each row's span, or its whole clip when it has none."""
+    total = 0.0
+    for segment in segments(table, "audio_uri"):
+        if segment.start_s is not None and segment.end_s is not None:
+            total += segment.end_s - segment.start_s
+        else:
+            total += decode_audio(segment.uri).shape[-1] / SAMPLE_RATE  # (C, T) at 16 kHz
+    return total
 
 
 def errors_by_row(features: pa.Table) -> dict:
@@ -60,7 +71,7 @@ def test_demo_corpus_all_modalities_on_local_disk(ray_local, demo, tiny_vit, tmp
     options = ExtractOptions(modalities=ALL, visual_model=tiny_vit, batch_size=16, rows_per_file=20)
     summary = extract(path, out, options, **QUIET)
     assert summary.rows_in == summary.rows_out == 57 and summary.errors == {}
-    assert 100 < summary.stats["_audio_s"] < 400  # the clips hold 166 s of speech
+    assert summary.stats["_audio_s"] == pytest.approx(speech_seconds(table), abs=0.05)  # 166.016 s
     assert sorted(os.listdir(out)) == ["_done", "_extract.json", "_sdt_ray_output.json",
                                        "part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
     features = storage.read_table(out)
