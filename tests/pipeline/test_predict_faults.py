@@ -1,13 +1,13 @@
 """Fault injection: a scoring actor killed mid-job. Ray restarts it and retries its task;
 part files have fixed names, so the retry overwrites and the output has exactly one row per
-input utterance."""
+input utterance.
+
+Not marked slow: at about 12 s it is the fastest real kill test, so `make test-fast` keeps one."""
 
 import os
 import signal
 import threading
 import time
-
-import pytest
 
 from conftest import processes_named
 from sdt_ray import storage
@@ -15,8 +15,6 @@ from sdt_ray.bench_scoring import save_model, write_corpus
 from sdt_ray.pipelines import predict_job
 from sdt_ray.output import DONE
 from sdt_ray.scoring import PredictOptions
-
-pytestmark = pytest.mark.slow
 
 
 def test_killed_actor_loses_and_duplicates_nothing(ray_local, tmp_path):
