@@ -1,10 +1,6 @@
 import os
-import sys
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))  # tests/synthetic.py
 
 # Tests never reach a network, a hub or a real AWS account.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -34,7 +34,7 @@ def test_parity_model_matches_cpu_on_cuda():
 
 
 def test_training_on_cuda_reduces_the_loss():
-    from synthetic import LABELS, features_table
+    from tests.helpers.synthetic import LABELS, features_table
 
     config = ModelConfig(input_dims=(16,), hidden=32, heads=2, n_classes=3, class_names=tuple(LABELS), normalize_inputs=False)
     table = features_table()

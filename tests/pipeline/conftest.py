@@ -3,7 +3,6 @@ S3 endpoint served by moto on 127.0.0.1."""
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -12,71 +11,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.processes import free_port
+
 BUCKET = "sdt-test"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def processes_named(fragment: bytes) -> list[int]:
-    """PIDs whose command line holds `fragment` (Ray names actor processes ray::ClassName)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and fragment in (entry / "cmdline").read_bytes():
-                pids.append(int(entry.name))
-        except OSError:
-            pass  # the process ended while we looked
-    return pids
-
-
-def own_head_ports() -> list[str]:
-    """`ray start --head` flags for ports of its own: the test session's Ray already holds the
-    defaults (the dashboard agent's 52365 above all; without its agent a head refuses jobs with
-    "No available agent")."""
-    flags = ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
-             "metrics-export-port", "ray-client-server-port")
-    return [f"--{flag}={_free_port()}" for flag in flags]
-
-
-def stop_session(leader: int, grace_s: float = 5.0) -> None:
-    """Stop every process of the session that `leader` (a `setsid` child) leads, by PID: SIGTERM,
-    then SIGKILL after `grace_s`. Ray's workers have process groups of their own in that session."""
-    import signal
-    import time
-
-    def members() -> list[int]:
-        pids = []
-        for entry in Path("/proc").iterdir():
-            try:
-                if entry.name.isdigit() and os.getsid(int(entry.name)) == leader:
-                    state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-                    if state != "Z":  # a zombie is dead already, waiting for its parent
-                        pids.append(int(entry.name))
-            except OSError:
-                pass  # gone while we looked
-        return pids
-
-    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
-        for pid in members():
-            try:
-                os.kill(pid, sig)
-            except OSError:
-                pass
-        deadline = time.time() + wait
-        while members() and time.time() < deadline:
-            time.sleep(0.5)
-        if not members():
-            return
 
 
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """moto_server on loopback; AWS_* variables point s3fs, pyarrow and Ray workers at it."""
-    port = _free_port()
+    port = free_port()
     server = Path(sys.executable).parent / "moto_server"
     proc = subprocess.Popen([str(server), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     endpoint = f"http://127.0.0.1:{port}"
@@ -134,7 +77,7 @@ def job_inputs(tmp_path_factory):
     """A tiny checkpoint and a features table (train/dev/test) for commands sent to a cluster."""
     import torch
 
-    from synthetic import LABELS, features_table
+    from tests.helpers.synthetic import LABELS, features_table
     from sdt_ray import storage
     from sdt_ray.checkpoint import save_checkpoint, state_dict_for_saving
     from sdt_ray.config import ModelConfig
@@ -154,7 +97,7 @@ def text_checkpoint(tmp_path_factory):
     """A random text model (16-d features, synthetic.LABELS): what scoring contracts need."""
     import torch
 
-    from synthetic import LABELS
+    from tests.helpers.synthetic import LABELS
     from sdt_ray.checkpoint import save_checkpoint, state_dict_for_saving
     from sdt_ray.config import ModelConfig
     from sdt_ray.model import SDT

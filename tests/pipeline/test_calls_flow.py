@@ -140,7 +140,7 @@ def test_a_speech_encoder_instead_of_opensmile(ray_local, corpus, tmp_path):
     """`extract --audio-encoder FOLDER` on Ray: a tiny random wav2vec2 saved here, as a user's model."""
     import json
 
-    from media import save_tiny_speech_model
+    from tests.helpers.media import save_tiny_speech_model
     from sdt_ray.schema import ENCODERS_METADATA_KEY
 
     model = save_tiny_speech_model(tmp_path / "w2v")

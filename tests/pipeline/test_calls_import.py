@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from media import tone_call
+from tests.helpers.media import tone_call
 from sdt_ray import output, storage
 from sdt_ray.errors import InputError
 from sdt_ray.pipelines.calls import CallImportOptions, import_calls_job

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import _free_port, own_head_ports, processes_named, stop_session
+from tests.helpers.processes import free_port, own_head_ports, processes_named, stop_session
 from sdt_ray import storage
 
 pytestmark = pytest.mark.slow
@@ -56,7 +56,7 @@ def sshd():
     (folder / "home").mkdir()
     if os.geteuid() == 0:
         os.makedirs("/run/sshd", exist_ok=True)  # sshd's privilege separation directory
-    port = _free_port()
+    port = free_port()
     (folder / "sshd_config").write_text("\n".join([
         f"Port {port}", "ListenAddress 127.0.0.1", f"HostKey {folder}/host_key",
         f"AuthorizedKeysFile {folder}/id.pub", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
@@ -92,8 +92,8 @@ def launcher(sshd):
     # `setsid` makes the head a session of its own, so teardown finds all of it by the PID it writes.
     head = (
         f"export PATH={BIN}:$PATH RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={folder}/token && "
-        f"setsid bash -c 'echo $$ > {folder}/head.pid && exec ray start --head --block --port={_free_port()} "
-        f"--dashboard-host=127.0.0.1 --dashboard-port={_free_port()} --num-cpus=2 --temp-dir={folder}/ray "
+        f"setsid bash -c 'echo $$ > {folder}/head.pid && exec ray start --head --block --port={free_port()} "
+        f"--dashboard-host=127.0.0.1 --dashboard-port={free_port()} --num-cpus=2 --temp-dir={folder}/ray "
         f"{' '.join(own_head_ports())}' > {folder}/head.log 2>&1 < /dev/null &"
     )
     config = {

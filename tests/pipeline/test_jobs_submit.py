@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import _free_port, own_head_ports
+from tests.helpers.processes import free_port, own_head_ports
 from sdt_ray import storage
 
 pytestmark = pytest.mark.slow
@@ -27,7 +27,7 @@ BIN = Path(sys.executable).parent
 def head(s3_endpoint):
     """A Ray head with the Jobs API on 127.0.0.1; token auth explicitly off for this loopback test."""
     temp_dir = tempfile.mkdtemp(prefix="/tmp/rj")  # Ray's socket paths must stay short
-    port, dashboard = _free_port(), _free_port()
+    port, dashboard = free_port(), free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}:{os.environ['PATH']}"}
     log = open(Path(temp_dir) / "head.log", "w")
     proc = subprocess.Popen(

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from media import gray_frames, save_tiny_vit, voice_like, write_video, write_wav
+from tests.helpers.media import gray_frames, save_tiny_vit, voice_like, write_video, write_wav
 from sdt_ray import fragments, output, storage
 from sdt_ray.features.audio import AcousticEncoder
 from sdt_ray.features.media import SAMPLE_RATE, decode_audio, segments

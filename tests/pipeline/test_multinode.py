@@ -12,7 +12,7 @@ import pyarrow.fs as pafs
 import pytest
 import torch
 
-from synthetic import LABELS, features_table
+from tests.helpers.synthetic import LABELS, features_table
 from sdt_ray import storage
 from sdt_ray.checkpoint import save_checkpoint, state_dict_for_saving
 from sdt_ray.config import ModelConfig
@@ -29,7 +29,7 @@ KEYS = [("dialogue_id", "ascending"), ("utterance_index", "ascending")]
 @pytest.fixture(scope="module")
 def on_two_nodes(s3_endpoint, tmp_path_factory, tiny_bert):
     """Train, predict, import calls and extract on one simulated 2-node cluster; inputs and outputs on moto S3."""
-    from media import tone_call
+    from tests.helpers.media import tone_call
     from sdt_ray.importers import DEMO_CORPUS, import_corpus
 
     folder = tmp_path_factory.mktemp("multinode")

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from synthetic import LABELS, features_table, with_values
+from tests.helpers.synthetic import LABELS, features_table, with_values
 from sdt_ray import storage
 from sdt_ray.errors import InputError
 from sdt_ray.evaluate import evaluate

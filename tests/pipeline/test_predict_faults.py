@@ -9,7 +9,7 @@ import signal
 import threading
 import time
 
-from conftest import processes_named
+from tests.helpers.processes import processes_named
 from sdt_ray import storage
 from sdt_ray.bench_scoring import save_model, write_corpus
 from sdt_ray.pipelines import predict_job

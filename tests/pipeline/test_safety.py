@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from synthetic import corrupt_column, features_table
+from tests.helpers.synthetic import corrupt_column, features_table
 from sdt_ray import output, storage
 from sdt_ray.errors import InputError
 from sdt_ray.importers import DEMO_CORPUS, import_corpus

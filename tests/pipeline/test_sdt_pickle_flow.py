@@ -3,16 +3,14 @@
 the IEMOCAP layout under the paper's protocol and the MELD layout under dev selection."""
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from sdt_ray.cli import app
+from tests.helpers.sdt_pickle_files import synthetic_items, write_pickle
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "unit"))
-from test_sdt_pickle import synthetic_items, write_pickle  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

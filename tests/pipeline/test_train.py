@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from synthetic import LABELS, features_table
+from tests.helpers.synthetic import LABELS, features_table
 
 from sdt_ray import storage
 from sdt_ray.checkpoint import load_checkpoint

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from synthetic import features_table
-from conftest import processes_named
+from tests.helpers.synthetic import features_table
+from tests.helpers.processes import processes_named
 from sdt_ray import storage
 from sdt_ray.config import RecipeConfig
 from sdt_ray.train import train

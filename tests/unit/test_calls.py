@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from media import tone_call
+from tests.helpers.media import tone_call
 from sdt_ray.calls import EnergyOptions, energy_turns, import_calls
 from sdt_ray.errors import InputError
 from sdt_ray.features.media import audio_levels

@@ -4,7 +4,7 @@ These run the real CLI; every check fires before Ray starts."""
 
 import pyarrow as pa
 import pytest
-from synthetic import LABELS, features_table, with_values
+from tests.helpers.synthetic import LABELS, features_table, with_values
 from typer.testing import CliRunner
 
 from sdt_ray import storage

@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 import pyarrow.compute as pc
 import pytest
-from synthetic import LABELS, features_table, with_values
+from tests.helpers.synthetic import LABELS, features_table, with_values
 
 from sdt_ray.collate import batches, relative_speaker_ids
 from sdt_ray.config import ModelConfig

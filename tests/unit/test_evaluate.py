@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from synthetic import LABELS, features_table
+from tests.helpers.synthetic import LABELS, features_table
 
 from sdt_ray import storage
 from sdt_ray.checkpoint import save_checkpoint, state_dict_for_saving

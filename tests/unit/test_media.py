@@ -6,7 +6,7 @@ import pytest
 from sdt_ray.features.audio import FEATURE_SETS, AcousticEncoder, feature_set_dim
 from sdt_ray.features.media import SAMPLE_RATE, MediaError, Segment, cut_audio, decode_audio, decode_frames
 from sdt_ray.importers import DEMO_MEDIA
-from media import gray_frames, tone, voice_like, write_video, write_wav
+from tests.helpers.media import gray_frames, tone, voice_like, write_video, write_wav
 
 
 def dominant_hz(signal: np.ndarray) -> float:
@@ -157,7 +157,7 @@ def test_a_speech_encoder_folder_replaces_opensmile(tmp_path):
     """The licence-clean path: a tiny random wav2vec2 saved here, loaded as a user's model would be."""
     import pyarrow as pa
 
-    from media import save_tiny_speech_model
+    from tests.helpers.media import save_tiny_speech_model
     from sdt_ray.features.audio import AudioFeatureStage
     from sdt_ray.features.speech import SpeechEncoder, speech_model_dim
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pyarrow as pa
 import pytest
-from synthetic import LABELS, features_table, with_values
+from tests.helpers.synthetic import LABELS, features_table, with_values
 
 from sdt_ray.errors import InputError
 from sdt_ray.schema import (

@@ -4,7 +4,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from synthetic import corrupt_column
+from tests.helpers.synthetic import corrupt_column
 from sdt_ray import storage
 from sdt_ray.errors import InputError
 from sdt_ray.tasks import READ_ERROR, chunk_items, number_task, plan_input, read_slices

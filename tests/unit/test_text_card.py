@@ -22,7 +22,7 @@ from sdt_ray.features.text_card import (
 from sdt_ray.features.text_classifier import UtteranceClassifier, classifier_rows
 from sdt_ray.storage import write_table
 from sdt_ray.training_data import prepare
-from synthetic import features_table
+from tests.helpers.synthetic import features_table
 
 
 def utterances() -> pa.Table:

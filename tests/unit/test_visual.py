@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from sdt_ray.errors import ConfigError
-from media import save_tiny_vit
+from tests.helpers.media import save_tiny_vit
 from sdt_ray.features.visual import VisualEncoder, input_size, resolve_visual_model
 
 

@@ -1,0 +1,1 @@
+"""Helpers the tests import: synthetic tables, media files, processes and ports, pickles."""
