@@ -65,6 +65,11 @@ S3_ENDPOINT = typer.Option(None, help="S3 endpoint URL (MinIO, moto, ...); defau
 S3_REGION = typer.Option(None, help="S3 region; default: AWS_DEFAULT_REGION.")
 
 
+def comma_list(value: str | None) -> tuple[str, ...]:
+    """A comma-separated option as its items, blanks dropped: "text, audio," -> ("text", "audio")."""
+    return tuple(item.strip() for item in (value or "").split(",") if item.strip())
+
+
 def user_errors(command: Callable) -> Callable:
     """Print SdtError (bad input, bad config) as one clear line, exit code 2."""
 
@@ -194,7 +199,7 @@ def import_calls(
                              all_calls=asr_all) if asr else None
     options = CallImportOptions(split=split, energy=EnergyOptions(min_silence_s=min_silence_s, min_turn_s=min_turn_s),
                                 calls_per_part=calls_per_part, cpus_per_task=cpus_per_task, overwrite=overwrite,
-                                asr=recognition, roles=tuple(r.strip() for r in roles.split(",")) if roles else (),
+                                asr=recognition, roles=comma_list(roles),
                                 cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor, actors=actors)
     _log(import_calls_job(source, output, options, address=address, log=_log).describe())
 
@@ -248,7 +253,7 @@ def extract(
     _set_s3_environment(s3_endpoint, s3_region)
     _on_cluster(ctx, address, cluster, no_wait)
     options = ExtractOptions(
-        modalities=tuple(m.strip() for m in modalities.split(",") if m.strip()),
+        modalities=comma_list(modalities),
         text_model=text_model,
         text_max_length=text_max_length,
         audio_feature_set=audio_feature_set,
@@ -472,8 +477,8 @@ def predict(
         batch_size=batch_size,
         max_context=max_context,
         rows_per_file=rows_per_file,
-        keep_columns=tuple(c.strip() for c in keep_columns.split(",") if c.strip()),
-        partition_by=tuple(c.strip() for c in partition_by.split(",") if c.strip()),
+        keep_columns=comma_list(keep_columns),
+        partition_by=comma_list(partition_by),
         actors=actors,
         cpus_per_actor=cpus_per_actor,
         gpus_per_actor=gpus_per_actor,
@@ -508,7 +513,7 @@ def evaluate(
     _on_cluster(ctx, address, cluster, no_wait)
     from .evaluate import evaluate as run_evaluate
 
-    missing = tuple(m.strip() for m in without.split(",") if m.strip()) if without else ()
+    missing = comma_list(without)
     _print_evaluation(run_evaluate(checkpoint, features, split, output, without=missing), output)
 
 
@@ -580,7 +585,7 @@ def reproduce(
     from .reproduce import reproduce as run_reproduce
 
     options = ReproduceOptions(dataset=dataset, protocol=protocol, seeds=seeds, epochs=epochs, workers=workers,
-                               ablations=tuple(a.strip() for a in ablation.split(",") if a.strip()),
+                               ablations=comma_list(ablation),
                                use_gpu=gpu, address=address)
     recipe = load_recipe(config or Path("jobs") / f"{dataset}.yaml")
     run_reproduce(features, output, recipe, options, log=_log)
@@ -636,7 +641,7 @@ def report(
     from .report import NEGATIVE, ReportOptions, build_report
 
     _set_s3_environment(s3_endpoint, s3_region)
-    chosen = frozenset(n.strip() for n in negative.split(",") if n.strip()) if negative else NEGATIVE
+    chosen = frozenset(comma_list(negative)) or NEGATIVE
     options = ReportOptions(customer=customer, negative=chosen, timelines=timelines, last_turns=last_turns)
     _log(build_report(predictions, output, options).describe())
 

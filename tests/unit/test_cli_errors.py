@@ -238,3 +238,10 @@ def test_freezing_more_layers_than_the_encoder_has_is_one_line_before_ray(tmp_pa
     result = run("finetune-text", "--input", str(tmp_path / "missing.parquet"), "--output", str(tmp_path / "enc"),
                  "--batch-size", "4", "--accumulate", "8")
     assert result.exit_code == 2 and "--batch-size 4 is split over 1 worker(s) and 8 accumulation step(s)" in result.output
+
+
+def test_comma_list_options():
+    from sdt_ray.cli import comma_list
+
+    assert comma_list(" text, audio ,,") == ("text", "audio")
+    assert comma_list(None) == comma_list("") == comma_list(" , ") == ()
