@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .losses import IGNORE_LABEL
+from .schema import IGNORE_LABEL
 
 
 @dataclass

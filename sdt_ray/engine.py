@@ -15,7 +15,8 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from .collate import Batch, drop_modalities
-from .losses import IGNORE_LABEL, SelfDistillationLoss
+from .losses import SelfDistillationLoss
+from .schema import IGNORE_LABEL
 from .model import SDT, SDTOutput
 
 

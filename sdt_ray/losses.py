@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-IGNORE_LABEL = -1  # padding and unlabelled utterances
+from .schema import IGNORE_LABEL
 
 
 @dataclass

@@ -20,6 +20,7 @@ from .config import MODALITIES
 from .errors import InputError
 
 SPLITS = ("train", "dev", "test")
+IGNORE_LABEL = -1  # label id of padding and of unlabelled utterances, in tensors and arrays
 LABELS_METADATA_KEY = b"sdt_ray.labels"  # JSON list: the dataset's label order
 ENCODERS_METADATA_KEY = b"sdt_ray.encoders"  # JSON dict: modality -> encoder description
 

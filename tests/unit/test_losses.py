@@ -4,7 +4,8 @@ import math
 
 import torch
 
-from sdt_ray.losses import IGNORE_LABEL, SelfDistillationLoss, masked_kl
+from sdt_ray.losses import SelfDistillationLoss, masked_kl
+from sdt_ray.schema import IGNORE_LABEL
 
 LN2, LN3 = math.log(2), math.log(3)
 

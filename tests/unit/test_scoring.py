@@ -8,7 +8,7 @@ import torch
 from sdt_ray.collate import Dialogue, batches, relative_speaker_ids
 from sdt_ray.config import ModelConfig
 from sdt_ray.engine import predict
-from sdt_ray.losses import IGNORE_LABEL
+from sdt_ray.schema import IGNORE_LABEL
 from sdt_ray.model import SDT
 from sdt_ray.scoring import DialogueScorer, best_window, window_spans
 from sdt_ray.tasks import check_whole_chunks, mark_chunk, whole_dialogues
