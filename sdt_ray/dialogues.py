@@ -18,8 +18,7 @@ import pyarrow.compute as pc
 from .collate import Dialogue, fixed_speaker_ids, relative_speaker_ids
 from .config import ModelConfig
 from .errors import InputError
-from .schema import IGNORE_LABEL
-from .schema import failed_modalities, feature_column, vectors
+from .schema import IGNORE_LABEL, failed_modalities, feature_column, vectors
 
 
 @dataclass

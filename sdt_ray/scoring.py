@@ -24,8 +24,7 @@ import pyarrow.compute as pc
 from .collate import Dialogue, batches, fixed_speaker_ids, relative_speaker_ids
 from .config import ModelConfig
 from .engine import predict
-from .schema import IGNORE_LABEL
-from .schema import feature_column, predictions_table
+from .schema import IGNORE_LABEL, feature_column, predictions_table
 from .tasks import READ_ERROR
 
 

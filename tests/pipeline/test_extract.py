@@ -40,9 +40,10 @@ def test_minilm_features_one_row_per_utterance(ray_local, utterances, tmp_path):
 
     failed = features.filter(pc.greater(pc.list_value_length(features.column("errors")), 0))
     assert failed.num_rows == 1 and failed.column("text_features").null_count == 1
-    good = vectors(features.filter(pc.equal(pc.list_value_length(features.column("errors")), 0)), "text")
+    scored = features.filter(pc.equal(pc.list_value_length(features.column("errors")), 0))
+    good = vectors(scored, "text")
     assert np.isfinite(good).all()
-    first = features.filter(pc.equal(pc.list_value_length(features.column("errors")), 0)).slice(0, 1)
+    first = scored.slice(0, 1)
     text = table.filter(pc.and_(
         pc.equal(table.column("dialogue_id"), first.column("dialogue_id")[0]),
         pc.equal(table.column("utterance_index"), first.column("utterance_index")[0]),

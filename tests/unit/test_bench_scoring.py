@@ -24,7 +24,7 @@ def test_corpus_bare_pass_and_stage_agree_on_the_rows(tmp_path):
     assert bare["utterances"] == stage["utterances"] == table.num_rows
     scored = storage.read_table(str(tmp_path / "predictions"))
     assert scored.num_rows == table.num_rows and scored.column("error").null_count == table.num_rows
-    assert rss.driver_mib > 0  # sampled while the stage ran; what it measures: the test below
+    assert rss.driver_mib > 50  # this process, sampled while the stage ran; the sampler itself: the test below
 
 
 def test_rss_sampler_sees_a_known_allocation():
