@@ -6,7 +6,7 @@ Measures, on this machine:
 - SDT inference and training-step throughput (utterances/s) for the laptop
   text model and the paper's MELD configuration (D=1024, three modalities);
 - `parity_forward`: the paper's IEMOCAP configuration at 16 x 50 utterances and
-  2 threads, beside the reference code's figures (SDT_SPEC §10);
+  2 threads, beside the reference code's figures (sdt_spec §10);
 - under `extraction`: text-encoder throughput (bundled MiniLM) in one process; fine-tuning
   throughput of MiniLM plus a head, bare steps in one process and `finetune-text` on Ray Train
   (one epoch of the bundled MELD slice);
@@ -54,7 +54,7 @@ CASES = {
         dropout=0.5, n_classes=7, frozen_identity_gates=True, normalize_inputs=False,
     ),
 }
-IEMOCAP_PARITY = ModelConfig(  # SDT_SPEC §1 and §7: IEMOCAP dims, trained gates, 2 speakers, 6 classes
+IEMOCAP_PARITY = ModelConfig(  # sdt_spec §1 and §7: IEMOCAP dims, trained gates, 2 speakers, 6 classes
     modalities=("text", "audio", "visual"), input_dims=(1024, 1582, 342), hidden=1024, heads=8,
     dropout=0.5, n_classes=6, max_speakers=2, normalize_inputs=False,
 )
@@ -405,12 +405,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 OPENSMILE_BOUND = 0.9  # issue 16: openSMILE inside extract >= 0.9x openSMILE alone per core
 SCORING_BOUND = 0.9  # issue 16: predict >= 0.9x the bare forward pass at 100k utterances
-PARITY_REFERENCE = {"inference_utt_per_s": [1160, 1306], "train_step_utt_per_s": [283, 318]}  # SDT_SPEC §10
+PARITY_REFERENCE = {"inference_utt_per_s": [1160, 1306], "train_step_utt_per_s": [283, 318]}  # sdt_spec §10
 
 
 def bench_parity_forward(repeats: int, device: str) -> dict[str, Any]:
     """The paper's IEMOCAP configuration, 16 dialogues x 50 utterances, 2 torch threads: the
-    setting of the reference code's figures in SDT_SPEC §10 (compare side by side only)."""
+    setting of the reference code's figures in sdt_spec §10 (compare side by side only)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:

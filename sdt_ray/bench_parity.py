@@ -35,7 +35,7 @@ from .engine import predict, train_epoch
 from .losses import SelfDistillationLoss
 from .model import SDT
 
-SIZES = {"iemocap": (120, 5810), "meld": (1153, 11098)}  # train dialogues, utterances (SDT_SPEC §10)
+SIZES = {"iemocap": (120, 5810), "meld": (1153, 11098)}  # train dialogues, utterances (sdt_spec §10)
 JOBS = Path(__file__).parents[1] / "jobs"
 
 

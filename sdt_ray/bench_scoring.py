@@ -28,7 +28,7 @@ import pyarrow as pa
 
 from .config import ModelConfig
 
-MELD_DIMS = {"text": 1024, "audio": 300, "visual": 342}  # SDT_SPEC §1: RoBERTa, openSMILE, DenseNet
+MELD_DIMS = {"text": 1024, "audio": 300, "visual": 342}  # sdt_spec §1: RoBERTa, openSMILE, DenseNet
 LABELS = ("neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger")
 SCORING_MODEL = ModelConfig(
     modalities=tuple(MELD_DIMS), input_dims=tuple(MELD_DIMS.values()), n_classes=len(LABELS), class_names=LABELS,

@@ -115,7 +115,7 @@ def import_emorynlp(
 def import_sdt_pickle(
     path: str = typer.Argument(..., help="The SDT authors' iemocap_multimodal_features.pkl or meld_multimodal_features.pkl "
                                "(local or s3://)."),
-    dataset: str = typer.Option(..., help="iemocap or meld: the file's layout and label order (SDT_SPEC §9)."),
+    dataset: str = typer.Option(..., help="iemocap or meld: the file's layout and label order (docs/sdt_spec.md §9)."),
     output: str = typer.Option(..., "--output", help="Features Parquet file to write (text, audio and visual vectors)."),
     dev_fraction: float = typer.Option(0.1, help="Share of trainVid's dialogues carved out as the dev split (the files "
                                        "have none), whole dialogues."),
@@ -569,7 +569,7 @@ def reproduce(
     ablation: str = typer.Option("none", help="Comma-separated rows: none, no-distillation, no-unimodal-gates, "
                                  "no-multimodal-gate, intra-only, inter-only."),
     config: Optional[Path] = typer.Option(None, "--config", help="Recipe YAML; default: jobs/DATASET.yaml (the paper's "
-                                          "hyperparameters, SDT_SPEC §7)."),
+                                          "hyperparameters, docs/sdt_spec.md §7)."),
     epochs: Optional[int] = typer.Option(None, help="Override the recipe's epochs (a quick look, not the paper's schedule)."),
     workers: Optional[int] = typer.Option(None, help="Override the recipe's Ray Train workers."),
     gpu: bool = typer.Option(False, "--gpu", help="One GPU per Ray Train worker."),

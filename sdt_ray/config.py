@@ -23,7 +23,7 @@ PLACEMENTS = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Shapes and switches of an SDT model (SDT_SPEC §1-§5).
+    """Shapes and switches of an SDT model (sdt_spec §1-§5).
 
     `input_dims[i]` is the feature size of `modalities[i]`. Speakers are either
     per-dialogue relative ids (first speaker seen is 0, ...) or a fixed table
@@ -96,7 +96,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    """Weights of the self-distillation loss (SDT_SPEC §6)."""
+    """Weights of the self-distillation loss (sdt_spec §6)."""
 
     gamma_fused: float = 1.0  # γ1
     gamma_students: float = 1.0  # γ2

@@ -19,7 +19,7 @@ from .schema import UTTERANCES_REQUIRED, UTTERANCES_SCHEMA, validate_utterances,
 
 DEMO_CORPUS = Path(__file__).parent / "demo" / "meld_slice"  # bundled MELD slice (GPL-3.0, see SOURCE.txt)
 DEMO_MEDIA = Path(__file__).parent / "demo" / "media_corpus" / "manifest.csv"  # 57 MELD dev utterances as video clips
-MELD_LABELS = ["neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger"]  # SDT_SPEC §9 order
+MELD_LABELS = ["neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger"]  # sdt_spec §9 order
 EMORYNLP_LABELS = ["Joyful", "Mad", "Neutral", "Peaceful", "Powerful", "Sad", "Scared"]
 
 

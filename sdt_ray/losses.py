@@ -1,4 +1,4 @@
-"""The self-distillation loss of SDT (SDT_SPEC §6), with masked reductions.
+"""The self-distillation loss of SDT (sdt_spec §6), with masked reductions.
 
     L = γ1·CE(fused, y) + γ2·Σ_m CE(student_m, y) + γ3·Σ_m KL(softmax(fused/T) ‖ softmax(student_m/T))
 

@@ -1,7 +1,7 @@
 """SDT (Ma et al., IEEE TMM 2023), pure PyTorch, as the authors' code computes it.
 
 Shapes: B dialogues, L utterances (padded), D hidden size, C classes, M modalities.
-See SDT_SPEC.md for the equations; section numbers below refer to it.
+See docs/sdt_spec.md for the equations; section numbers below refer to it.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ Markdown table next to the paper's figures.
 
 - `dev` (default): every run selects its epoch on the dev split; the test figures are a fair
   estimate of what the model does on unseen data.
-- `paper`: the reference code's protocol, the best test epoch of each run (SDT_SPEC §7). Its
+- `paper`: the reference code's protocol, the best test epoch of each run (sdt_spec §7). Its
   figures say how close sdt-ray comes to the published ones, not how good the model is, and
   every file and table it writes says "test-selected, not a fair estimate".
 

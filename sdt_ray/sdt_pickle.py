@@ -1,4 +1,4 @@
-"""The SDT authors' preprocessed feature files (SDT_SPEC §9) -> the features table.
+"""The SDT authors' preprocessed feature files (sdt_spec §9) -> the features table.
 
     iemocap_multimodal_features.pkl  a 12-tuple (latin-1): videoIDs, videoSpeakers ('M'/'F' per
         utterance), videoLabels, videoText (1024-d), roberta2, roberta3, roberta4, videoAudio
@@ -32,7 +32,7 @@ from .errors import ConfigError, InputError
 from .importers import MELD_LABELS
 from .schema import FEATURE_ERRORS_FIELD, features_schema, validate_features, vector_array
 
-IEMOCAP_LABELS = ["hap", "sad", "neu", "ang", "exc", "fru"]  # SDT_SPEC §9 order
+IEMOCAP_LABELS = ["hap", "sad", "neu", "ang", "exc", "fru"]  # sdt_spec §9 order
 DEV_METADATA_KEY = b"sdt_ray.dev_split"  # JSON: how the dev split was carved from trainVid
 
 # Globals a feature pickle needs: numpy's array and scalar rebuilders, dtypes, bytes for
@@ -52,7 +52,7 @@ class Layout:
     items: int  # length of the pickled tuple
     labels: list[str]
     # Utterances per class in trainVid of the published files, in `labels` order: what tells
-    # whether a file's label ids mean what this order says. IEMOCAP: SDT_SPEC §7's class
+    # whether a file's label ids mean what this order says. IEMOCAP: sdt_spec §7's class
     # weights are these over 5,810; MELD: its train plus dev split.
     train_counts: tuple[int, ...]
 
@@ -122,7 +122,7 @@ def import_sdt_pickle(uri: str, dataset: str, dev_fraction: float = 0.1, seed: i
 def _import(items: Any, uri: str, dataset: str, layout: Layout, dev_fraction: float, seed: int) -> PickleImport:
     if not isinstance(items, tuple) or len(items) != layout.items:
         kind = f"a {len(items)}-item {type(items).__name__}" if hasattr(items, "__len__") else type(items).__name__
-        raise InputError(f"{uri}: {dataset}'s feature file is a {layout.items}-tuple (SDT_SPEC §9); this is {kind}")
+        raise InputError(f"{uri}: {dataset}'s feature file is a {layout.items}-tuple (docs/sdt_spec.md §9); this is {kind}")
     ids, speakers, labels = items[0], items[1], items[2]
     train, test = _ordered(items[10], uri, "trainVid"), _ordered(items[11], uri, "testVid")
     both = sorted(set(train) & set(test), key=str)

@@ -1,4 +1,4 @@
-"""Small synthetic feature files in the authors' pickle layouts (SDT_SPEC §9)."""
+"""Small synthetic feature files in the authors' pickle layouts (sdt_spec §9)."""
 
 import pickle
 

@@ -1,4 +1,4 @@
-"""Parity of the forward pass with SDT_SPEC §2-§5. The reference is written here from the
+"""Parity of the forward pass with sdt_spec §2-§5. The reference is written here from the
 spec's formulas, with the reference code's own parameter shapes (Conv1d projections, packed
 q/k/v in-projections, masked_fill of padded keys); our model's weights are ported into it, and
 both must give the same per-modality and fused log-probabilities to 1e-5."""

@@ -1,4 +1,4 @@
-"""Every training recipe in jobs/ loads, and the parity recipes count SDT_SPEC §8's parameters."""
+"""Every training recipe in jobs/ loads, and the parity recipes count sdt_spec §8's parameters."""
 
 import json
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""`import sdt-pickle`: small synthetic feature files in both layouts of SDT_SPEC §9, read by
+"""`import sdt-pickle`: small synthetic feature files in both layouts of sdt_spec §9, read by
 the restricted unpickler; a pickle that reaches for any other global is refused unrun."""
 
 import os
