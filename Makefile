@@ -120,7 +120,7 @@ CALLS_N    ?= 11
 CALLS_MODEL ?= sdt_ray/demo/model_text_audio
 calls: setup
 	@$(MAKE) --no-print-directory debs PACKAGES="$(DEMO_DEB_PACKAGES)"
-	$(BIN)/python sdt_ray/demo/calls/make_calls.py --meld $(CALLS_MELD) --output $(CALLS_OUT)/archive --calls $(CALLS_N) --bad-sidecars
+	$(BIN)/python scripts/make_calls.py --meld $(CALLS_MELD) --output $(CALLS_OUT)/archive --calls $(CALLS_N) --bad-sidecars
 	$(BIN)/sdt-ray import calls $(CALLS_OUT)/archive --output $(CALLS_OUT)/utterances --overwrite
 	$(BIN)/sdt-ray extract --input $(CALLS_OUT)/utterances --output $(CALLS_OUT)/features --modalities text,audio --overwrite
 	$(BIN)/sdt-ray predict --checkpoint $(CALLS_MODEL) --input $(CALLS_OUT)/features --output $(CALLS_OUT)/predictions \
@@ -136,7 +136,7 @@ calls: setup
 MM_OUT ?= runs/meld-text-audio
 meld-text-audio: setup
 	@$(MAKE) --no-print-directory debs PACKAGES="$(DEMO_DEB_PACKAGES)"
-	$(BIN)/python sdt_ray/demo/calls/speak_meld.py --meld $(MELD_DIR) --output $(MM_OUT)/speech
+	$(BIN)/python scripts/speak_meld.py --meld $(MELD_DIR) --output $(MM_OUT)/speech
 	test -f $(MM_OUT)/features.done || { $(BIN)/sdt-ray extract --input $(MM_OUT)/speech/utterances.parquet \
 	  --output $(MM_OUT)/features --modalities text,audio --overwrite && touch $(MM_OUT)/features.done; }
 	stamp=$$(date +%Y%m%d-%H%M%S); with=""; without=""; \
@@ -152,7 +152,7 @@ meld-text-audio: setup
 	$(BIN)/sdt-ray summarize $$without --output $(MM_OUT)/$$stamp/without-audio.json
 
 bench: setup
-	$(BIN)/python -m sdt_ray.bench --output bench
+	$(BIN)/python -m benchmarks.bench --output bench
 
 clean:
 	rm -rf $(VENV) demo-output bench .pytest_cache

@@ -6,4 +6,4 @@
 # $OUT (default gpu-out/): parity.json and the GPU's name. About 2-4 minutes on an H100.
 set -u
 source "$(dirname "$0")/gpu_env.sh"
-timeout 480 python3 -m sdt_ray.bench_parity --device cuda --epochs 3 --output "$OUT/parity.json" 2>&1 | tail -80
+timeout 480 python3 -m benchmarks.bench_parity --device cuda --epochs 3 --output "$OUT/parity.json" 2>&1 | tail -80

@@ -24,7 +24,7 @@ import numpy as np
 from . import storage
 from .asr import AsrOptions
 from .config import RecipeConfig
-from .errors import ConfigError
+from .errors import ConfigError, InputError
 from .evaluate import evaluate, format_report
 from .importers import DEMO_CORPUS, DEMO_MEDIA, import_corpus, import_manifest
 from .metrics import classification_report
@@ -33,7 +33,7 @@ from .pipelines.calls import CallImportOptions, import_calls_job
 from .plots import confusion_matrix_png
 from .report import build_report
 from .scoring import PredictOptions
-from .submit import ray_session
+from .session import ray_session
 from .train import train
 
 DEMO_EPOCHS = 25  # the slice is small: a higher learning rate and fewer epochs than the MELD recipe
@@ -41,7 +41,8 @@ DEMO_LR = 1e-3
 DEMO_EMA = 0.9  # 10 steps an epoch here: a short average (the MELD recipe's 0.995 spans ~200 steps)
 DEMO_MODEL = Path(__file__).parent / "demo" / "model"  # `make demo-model` (jobs/demo_model.yaml) wrote it
 DEMO_CALLS_MODEL = Path(__file__).parent / "demo" / "model_text_audio"  # `make meld-text-audio`, seed 0
-CALL_GENERATOR = Path(__file__).parent / "demo" / "calls" / "make_calls.py"
+# The generators are scripts of the repository, not of the package: `make demo` runs from a clone.
+CALL_GENERATOR = Path(__file__).resolve().parents[1] / "scripts" / "make_calls.py"
 DEMO_CALLS = 8  # calls generated from the slice's two-speaker dev dialogues (the last without transcript)
 SHOWN_DIALOGUE = "meld_dev_9"  # the dialogue printed utterance by utterance
 
@@ -103,6 +104,8 @@ def _calls(out: Path, log: Callable[[str], None]) -> None:
     archive, folder = out / "calls" / "archive", out / "calls"
     log(f"[7/9] calls: {DEMO_CALLS} two-speaker dev dialogues of the slice read by two espeak-ng voices, one per "
         f"channel, plus 3 calls with a broken transcript -> {archive}")
+    if not CALL_GENERATOR.exists():
+        raise InputError(f"{CALL_GENERATOR}: the call generator is missing; run the demo from a clone of the repository (make demo)")
     shutil.rmtree(archive, ignore_errors=True)
     subprocess.run([sys.executable, str(CALL_GENERATOR), "--meld", str(DEMO_CORPUS / "dev_sent_emo.csv"),
                     "--output", str(archive), "--calls", str(DEMO_CALLS), "--bad-sidecars"], check=True, capture_output=True)

@@ -46,7 +46,7 @@ from .features.text_classifier import (
 )
 from .metrics import classification_report
 from .schema import labels_from_metadata, validate_utterances
-from .submit import cpus_per_worker, ray_session, require_shared_storage
+from .session import cpus_per_worker, ray_session, require_shared_storage
 from .train import JsonlPrinter, absolute_uri, read_dataset, run_storage
 from .training_data import carve_dev
 

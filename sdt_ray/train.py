@@ -42,7 +42,7 @@ from .errors import ConfigError, SdtError
 from .losses import SelfDistillationLoss
 from .metrics import classification_report
 from .model import SDT
-from .submit import cpus_per_worker, ray_session, require_shared_storage
+from .session import cpus_per_worker, ray_session, require_shared_storage
 from .training_data import TrainingData, prepare
 
 STATE_FILE = "training_state.pt"  # latest epoch: model, optimiser, counters, history

@@ -34,7 +34,7 @@ from ..calls import prepare_call, turns_table
 from ..errors import ConfigError
 from ..failpoints import crash_once
 from ..pools import StageDemand
-from ..submit import ray_session, require_shared_storage
+from ..session import ray_session, require_shared_storage
 from ..tasks import combined_sha256
 from .wiring import READER_CPUS, check_all_done, fewer_actors, pool_sizes
 

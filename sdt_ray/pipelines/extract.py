@@ -32,7 +32,7 @@ from ..features.visual import DEFAULT_FRAMES, FrameStage, VisualFeatureStage, re
 from ..pools import PoolSize, StageDemand
 from ..schema import ENCODERS_METADATA_KEY, KEY_FIELDS, LABEL_FIELDS, LABELS_METADATA_KEY, check_splits, feature_column
 from ..schema import labels_from_metadata, validate_utterances
-from ..submit import ray_session, require_shared_storage
+from ..session import ray_session, require_shared_storage
 from ..tasks import INPUT_SHA, InputPlan, plan_input
 from .stages import ReadOptions
 from .wiring import check_all_done, compact_parts, describe_pools, pool_sizes, stream_chunks

@@ -26,7 +26,7 @@ from ..features.text import text_model_dim
 from ..pools import StageDemand
 from ..schema import feature_column, predictions_schema
 from ..scoring import PredictOptions, checkpoint_identity
-from ..submit import ray_session, require_shared_storage
+from ..session import ray_session, require_shared_storage
 from ..tasks import INPUT_SHA, input_files, plan_input, task_items
 from .extract import MEDIA_COLUMN, ExtractOptions, _check_options, _stage_demands, input_uris, prepare_input
 from .stages import ReadOptions, ScoreStage, StreamScoreStage, write_scored_part

@@ -10,6 +10,7 @@ from sdt_ray.dialogues import dialogue_rows, select_split, to_dialogues
 from sdt_ray.engine import predict, train_epoch
 from sdt_ray.losses import SelfDistillationLoss
 from sdt_ray.model import SDT
+from sdt_ray.demo import CALL_GENERATOR
 
 pytestmark = pytest.mark.gpu
 
@@ -84,8 +85,7 @@ def test_whisper_float16_on_cuda_hears_what_int8_on_cpu_hears(tmp_path):
     from sdt_ray.heard import word_error_rate
     from sdt_ray.importers import DEMO_CORPUS
 
-    make_calls = Path(__file__).parents[2] / "sdt_ray" / "demo" / "calls" / "make_calls.py"
-    subprocess.run([sys.executable, str(make_calls), "--meld", str(DEMO_CORPUS / "dev_sent_emo.csv"),
+    subprocess.run([sys.executable, str(CALL_GENERATOR), "--meld", str(DEMO_CORPUS / "dev_sent_emo.csv"),
                     "--output", str(tmp_path), "--calls", "2"], check=True, capture_output=True)
     call = prepare_call("call_000", str(tmp_path / "call_000.wav"), None, EnergyOptions())
     heard = {}

@@ -16,12 +16,12 @@ import pytest
 from sdt_ray import storage
 from sdt_ray.asr import AsrOptions
 from sdt_ray.heard import Span, match_turns, word_error_rate
+from sdt_ray.demo import CALL_GENERATOR
 from sdt_ray.importers import DEMO_CORPUS
 from sdt_ray.pipelines.calls import CallImportOptions, import_calls_job
 
 pytestmark = pytest.mark.slow  # Whisper on about a minute of audio
 QUIET = {"log": lambda m: None}
-MAKE_CALLS = Path(__file__).parents[2] / "sdt_ray" / "demo" / "calls" / "make_calls.py"
 KEYS = [("dialogue_id", "ascending"), ("utterance_index", "ascending")]
 
 
@@ -46,7 +46,7 @@ def archive(tmp_path_factory):
     the gold; beside it a silent call, a 0-byte file, a mono cut and an 8 kHz cut."""
     work = tmp_path_factory.mktemp("asr")
     generated, folder, gold = work / "generated", work / "archive", work / "gold"
-    subprocess.run([sys.executable, str(MAKE_CALLS), "--meld", str(DEMO_CORPUS / "dev_sent_emo.csv"),
+    subprocess.run([sys.executable, str(CALL_GENERATOR), "--meld", str(DEMO_CORPUS / "dev_sent_emo.csv"),
                     "--output", str(generated), "--calls", "2"], check=True, capture_output=True)
     folder.mkdir()
     gold.mkdir()

@@ -13,6 +13,7 @@ import pytest
 
 from sdt_ray import storage
 from sdt_ray.calls import import_calls
+from sdt_ray.demo import CALL_GENERATOR
 from sdt_ray.importers import DEMO_CORPUS
 from sdt_ray.pipelines import ExtractOptions, extract, predict_job
 from sdt_ray.pipelines.calls import CallImportOptions, import_calls_job
@@ -21,14 +22,13 @@ from sdt_ray.scoring import PredictOptions
 
 pytestmark = pytest.mark.skipif(not shutil.which("espeak-ng"), reason="needs espeak-ng (`make test` installs it)")
 QUIET = {"log": lambda m: None}
-GENERATOR = Path(__file__).parents[2] / "sdt_ray" / "demo" / "calls" / "make_calls.py"
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """3 calls (the last without transcript) and 3 calls whose transcripts each hold one fault."""
     folder = tmp_path_factory.mktemp("calls")
-    subprocess.run([sys.executable, str(GENERATOR), "--meld", str(DEMO_CORPUS / "dev_sent_emo.csv"),
+    subprocess.run([sys.executable, str(CALL_GENERATOR), "--meld", str(DEMO_CORPUS / "dev_sent_emo.csv"),
                     "--output", str(folder), "--calls", "3", "--bad-sidecars"], check=True, capture_output=True)
     return folder
 

@@ -11,7 +11,7 @@ import time
 
 from tests.helpers.processes import processes_named
 from sdt_ray import storage
-from sdt_ray.bench_scoring import save_model, write_corpus
+from benchmarks.bench_scoring import save_model, write_corpus
 from sdt_ray.pipelines import predict_job
 from sdt_ray.output import DONE
 from sdt_ray.scoring import PredictOptions

@@ -2,7 +2,7 @@
 optimiser step, in length-sorted batches, and the rate is utterances over the timed seconds."""
 
 import sdt_ray.features.text as text_features
-from sdt_ray.bench import bench_finetune_step
+from benchmarks.bench import bench_finetune_step
 
 
 def test_finetune_steps_see_each_utterance_once_in_length_order(monkeypatch):

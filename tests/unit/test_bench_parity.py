@@ -2,7 +2,7 @@
 
 import json
 
-from sdt_ray.bench_parity import SIZES, main, synthetic_dialogues
+from benchmarks.bench_parity import SIZES, main, synthetic_dialogues
 from sdt_ray.config import load_recipe
 
 

@@ -3,7 +3,7 @@ calls that decode to their length with speech-like bursts on both channels; no R
 
 import numpy as np
 
-from sdt_ray.bench_scale import TEXT_BYTES, long_text_table, write_call_mp3
+from benchmarks.bench_scale import TEXT_BYTES, long_text_table, write_call_mp3
 from sdt_ray.features.media import audio_levels
 from sdt_ray.schema import validate_utterances
 

@@ -5,7 +5,7 @@ import os
 import pyarrow.compute as pc
 
 from sdt_ray import storage
-from sdt_ray.bench_scoring import MELD_DIMS, RssSampler, bare_forward, save_model, stage_in_process, write_corpus
+from benchmarks.bench_scoring import MELD_DIMS, RssSampler, bare_forward, save_model, stage_in_process, write_corpus
 from sdt_ray.schema import validate_features
 
 
@@ -33,7 +33,7 @@ def test_rss_sampler_sees_a_known_allocation():
 
     import numpy as np
 
-    from sdt_ray.bench_scoring import _rss_mib
+    from benchmarks.bench_scoring import _rss_mib
 
     before = _rss_mib(os.getpid())
     with RssSampler(interval_s=0.01) as rss:

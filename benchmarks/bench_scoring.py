@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from .config import ModelConfig
+from sdt_ray.config import ModelConfig
 
 MELD_DIMS = {"text": 1024, "audio": 300, "visual": 342}  # sdt_spec §1: RoBERTa, openSMILE, DenseNet
 LABELS = ("neutral", "surprise", "fear", "sadness", "joy", "disgust", "anger")
@@ -38,8 +38,8 @@ ROWS_PER_FILE = 10_000
 
 def write_corpus(folder: Path, utterances: int, seed: int = 0) -> str:
     """Dialogue-sorted features files of about ROWS_PER_FILE rows, written one at a time (memory stays flat)."""
-    from . import storage
-    from .schema import vector_array
+    from sdt_ray import storage
+    from sdt_ray.schema import vector_array
 
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
@@ -66,8 +66,8 @@ def write_corpus(folder: Path, utterances: int, seed: int = 0) -> str:
 def save_model(folder: Path) -> str:
     import torch
 
-    from .checkpoint import save_checkpoint, state_dict_for_saving
-    from .model import SDT
+    from sdt_ray.checkpoint import save_checkpoint, state_dict_for_saving
+    from sdt_ray.model import SDT
 
     torch.manual_seed(0)
     save_checkpoint(folder, state_dict_for_saving(SDT(SCORING_MODEL)), SCORING_MODEL)
@@ -79,9 +79,9 @@ def bare_forward(features: str, checkpoint: str, batch_size: int = 16, device: s
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from .checkpoint import load_checkpoint
-    from .collate import Dialogue, batches, relative_speaker_ids
-    from .engine import predict
+    from sdt_ray.checkpoint import load_checkpoint
+    from sdt_ray.collate import Dialogue, batches, relative_speaker_ids
+    from sdt_ray.engine import predict
 
     loaded = load_checkpoint(checkpoint, device=device)
     config = loaded.config
@@ -152,8 +152,8 @@ def _ray_workers() -> list[int]:
 
 
 def predict_on_ray(features: str, checkpoint: str, output: str) -> dict[str, Any]:
-    from .pipelines import predict_job
-    from .scoring import PredictOptions
+    from sdt_ray.pipelines import predict_job
+    from sdt_ray.scoring import PredictOptions
 
     with RssSampler() as rss:
         summary = predict_job(checkpoint, features, output, PredictOptions(overwrite=True), log=lambda m: None)
@@ -204,7 +204,7 @@ def _in_child(function, *args):
 def _predict_in_fresh_ray(features: str, checkpoint: str, output: str) -> dict[str, Any]:
     import ray
 
-    from .submit import ray_session
+    from sdt_ray.session import ray_session
 
     with ray_session(None, num_cpus=2):
         ray.data.DataContext.get_current().enable_progress_bars = False
@@ -221,9 +221,9 @@ def _remove(*paths: Path) -> None:
 def stage_in_process(features: str, checkpoint: str, output: str, batch_size: int = 16, device: str = "cpu") -> dict[str, Any]:
     """What one `predict` actor does to every task (read, check, window, forward, output table,
     write), in this process without Ray: for machines without Ray, such as a lent GPU."""
-    from .pipelines.stages import ScoreStage
-    from .scoring import PredictOptions
-    from .tasks import plan_input, task_items
+    from sdt_ray.pipelines.stages import ScoreStage
+    from sdt_ray.scoring import PredictOptions
+    from sdt_ray.tasks import plan_input, task_items
 
     options = PredictOptions(batch_size=batch_size, gpus_per_actor=1.0 if device.startswith("cuda") else 0.0)
     started = time.perf_counter()
@@ -237,7 +237,7 @@ def stage_in_process(features: str, checkpoint: str, output: str, batch_size: in
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """`python -m sdt_ray.bench_scoring --no-ray --device cuda`: bare forward and the scoring
+    """`python -m benchmarks.bench_scoring --no-ray --device cuda`: bare forward and the scoring
     stage in one process, at several batch sizes (no Ray needed)."""
     import argparse
     import json

@@ -2,7 +2,7 @@
 does to the emotion figures.
 
 The calls: the bundled MELD slice's two-speaker dev dialogues, read by two espeak-ng voices
-(demo/calls/make_calls.py), each with its gold transcript and MELD's labels. Three imports of
+(scripts/make_calls.py), each with its gold transcript and MELD's labels. Three imports of
 the same recordings, each then `extract` (text + audio) and `predict` with the bundled
 text+audio checkpoint (`make meld-text-audio`):
 - gold: the transcripts given (gold turns, gold text);
@@ -20,7 +20,7 @@ report). No selection happens: one checkpoint, one setting, every call.
 a generated dialogue every 5 minutes, silence between), each in a fresh process: the spans
 keep it flat.
 
-    python -m sdt_ray.bench_asr --calls 13 --long-minutes 10,120
+    python -m benchmarks.bench_asr --calls 13 --long-minutes 10,120
 """
 
 from __future__ import annotations
@@ -38,16 +38,16 @@ from typing import Any
 
 import numpy as np
 
-MAKE_CALLS = Path(__file__).parent / "demo" / "calls" / "make_calls.py"
+from sdt_ray.demo import CALL_GENERATOR
 
 
 def bench_asr(calls: int = 13, workdir: str | None = None) -> dict[str, Any]:
-    from .importers import DEMO_CORPUS
-    from .submit import ray_session
+    from sdt_ray.importers import DEMO_CORPUS
+    from sdt_ray.session import ray_session
 
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         work = Path(tmp)
-        subprocess.run([sys.executable, str(MAKE_CALLS), "--meld", str(DEMO_CORPUS / "dev_sent_emo.csv"),
+        subprocess.run([sys.executable, str(CALL_GENERATOR), "--meld", str(DEMO_CORPUS / "dev_sent_emo.csv"),
                         "--output", str(work / "generated"), "--calls", str(calls + 1)], check=True, capture_output=True)
         for name in ("archive", "gold"):
             (work / name).mkdir()
@@ -67,11 +67,11 @@ def bench_asr(calls: int = 13, workdir: str | None = None) -> dict[str, Any]:
 
 def bench_long_call(minutes: tuple[float, ...] = (10, 120), workdir: str | None = None) -> dict[str, Any]:
     from .bench_scoring import _in_child
-    from .importers import DEMO_CORPUS
+    from sdt_ray.importers import DEMO_CORPUS
 
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         work = Path(tmp)
-        subprocess.run([sys.executable, str(MAKE_CALLS), "--meld", str(DEMO_CORPUS / "dev_sent_emo.csv"),
+        subprocess.run([sys.executable, str(CALL_GENERATOR), "--meld", str(DEMO_CORPUS / "dev_sent_emo.csv"),
                         "--output", str(work), "--calls", "2"], check=True, capture_output=True)
         runs = []
         for length in minutes:
@@ -103,9 +103,9 @@ def _write_long_call(dialogue: Path, path: Path, minutes: float, rate: int = 800
 
 def _recognise_alone(uri: str) -> dict[str, Any]:
     """One call through prepare + recognition in this (child) process: wall time and VmHWM."""
-    from .asr import AsrOptions, Recogniser
+    from sdt_ray.asr import AsrOptions, Recogniser
     from .bench_scale import _vm_hwm_mb
-    from .calls import FRAME_S, EnergyOptions, prepare_call
+    from sdt_ray.calls import FRAME_S, EnergyOptions, prepare_call
 
     recogniser = Recogniser(AsrOptions(), threads=os.cpu_count() or 1)
     started = time.perf_counter()
@@ -117,14 +117,14 @@ def _recognise_alone(uri: str) -> dict[str, Any]:
 
 def _flow(way: str, work: Path) -> dict[str, Any]:
     """import -> extract -> predict (-> report for the heard calls), each step timed."""
-    from . import storage
-    from .asr import AsrOptions
-    from .pipelines import ExtractOptions, extract, predict_job
-    from .pipelines.calls import CallImportOptions, import_calls_job
-    from .report import build_report
-    from .scoring import PredictOptions
+    from sdt_ray import storage
+    from sdt_ray.asr import AsrOptions
+    from sdt_ray.pipelines import ExtractOptions, extract, predict_job
+    from sdt_ray.pipelines.calls import CallImportOptions, import_calls_job
+    from sdt_ray.report import build_report
+    from sdt_ray.scoring import PredictOptions
 
-    from .demo import DEMO_CALLS_MODEL
+    from sdt_ray.demo import DEMO_CALLS_MODEL
 
     quiet = {"log": lambda m: None}
     out = work / f"out-{way}"  # never inside an archive: import calls refuses that
@@ -152,8 +152,8 @@ def _flow(way: str, work: Path) -> dict[str, Any]:
 
 
 def _evaluate(runs: dict[str, dict], audio_s: float, cpus: int) -> dict[str, Any]:
-    from .demo import DEMO_CALLS_MODEL
-    from .heard import edit_distance, match_turns, words
+    from sdt_ray.demo import DEMO_CALLS_MODEL
+    from sdt_ray.heard import edit_distance, match_turns, words
 
     labels = json.loads((DEMO_CALLS_MODEL / "config.json").read_text())["labels"]
     per_call, edits, reference_words, gold_turns, matched = [], 0, 0, 0, 0
@@ -189,7 +189,7 @@ def _evaluate(runs: dict[str, dict], audio_s: float, cpus: int) -> dict[str, Any
 
 
 def _spans(turns: list[dict]):
-    from .heard import Span
+    from sdt_ray.heard import Span
 
     return [Span(t["start_s"], t["end_s"]) for t in turns]
 
@@ -211,7 +211,7 @@ def _call_turns(turns: list[dict], call: str) -> list[dict]:
 
 def _scores(pairs: list[tuple[str, str | None]], labels: list[str]) -> dict[str, float]:
     """accuracy and weighted F1 of (gold, predicted or None) pairs; None counts as wrong."""
-    from .metrics import classification_report
+    from sdt_ray.metrics import classification_report
 
     names = labels + ["(none)"]
     y_true = np.array([names.index(g) for g, _ in pairs])

@@ -11,7 +11,7 @@
 Each measurement runs in a fresh child process with its own local Ray (2 CPUs), Ray's own
 start excluded from the timings; both sizes pay the same start-up memory.
 
-    python -m sdt_ray.bench_scale --utterances 2000 --calls 24 --call-minutes 2.5
+    python -m benchmarks.bench_scale --utterances 2000 --calls 24 --call-minutes 2.5
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def long_text_table(utterances: int, seed: int = 0):
     """Utterances of about TEXT_BYTES of text each, in dialogues of 4 to 20 turns."""
     import pyarrow as pa
 
-    from .schema import UTTERANCES_SCHEMA
+    from sdt_ray.schema import UTTERANCES_SCHEMA
 
     rng = np.random.default_rng(seed)
     words = np.array(["call", "order", "refund", "sorry", "thanks", "please", "never", "arrived", "angry", "happy", "wait"])
@@ -83,7 +83,7 @@ def long_text_table(utterances: int, seed: int = 0):
 
 def write_long_texts(utterances: int, folder: str) -> float:
     """The input table as files of 10,000 rows, as an archive holds them; returns its text in MB."""
-    from . import storage
+    from sdt_ray import storage
 
     table = long_text_table(utterances)
     for k, start in enumerate(range(0, utterances, 10_000)):
@@ -95,8 +95,8 @@ def extract_run(utterances: int, encoder: str, folder: str) -> dict[str, Any]:
     """One `extract` of text in a fresh local Ray of this (child) process: the driver's peak RSS."""
     import ray
 
-    from .pipelines import ExtractOptions, extract
-    from .submit import ray_session
+    from sdt_ray.pipelines import ExtractOptions, extract
+    from sdt_ray.session import ray_session
 
     work = Path(folder)
     with ray_session(None, num_cpus=2):
@@ -146,8 +146,8 @@ def import_run(calls: int, call_minutes: float, folder: str) -> dict[str, Any]:
     """`import calls` over generated MP3 calls in a fresh local Ray: the driver's CPU share of the wall time."""
     import ray
 
-    from .pipelines.calls import CallImportOptions, import_calls_job
-    from .submit import ray_session
+    from sdt_ray.pipelines.calls import CallImportOptions, import_calls_job
+    from sdt_ray.session import ray_session
 
     work = Path(folder)
     (work / "archive").mkdir(parents=True)
@@ -177,7 +177,7 @@ def bench_text_ratio(utterances: int = 20_000) -> dict[str, Any]:
 
 
 def _demo_texts(utterances: int):
-    from .importers import DEMO_CORPUS, import_corpus
+    from sdt_ray.importers import DEMO_CORPUS, import_corpus
 
     table = import_corpus("meld", DEMO_CORPUS)
     copies = -(-utterances // table.num_rows)
@@ -187,7 +187,7 @@ def _demo_texts(utterances: int):
 def _encode_alone(utterances: int) -> float:
     import torch
 
-    from .features.text import TextEncoder
+    from sdt_ray.features.text import TextEncoder
 
     torch.set_num_threads(os.cpu_count() or 1)
     table, copies = _demo_texts(utterances)
@@ -203,9 +203,9 @@ def _encode_on_ray(utterances: int, folder: str) -> float:
     import pyarrow.compute as pc
     import ray
 
-    from . import storage
-    from .pipelines import ExtractOptions, extract
-    from .submit import ray_session
+    from sdt_ray import storage
+    from sdt_ray.pipelines import ExtractOptions, extract
+    from sdt_ray.session import ray_session
 
     table, copies = _demo_texts(utterances)
     ids = table.column("dialogue_id")

@@ -1,12 +1,14 @@
 """`make bench`: speed and memory, written as JSON plus a plot.
 
-    python -m sdt_ray.bench --output bench [--quick]
+    python -m benchmarks.bench --output bench [--quick]
 
 Measures, on this machine:
 - SDT inference and training-step throughput (utterances/s) for the laptop
   text model and the paper's MELD configuration (D=1024, three modalities);
 - `parity_forward`: the paper's IEMOCAP configuration at 16 x 50 utterances and
-  2 threads, beside the reference code's figures (sdt_spec §10);
+  2 threads (sdt_spec §10);
+- `parity_side_by_side` (parity_speed.py): our parity model against the reference's formulas,
+  interleaved in this run, with the ratios;
 - under `extraction`: text-encoder throughput (bundled MiniLM) in one process; fine-tuning
   throughput of MiniLM plus a head, bare steps in one process and `finetune-text` on Ray Train
   (one epoch of the bundled MELD slice);
@@ -43,9 +45,9 @@ from typing import Any, Callable
 
 import torch
 
-from .config import ModelConfig
-from .losses import SelfDistillationLoss
-from .model import SDT
+from sdt_ray.config import ModelConfig
+from sdt_ray.losses import SelfDistillationLoss
+from sdt_ray.model import SDT
 
 CASES = {
     "text_laptop": ModelConfig(input_dims=(384,), n_classes=7),  # train's defaults on MiniLM features
@@ -108,7 +110,7 @@ def bench_model(config: ModelConfig, dialogues: int, utterances: int, repeats: i
 
 
 def bench_text_encoder(texts: list[str], device: str = "cpu") -> dict[str, Any]:
-    from .features.text import TextEncoder
+    from sdt_ray.features.text import TextEncoder
 
     encoder = TextEncoder(device=device)
     started = time.perf_counter()
@@ -119,8 +121,8 @@ def bench_text_encoder(texts: list[str], device: str = "cpu") -> dict[str, Any]:
 
 def bench_finetune_step(texts: list[str], batch_size: int = 32, device: str = "cpu") -> dict[str, Any]:
     """The bundled MiniLM plus a head: optimiser steps on length-sorted batches, in one process."""
-    from .features.text import tokenize
-    from .features.text_classifier import UtteranceClassifier, load_base
+    from sdt_ray.features.text import tokenize
+    from sdt_ray.features.text_classifier import UtteranceClassifier, load_base
 
     tokenizer, encoder = load_base(None)
     model = UtteranceClassifier(encoder, 7).to(device).train()
@@ -147,9 +149,9 @@ def bench_finetune_step(texts: list[str], batch_size: int = 32, device: str = "c
 
 def bench_finetune_job(workdir: str) -> dict[str, Any]:
     """`finetune-text` (Ray Train, defaults, 1 epoch) on the bundled MELD slice: train utterances/s."""
-    from .finetune import FinetuneOptions, finetune_text
-    from .importers import DEMO_CORPUS, import_corpus
-    from .storage import write_table
+    from sdt_ray.finetune import FinetuneOptions, finetune_text
+    from sdt_ray.importers import DEMO_CORPUS, import_corpus
+    from sdt_ray.storage import write_table
 
     utterances = str(Path(workdir) / "finetune_utterances.parquet")
     write_table(import_corpus("meld", DEMO_CORPUS), utterances)
@@ -165,7 +167,7 @@ def demo_media_table(min_rows: int):
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from .importers import DEMO_MEDIA, import_manifest
+    from sdt_ray.importers import DEMO_MEDIA, import_manifest
 
     table = import_manifest(DEMO_MEDIA)
     copies = -(-min_rows // table.num_rows)
@@ -176,7 +178,7 @@ def demo_media_table(min_rows: int):
 
 def bench_opensmile_alone(rows: int) -> dict[str, Any]:
     """Decode + openSMILE over the demo clips in this process, the same stage code the actors run."""
-    from .features.audio import AudioFeatureStage
+    from sdt_ray.features.audio import AudioFeatureStage
 
     table = demo_media_table(rows).slice(0, rows)
     stage = AudioFeatureStage()
@@ -192,9 +194,9 @@ def bench_opensmile_alone(rows: int) -> dict[str, Any]:
 
 def bench_extract_job(rows: int, modalities: tuple[str, ...], actors: int | None = None) -> dict[str, Any]:
     """`extract` on local Ray over the demo media corpus repeated to `rows` utterances."""
-    from . import storage
-    from .pipelines import ExtractOptions, extract
-    from .submit import ray_session
+    from sdt_ray import storage
+    from sdt_ray.pipelines import ExtractOptions, extract
+    from sdt_ray.session import ray_session
 
     table = demo_media_table(rows)
     options = ExtractOptions(modalities=modalities, visual_model="random-vit", batch_size=32, actors=actors)
@@ -227,6 +229,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     panels = [_throughput_panel]
+    if "parity_side_by_side" in results:
+        panels.append(_parity_panel)
     if "opensmile" in results["extraction"]:
         panels.append(_opensmile_panel)
     if "scoring" in results:
@@ -235,7 +239,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
         panels.append(_calls_panel)
     if "scale" in results:
         panels.append(_scale_panel)
-    ratios = [3, 1, 1.4, 1.2, 1][: len(panels)]
+    widths = {_throughput_panel: 3, _parity_panel: 1, _opensmile_panel: 1, _scoring_panel: 1.4, _calls_panel: 1.2, _scale_panel: 1}
+    ratios = [widths[panel] for panel in panels]
     fig, axes = plt.subplots(1, len(panels), figsize=(5 + 4.2 * len(panels), 4.8), dpi=120,
                              gridspec_kw={"width_ratios": ratios}, squeeze=False)
     for panel, ax in zip(panels, axes[0]):
@@ -274,6 +279,19 @@ def _throughput_panel(results: dict[str, Any], ax) -> None:
     ax.set_yscale("log")
     ax.set_ylabel("utterances / s (log)")
     ax.set_title(f"model throughput (torch threads {results['machine']['torch_threads']}; parity bars at 2 threads)", fontsize=9)
+
+
+def _parity_panel(results: dict[str, Any], ax) -> None:
+    """Ours / the reference computation, side by side in this run (1 = as fast)."""
+    shapes = results["parity_side_by_side"]
+    names = [f"{shape.replace('_', ' ')}\n{kind}" for shape in shapes for kind in ("inference", "train step")]
+    values = [shapes[shape][key] for shape in shapes for key in ("ratio_inference", "ratio_train_step")]
+    bars = ax.bar(range(len(values)), values, color="#228833")
+    ax.bar_label(bars, labels=[f"{v:.2f}x" for v in values], fontsize=7)
+    ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
+    ax.set_xticks(range(len(values)), names, fontsize=7)
+    ax.set_ylabel("ours / reference (throughput)")
+    ax.set_title("parity model vs the reference's formulas\n(interleaved, same inputs, 2 threads)", fontsize=9)
 
 
 def _opensmile_panel(results: dict[str, Any], ax) -> None:
@@ -377,6 +395,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   for name, cfg in CASES.items()},
         "parity_forward": bench_parity_forward(max(1, repeats // 3), args.device),
     }
+    from .parity_speed import bench_parity_side_by_side
+
+    results["parity_side_by_side"] = bench_parity_side_by_side(1 if args.quick else 5)
     if args.device.startswith("cuda"):  # a GPU only shows its speed on larger batches
         results["model"]["meld_parity_64x50"] = bench_model(CASES["meld_parity"], 64, 50, 5, args.device)
     results["extraction"] = bench_extraction(args)
@@ -425,7 +446,7 @@ def bench_extraction(args) -> dict[str, Any]:
 
     results: dict[str, Any] = {}
     if not args.no_encoder:
-        from .importers import DEMO_CORPUS, import_corpus
+        from sdt_ray.importers import DEMO_CORPUS, import_corpus
 
         texts = import_corpus("meld", DEMO_CORPUS).column("text").to_pylist()[: 200 if args.quick else 1000]
         results["text_encoder"] = bench_text_encoder(texts, args.device)

@@ -13,7 +13,7 @@ uninterrupted; SIGKILLed at 0.6 of the uninterrupted wall time; rerun to complet
 killed run's output. Reported per side: wall seconds of each run, the driver's peak RSS, and of
 the final output the rows, duplicate keys, missing keys and unreadable files.
 
-    python -m sdt_ray.bench_checkpoint --utterances 50000
+    python -m benchmarks.bench_checkpoint --utterances 50000
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def _write_inputs(utterances: int, work: Path) -> None:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from . import storage
+    from sdt_ray import storage
     from .bench_scale import write_long_texts
 
     write_long_texts(utterances, str(work))  # -> work/utterances/part-*.parquet
@@ -70,7 +70,7 @@ def _run(side: str, encoder: str, work: Path, output: Path, kill_after_s: float 
     """One job in a process group of its own; SIGKILL of the whole group after `kill_after_s`."""
     report = output.parent / f"{output.name}.run.json"
     report.unlink(missing_ok=True)
-    command = [sys.executable, "-m", "sdt_ray.bench_checkpoint", "--child", side, "--work", str(work),
+    command = [sys.executable, "-m", "benchmarks.bench_checkpoint", "--child", side, "--work", str(work),
                "--encoder", encoder, "--output", str(output), "--report", str(report)]
     started = time.perf_counter()
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
@@ -113,7 +113,7 @@ def _child(side: str, work: Path, encoder: str, output: Path, report: Path) -> N
     import ray
 
     from .bench_scale import _vm_hwm_mb
-    from .submit import ray_session
+    from sdt_ray.session import ray_session
 
     with ray_session(None, num_cpus=2):
         ray.data.DataContext.get_current().enable_progress_bars = False
@@ -125,7 +125,7 @@ def _child(side: str, work: Path, encoder: str, output: Path, report: Path) -> N
 
 
 def _ours(work: Path, encoder: str, output: Path) -> int:
-    from .pipelines import ExtractOptions, extract
+    from sdt_ray.pipelines import ExtractOptions, extract
 
     summary = extract(str(work / "utterances"), str(output), ExtractOptions(text_model=encoder), log=lambda m: None)
     return summary.rows_out - summary.resumed_rows
@@ -137,7 +137,7 @@ class _Encode:
     def __init__(self, encoder: str):
         import torch
 
-        from .features.text import TextEncoder
+        from sdt_ray.features.text import TextEncoder
 
         torch.set_num_threads(1)
         self.encoder = TextEncoder(encoder, batch_size=512)

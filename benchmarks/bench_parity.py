@@ -2,7 +2,7 @@
 training epochs and one inference pass per dataset, for a machine with one GPU
 (`scripts/gpu_check.sh`), or at a tiny size on CPU (the test).
 
-    python -m sdt_ray.bench_parity --device cuda --epochs 3 --output gpu-out/parity.json
+    python -m benchmarks.bench_parity --device cuda --epochs 3 --output gpu-out/parity.json
 
 Per dataset (jobs/iemocap.yaml: 120 train dialogues, 5,810 utterances; jobs/meld.yaml: 1,153
 dialogues, 11,098 utterances, MELD's train and dev) it reports epoch time, utterances/s for
@@ -29,11 +29,11 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .bench import _sync
-from .collate import Dialogue, batches
-from .config import RecipeConfig, load_recipe
-from .engine import predict, train_epoch
-from .losses import SelfDistillationLoss
-from .model import SDT
+from sdt_ray.collate import Dialogue, batches
+from sdt_ray.config import RecipeConfig, load_recipe
+from sdt_ray.engine import predict, train_epoch
+from sdt_ray.losses import SelfDistillationLoss
+from sdt_ray.model import SDT
 
 SIZES = {"iemocap": (120, 5810), "meld": (1153, 11098)}  # train dialogues, utterances (sdt_spec §10)
 JOBS = Path(__file__).parents[1] / "jobs"

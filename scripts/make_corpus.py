@@ -1,7 +1,7 @@
-"""Rebuild the bundled media corpus (this folder) from MELD's dev text.
+"""Rebuild the bundled media corpus (sdt_ray/demo/media_corpus/) from MELD's dev text.
 
     apt-get install espeak-ng ffmpeg
-    python sdt_ray/demo/media_corpus/make_corpus.py ../shared/data/meld/dev_sent_emo.csv
+    python scripts/make_corpus.py ../shared/data/meld/dev_sent_emo.csv
 
 For each utterance of a few MELD dev dialogues:
 - speech: espeak-ng reads the real MELD text, one voice per speaker. The voice,
@@ -20,7 +20,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).resolve().parents[1] / "sdt_ray" / "demo" / "media_corpus"  # the corpus it writes
 VOICES = [
     "en-us+m3", "en-us+f2", "en-gb+m1", "en-gb+f3", "en-us+m7", "en-us+f4",
     "en-gb-scotland+m2", "en-029+f1", "en-gb-x-rp+m4", "en-us+f5", "en-gb+m6", "en-029+m2",

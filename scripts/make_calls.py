@@ -1,7 +1,7 @@
 """Generate stereo "call recordings" from MELD dialogues, for tests, the demo and the bench.
 
     apt-get install espeak-ng
-    python sdt_ray/demo/calls/make_calls.py --meld sdt_ray/demo/meld_slice/dev_sent_emo.csv --output calls/
+    python scripts/make_calls.py --meld sdt_ray/demo/meld_slice/dev_sent_emo.csv --output calls/
 
 Each MELD dialogue with exactly two speakers becomes one call:
 - the first speaker is on the left channel, the other on the right, each read by one

@@ -6,7 +6,7 @@ stay flat: long recordings are decoded one turn at a time, and scoring cuts long
 windows. For scale, the whole 2-hour call decoded at once (stereo float32, 16 kHz) would be
 `whole_decode_mb`.
 
-    python -m sdt_ray.bench_calls --turns 1500      # one length, JSON on stdout
+    python -m benchmarks.bench_calls --turns 1500      # one length, JSON on stdout
 """
 
 from __future__ import annotations
@@ -20,10 +20,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sdt_ray.demo import CALL_GENERATOR
+from sdt_ray.importers import DEMO_CORPUS
+
 from .bench_scoring import RssSampler, _in_child
 
-GENERATOR = Path(__file__).parent / "demo" / "calls" / "make_calls.py"
-DEMO_DEV = Path(__file__).parent / "demo" / "meld_slice" / "dev_sent_emo.csv"
+DEMO_DEV = DEMO_CORPUS / "dev_sent_emo.csv"
 
 
 def bench_calls(lengths: tuple[int, ...] = (150, 1500), workdir: str | None = None) -> dict[str, Any]:
@@ -43,16 +45,16 @@ def long_call_run(turns: int, folder: str) -> dict[str, Any]:
     """One call of `turns` turns, every step in a fresh local Ray of this (child) process."""
     import ray
 
-    from .calls import import_calls
-    from .pipelines import ExtractOptions, extract, predict_job
-    from .report import build_report
-    from .scoring import PredictOptions
-    from .submit import ray_session
-    from . import storage
+    from sdt_ray.calls import import_calls
+    from sdt_ray.pipelines import ExtractOptions, extract, predict_job
+    from sdt_ray.report import build_report
+    from sdt_ray.scoring import PredictOptions
+    from sdt_ray.session import ray_session
+    from sdt_ray import storage
 
     work = Path(folder)
     started = time.perf_counter()
-    subprocess.run([sys.executable, str(GENERATOR), "--meld", str(DEMO_DEV), "--output", str(work / "archive"),
+    subprocess.run([sys.executable, str(CALL_GENERATOR), "--meld", str(DEMO_DEV), "--output", str(work / "archive"),
                     "--calls", "0", "--long-call", str(turns)], check=True, capture_output=True)
     generated = time.perf_counter() - started
     imported = import_calls(str(work / "archive"))
@@ -85,10 +87,10 @@ def _text_audio_model(folder: Path) -> str:
     """A random MiniLM-text + eGeMAPS-audio model at the laptop recipe's size: scoring cost, not quality."""
     import torch
 
-    from .checkpoint import save_checkpoint, state_dict_for_saving
-    from .config import ModelConfig
-    from .importers import MELD_LABELS
-    from .model import SDT
+    from sdt_ray.checkpoint import save_checkpoint, state_dict_for_saving
+    from sdt_ray.config import ModelConfig
+    from sdt_ray.importers import MELD_LABELS
+    from sdt_ray.model import SDT
 
     torch.manual_seed(0)
     config = ModelConfig(modalities=("text", "audio"), input_dims=(384, 88), n_classes=len(MELD_LABELS),

@@ -1,6 +1,6 @@
 """Speak every utterance of a MELD folder with espeak-ng, for the missing-modality experiment.
 
-    python sdt_ray/demo/calls/speak_meld.py --meld ../shared/data/meld --output meld-speech/
+    python scripts/speak_meld.py --meld ../shared/data/meld --output meld-speech/
 
 Writes one WAV per utterance and `OUTPUT/utterances.parquet`: the table `sdt-ray import meld`
 makes (same ids, cleaned text, labels, splits) with `audio_uri` pointing at the WAVs.

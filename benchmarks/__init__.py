@@ -1,0 +1,1 @@
+"""`make bench`: speed and memory measurements, outside the installed package (docs/benchmarks.md)."""
