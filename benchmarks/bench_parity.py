@@ -30,13 +30,12 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .bench import _sync
 from sdt_ray.collate import Dialogue, batches
-from sdt_ray.config import RecipeConfig, load_recipe
+from sdt_ray.config import RECIPES, RecipeConfig, load_recipe
 from sdt_ray.engine import predict, train_epoch
 from sdt_ray.losses import SelfDistillationLoss
 from sdt_ray.model import SDT
 
 SIZES = {"iemocap": (120, 5810), "meld": (1153, 11098)}  # train dialogues, utterances (sdt_spec §10)
-JOBS = Path(__file__).parents[1] / "jobs"
 
 
 def synthetic_dialogues(recipe: RecipeConfig, dialogues: int, utterances: int, seed: int = 0) -> list[Dialogue]:
@@ -132,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     precision = args.precision or ("bf16" if args.device.startswith("cuda") else "fp32")
     results: dict[str, Any] = {"device": _device_name(args.device), "torch": torch.__version__, "precision": precision}
     for dataset in args.datasets.split(","):
-        recipe = load_recipe(JOBS / f"{dataset}.yaml")
+        recipe = load_recipe(RECIPES / f"{dataset}.yaml")
         if args.hidden:
             recipe = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model, hidden=args.hidden))
         n_dialogues, n_utterances = (max(2, round(args.scale * n)) for n in SIZES[dataset])

@@ -33,6 +33,10 @@ class AsrOptions:
     all_calls: bool = False  # recognise calls that have a usable transcript too
     low_confidence_logprob: float = -1.0  # a turn's mean log-probability under this is marked low (report)
 
+    def __post_init__(self) -> None:
+        if self.language == "auto":  # the CLI's word for Whisper's own detection
+            object.__setattr__(self, "language", None)
+
 
 @dataclass
 class HeardWord:

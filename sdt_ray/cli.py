@@ -3,12 +3,9 @@ one function; errors meant for the user print as one line and exit 2."""
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -63,6 +60,7 @@ VISUAL_MODEL = typer.Option(
 FRAMES = typer.Option(8, help="Video frames sampled per utterance (evenly over its segment).")
 S3_ENDPOINT = typer.Option(None, help="S3 endpoint URL (MinIO, moto, ...); default: AWS_ENDPOINT_URL or AWS itself.")
 S3_REGION = typer.Option(None, help="S3 region; default: AWS_DEFAULT_REGION.")
+CLUSTER_PARAMS = {"address", "cluster", "no_wait"}  # not resent: the job runs with --address auto
 
 
 def comma_list(value: str | None) -> tuple[str, ...]:
@@ -96,7 +94,9 @@ def import_meld(
     limit_dialogues: Optional[int] = typer.Option(None, help="Keep only the first N dialogues of each split."),
 ) -> None:
     """MELD (Poria et al., ACL 2019): one dialogue per Dialogue_ID and split."""
-    _import("meld", source_dir, output, limit_dialogues)
+    from .importers import write_corpus
+
+    _log(write_corpus("meld", source_dir, output, limit_dialogues).describe())
 
 
 @import_app.command("emorynlp")
@@ -107,7 +107,9 @@ def import_emorynlp(
     limit_dialogues: Optional[int] = typer.Option(None, help="Keep only the first N dialogues of each split."),
 ) -> None:
     """EmoryNLP (Zahiri and Choi, 2018): one dialogue per (Season, Episode, Scene_ID)."""
-    _import("emorynlp", source_dir, output, limit_dialogues)
+    from .importers import write_corpus
+
+    _log(write_corpus("emorynlp", source_dir, output, limit_dialogues).describe())
 
 
 @import_app.command("sdt-pickle")
@@ -125,13 +127,12 @@ def import_sdt_pickle(
 ) -> None:
     """The SDT authors' preprocessed features, read by a restricted unpickler (containers,
     numbers, strings and numpy arrays only: a pickle can run code, anything else is refused)."""
-    from .sdt_pickle import import_sdt_pickle as read_pickle
-    from .storage import write_table
+    from .sdt_pickle import write_sdt_pickle
 
-    _set_s3_environment(s3_endpoint, s3_region)
-    result = read_pickle(path, dataset, dev_fraction, seed)
-    write_table(result.table, output)
-    _log(f"wrote {output}: {result.describe()}")
+    from .storage import set_s3_environment
+
+    set_s3_environment(s3_endpoint, s3_region)
+    _log(write_sdt_pickle(path, dataset, output, dev_fraction, seed).describe())
 
 
 @import_app.command("manifest")
@@ -145,12 +146,9 @@ def import_manifest(
     output: str = typer.Argument(..., help="Utterances Parquet file to write (local path or s3://)."),
 ) -> None:
     """Your own media: one row per utterance, one file per utterance or long files cut by times."""
-    from .importers import import_manifest as read_manifest
-    from .storage import write_table
+    from .importers import write_manifest
 
-    table = read_manifest(manifest)
-    write_table(table, output)
-    _log(f"wrote {output}: {table.num_rows} utterances in {len(table.column('dialogue_id').unique())} dialogues")
+    _log(write_manifest(manifest, output).describe())
 
 
 @import_app.command("calls")
@@ -193,26 +191,16 @@ def import_calls(
     from .calls import EnergyOptions
     from .pipelines.calls import CallImportOptions, import_calls_job
 
-    _set_s3_environment(s3_endpoint, s3_region)
-    _on_cluster(ctx, address, cluster, no_wait)
-    recognition = AsrOptions(model=asr, language=None if asr_language == "auto" else asr_language, pause_s=pause_s,
-                             all_calls=asr_all) if asr else None
+    from .storage import set_s3_environment
+
+    set_s3_environment(s3_endpoint, s3_region)
+    _elsewhere(ctx, address, cluster, no_wait)
+    recognition = AsrOptions(model=asr, language=asr_language, pause_s=pause_s, all_calls=asr_all) if asr else None
     options = CallImportOptions(split=split, energy=EnergyOptions(min_silence_s=min_silence_s, min_turn_s=min_turn_s),
                                 calls_per_part=calls_per_part, cpus_per_task=cpus_per_task, overwrite=overwrite,
                                 asr=recognition, roles=comma_list(roles),
                                 cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor, actors=actors)
     _log(import_calls_job(source, output, options, address=address, log=_log).describe())
-
-
-def _import(corpus: str, source_dir: Path, output: str, limit_dialogues: Optional[int]) -> None:
-    from .importers import import_corpus
-    from .storage import write_table
-
-    table = import_corpus(corpus, source_dir, limit_dialogues)
-    write_table(table, output)
-    counts = table.group_by("split").aggregate([("dialogue_id", "count_distinct"), ([], "count_all")]).to_pylist()
-    summary = ", ".join(f"{r['split']} {r['count_all']} utterances / {r['dialogue_id_count_distinct']} dialogues" for r in counts)
-    _log(f"wrote {output}: {summary}")
 
 
 @app.command()
@@ -250,8 +238,10 @@ def extract(
     from .pipelines import ExtractOptions
     from .pipelines import extract as run_extract
 
-    _set_s3_environment(s3_endpoint, s3_region)
-    _on_cluster(ctx, address, cluster, no_wait)
+    from .storage import set_s3_environment
+
+    set_s3_environment(s3_endpoint, s3_region)
+    _elsewhere(ctx, address, cluster, no_wait)
     options = ExtractOptions(
         modalities=comma_list(modalities),
         text_model=text_model,
@@ -267,52 +257,18 @@ def extract(
         gpus_per_actor=gpus_per_actor,
         overwrite=overwrite,
     )
-    summary = run_extract(input, output, options, address=address, log=_log)
-    _log(summary.describe())
+    _log(run_extract(input, output, options, address=address, log=_log).describe())
 
 
-def _on_cluster(ctx: typer.Context, address: Optional[str], cluster: Optional[Path], no_wait: bool) -> None:
-    """With --cluster FILE or --address http(s)://HEAD:8265, send this very command to that cluster
-    as a Ray Job and exit with the job's status; otherwise return and run here."""
-    from .errors import ConfigError
-    from .submit import is_jobs_address, launched_cluster, submit_job
+def _elsewhere(ctx: typer.Context, address: Optional[str], cluster: Optional[Path], no_wait: bool) -> None:
+    """With --cluster or --address http(s)://HEAD:8265 this command goes to the cluster as a Ray
+    Job, and the CLI exits with the job's status; otherwise it runs here."""
+    from .jobspec import context_argv
+    from .submit import run_elsewhere
 
-    if cluster is not None and address is not None:
-        raise ConfigError("give --cluster FILE or --address, not both")
-    if cluster is None and not is_jobs_address(address):
-        if no_wait:
-            raise ConfigError("--no-wait needs --cluster FILE or --address http://HEAD:8265 (a Ray Jobs endpoint)")
-        return
-    argv = _argv_of(ctx, drop={"address", "cluster", "no_wait"})
-    if cluster is None:
-        raise typer.Exit(submit_job(address, argv, wait=not no_wait, log=_log))
-    with launched_cluster(str(cluster), log=_log) as jobs_address:
-        status = submit_job(jobs_address, argv, wait=not no_wait, log=_log)
-    raise typer.Exit(status)
-
-
-def _argv_of(ctx: typer.Context, drop: set[str]) -> list[str]:
-    """This command line rebuilt from its parsed values (options left at their default omitted)."""
-    args = ctx.command_path.split()[1:]
-    for param in ctx.command.params:
-        value = ctx.params.get(param.name)
-        if param.name in drop or value is None or (param.param_type_name == "option" and value == param.default):
-            continue
-        if param.param_type_name == "argument":
-            args.append(str(value))
-        elif param.is_flag:
-            args.append(param.opts[0] if value else param.secondary_opts[0])
-        else:
-            args += [param.opts[0], str(value)]
-    return args
-
-
-def _set_s3_environment(endpoint: Optional[str], region: Optional[str]) -> None:
-    """Flags become the AWS variables that s3fs reads here and local Ray workers inherit."""
-    if endpoint:  # AWS_ENDPOINT_URL_S3 wins over AWS_ENDPOINT_URL where both are set: set both
-        os.environ["AWS_ENDPOINT_URL"] = os.environ["AWS_ENDPOINT_URL_S3"] = endpoint
-    if region:
-        os.environ["AWS_DEFAULT_REGION"] = region
+    status = run_elsewhere(context_argv(ctx, drop=CLUSTER_PARAMS), address, str(cluster) if cluster else None, no_wait, log=_log)
+    if status is not None:
+        raise typer.Exit(status)
 
 
 @app.command()
@@ -353,27 +309,16 @@ def train(
     verbose: bool = typer.Option(False, help="Show Ray's own logs and the workers' output."),
 ) -> None:
     """Train SDT with Ray Train (DDP), selecting the epoch on dev weighted F1."""
-    _on_cluster(ctx, address, cluster, no_wait)
-    from .config import RecipeConfig, load_recipe
+    _elsewhere(ctx, address, cluster, no_wait)
+    from .config import RecipeConfig
     from .train import train as run_train
 
-    recipe = load_recipe(config) if config else RecipeConfig()
-    overrides = {"workers": workers, "epochs": epochs, "seed": seed, "patience": patience, "lr": lr, "batch_size": batch_size,
-                 "ema_decay": ema_decay, "placement": placement.upper() if placement else None, "max_failures": max_failures,
-                 "modality_dropout": modality_dropout, "calibrate": calibrate}
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    if gpu:
-        overrides["use_gpu"] = True
-    recipe = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, **overrides))
-    started = time.time()
-    result = run_train(features, output, recipe, resume=resume, address=address, log=_log, verbose=verbose)
-    split = recipe.train.select_on
-    best = result.best_metrics
-    _log(
-        f"best epoch {result.best_epoch + 1} of {result.epochs_run}: {split} weighted F1 "
-        f"{best.get(f'{split}_weighted_f1', float('nan')):.4f}, accuracy {best.get(f'{split}_accuracy', float('nan')):.4f}; "
-        f"checkpoint {result.best_dir} ({time.time() - started:.0f}s)"
+    recipe = RecipeConfig.load(config).with_train(
+        workers=workers, epochs=epochs, seed=seed, patience=patience, lr=lr, batch_size=batch_size, ema_decay=ema_decay,
+        placement=placement, max_failures=max_failures, modality_dropout=modality_dropout, calibrate=calibrate,
+        use_gpu=gpu or None,
     )
+    _log(run_train(features, output, recipe, resume=resume, address=address, log=_log, verbose=verbose).describe())
 
 
 @app.command("finetune-text")
@@ -411,18 +356,14 @@ def finetune_text(
     This is how SDT's text features were made. Test is never read. Then:
     `sdt-ray extract --text-model OUTPUT`, and `sdt-ray evaluate-text --encoder OUTPUT` for the encoder's own figures.
     """
-    _on_cluster(ctx, address, cluster, no_wait)
+    _elsewhere(ctx, address, cluster, no_wait)
     from .finetune import FinetuneOptions
     from .finetune import finetune_text as run_finetune
 
     options = FinetuneOptions(base_model=base_model, epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length,
                               context=context, future=future, speakers=speakers, freeze_layers=freeze_layers,
                               accumulate=accumulate, workers=workers, use_gpu=gpu, seed=seed, max_failures=max_failures, overwrite=overwrite)
-    started = time.time()
-    result = run_finetune(input, output, options, address=address, log=_log)
-    dev = result.dev_metrics
-    _log(f"best epoch {result.best_epoch + 1} of {len(result.history)}: dev weighted F1 {dev['weighted_f1']:.4f}, "
-         f"accuracy {dev['accuracy']:.4f}, macro F1 {dev['macro_f1']:.4f}; wrote {result.output} ({time.time() - started:.0f}s)")
+    _log(run_finetune(input, output, options, address=address, log=_log).describe())
 
 
 @app.command()
@@ -470,8 +411,10 @@ def predict(
     from .pipelines import ExtractOptions, predict_job
     from .scoring import PredictOptions
 
-    _set_s3_environment(s3_endpoint, s3_region)
-    _on_cluster(ctx, address, cluster, no_wait)
+    from .storage import set_s3_environment
+
+    set_s3_environment(s3_endpoint, s3_region)
+    _elsewhere(ctx, address, cluster, no_wait)
 
     options = PredictOptions(
         batch_size=batch_size,
@@ -484,13 +427,10 @@ def predict(
         gpus_per_actor=gpus_per_actor,
         overwrite=overwrite,
     )
-    extraction = None
-    if extract:
-        extraction = ExtractOptions(
-            text_model=text_model, text_max_length=text_max_length, audio_feature_set=audio_feature_set, audio_encoder=audio_encoder,
-            visual_model=visual_model, frames=frames, batch_size=chunk_size,
-            cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor,
-        )
+    extraction = ExtractOptions(
+        text_model=text_model, text_max_length=text_max_length, audio_feature_set=audio_feature_set, audio_encoder=audio_encoder,
+        visual_model=visual_model, frames=frames, batch_size=chunk_size, cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor,
+    ) if extract else None
     _log(predict_job(checkpoint, input, output, options, address=address, log=_log, extraction=extraction).describe())
 
 
@@ -510,22 +450,10 @@ def evaluate(
     no_wait: bool = NO_WAIT,
 ) -> None:
     """Score a checkpoint on one split: metrics.json (with the calibration error before and after the checkpoint's temperature), confusion_matrix.png, reliability.png and a table."""
-    _on_cluster(ctx, address, cluster, no_wait)
+    _elsewhere(ctx, address, cluster, no_wait)
     from .evaluate import evaluate as run_evaluate
 
-    missing = comma_list(without)
-    _print_evaluation(run_evaluate(checkpoint, features, split, output, without=missing), output)
-
-
-def _print_evaluation(result, output: str) -> None:
-    from .evaluate import format_report
-
-    for warning in result.metrics["warnings"]:
-        _log(warning)
-    if result.exclusions:
-        _log(f"excluded: {result.exclusions.describe()}")
-    _log(format_report(result.metrics))
-    _log(f"wrote {output}/metrics.json, {output}/confusion_matrix.png" + (f" and {output}/reliability.png" if result.metrics.get("calibration", {}).get("n_utterances") else ""))
+    _log(run_evaluate(checkpoint, features, split, output, without=comma_list(without)).describe())
 
 
 @app.command("evaluate-text")
@@ -539,7 +467,7 @@ def evaluate_text(
     """Score a fine-tuned encoder's own classification head, utterance by utterance, without any context model."""
     from .evaluate import evaluate_text as run_evaluate_text
 
-    _print_evaluation(run_evaluate_text(encoder, input, split, output), output)
+    _log(run_evaluate_text(encoder, input, split, output).describe())
 
 
 @app.command()
@@ -549,11 +477,9 @@ def describe(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (keys include params_total, params_trainable)."),
 ) -> None:
     """Architecture summary: modalities, dims, heads, classes, speakers, parameter counts."""
-    from .describe import describe as run_describe
-    from .describe import format_description
+    from .describe import description_text
 
-    info = run_describe(target)
-    _log(json.dumps(info) if as_json else format_description(info))
+    _log(description_text(target, as_json))
 
 
 @app.command()
@@ -579,17 +505,14 @@ def reproduce(
 ) -> None:
     """The paper's configuration over seeds, dev-selected or test-selected (paper protocol),
     as a Markdown table beside the paper's figures. Finished seeds are not run again."""
-    _on_cluster(ctx, address, cluster, no_wait)
-    from .config import load_recipe
-    from .reproduce import ReproduceOptions
+    _elsewhere(ctx, address, cluster, no_wait)
+    from .reproduce import ReproduceOptions, parity_recipe
     from .reproduce import reproduce as run_reproduce
 
     options = ReproduceOptions(dataset=dataset, protocol=protocol, seeds=seeds, epochs=epochs, workers=workers,
                                ablations=comma_list(ablation),
                                use_gpu=gpu, address=address)
-    recipe = load_recipe(config or Path("jobs") / f"{dataset}.yaml")
-    run_reproduce(features, output, recipe, options, log=_log)
-    _log(f"wrote {output}/results.md and {output}/results.json")
+    run_reproduce(features, output, parity_recipe(dataset, config), options, log=_log)
 
 
 @app.command()
@@ -599,14 +522,9 @@ def summarize(
     output: Optional[str] = typer.Option(None, help="Also write the summary as JSON to this file."),
 ) -> None:
     """Mean ± std of accuracy, weighted F1 and macro F1 over several evaluations."""
-    from .storage import write_text
-    from .summary import format_summary
-    from .summary import summarize as run_summarize
+    from .summary import summarize_to
 
-    summary = run_summarize(eval_dirs)
-    _log(format_summary(summary))
-    if output:
-        write_text(output, json.dumps(summary, indent=2))
+    _log(summarize_to(eval_dirs, output).describe())
 
 
 @app.command()
@@ -638,11 +556,12 @@ def report(
     s3_region: Optional[str] = S3_REGION,
 ) -> None:
     """Per-call report: a summary Parquet, a timeline PNG per call and an index page sortable by negative share."""
-    from .report import NEGATIVE, ReportOptions, build_report
+    from .report import ReportOptions, build_report
 
-    _set_s3_environment(s3_endpoint, s3_region)
-    chosen = frozenset(comma_list(negative)) or NEGATIVE
-    options = ReportOptions(customer=customer, negative=chosen, timelines=timelines, last_turns=last_turns)
+    from .storage import set_s3_environment
+
+    set_s3_environment(s3_endpoint, s3_region)
+    options = ReportOptions(customer=customer, negative=frozenset(comma_list(negative)), timelines=timelines, last_turns=last_turns)
     _log(build_report(predictions, output, options).describe())
 
 
@@ -657,40 +576,10 @@ def run(
     dry_run: bool = typer.Option(False, help="Print the command the spec makes and stop."),
 ) -> None:
     """Run a job spec: the same file locally or on a cluster (add --cluster or --address)."""
-    from .jobspec import argv, load_job
+    from .jobspec import RunRequest, run_spec
 
-    from .errors import ConfigError
-
-    job = load_job(spec, set_)
-    flags = _flags(job.command)
-    if (address or cluster or no_wait) and "cluster" not in flags:
-        raise ConfigError(f"`{job.command}` runs on this machine only (it takes no --cluster or --address)")
-    args = argv(job, flags)
-    args += ["--address", address] if address else []
-    args += ["--cluster", str(cluster)] if cluster else []
-    args += ["--no-wait"] if no_wait else []
-    _log("sdt-ray " + " ".join(args))
-    if dry_run:
-        return
-    # Outside standalone mode click hands back the command's exit status instead of exiting with it.
-    status = typer.main.get_command(app).main(args=args, prog_name="sdt-ray", standalone_mode=False)
-    if isinstance(status, int) and status != 0:
-        raise typer.Exit(status)
-
-
-def _flags(command: str) -> dict:
-    """The flags `command` (e.g. "predict", "import meld") takes, read from this CLI."""
-    from .errors import ConfigError
-    from .jobspec import Flag
-
-    node = typer.main.get_command(app)
-    for word in command.split():
-        commands = getattr(node, "commands", {})
-        if word not in commands or word == "run":
-            raise ConfigError(f"unknown command {command!r}; choose from {sorted(c for c in commands if c != 'run')}")
-        node = commands[word]
-    options = [p for p in node.params if p.param_type_name == "option" and p.name != "help"]
-    return {o.opts[0].lstrip("-"): Flag(switch=o.is_flag, negatable=bool(o.secondary_opts)) for o in options}
+    request = RunRequest(spec, tuple(set_), address, str(cluster) if cluster else None, no_wait, dry_run)
+    raise typer.Exit(run_spec(typer.main.get_command(app), request, log=_log))
 
 
 def main() -> None:

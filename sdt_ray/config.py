@@ -19,6 +19,7 @@ MODALITIES = ("text", "audio", "visual")  # canonical order, used everywhere
 SPEAKER_MODES = ("relative", "fixed")
 TRANSFORMER_SETS = ("both", "intra", "inter")  # which of the 9 blocks a model keeps (the paper's ablations)
 PLACEMENTS = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+RECIPES = Path(__file__).resolve().parents[1] / "jobs"  # the recipes of a clone: laptop, parity, demo
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,7 @@ class TrainConfig:
     calibrate: bool = True
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "placement", str(self.placement).upper())  # `--placement spread` reads as SPREAD
         if self.placement not in PLACEMENTS:
             raise ConfigError(f"placement {self.placement!r}: choose from {list(PLACEMENTS)}")
         if not 0.0 <= self.modality_dropout < 1.0:
@@ -155,6 +157,17 @@ class RecipeConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     name: str = "default"
+
+    @classmethod
+    def load(cls, path: str | Path | None) -> "RecipeConfig":
+        """The recipe at `path`, or the laptop recipe (train's defaults) when there is none."""
+        return load_recipe(path) if path else cls()
+
+    def with_train(self, **overrides: Any) -> "RecipeConfig":
+        """This recipe with some training settings replaced (`train`'s flags); a None leaves the
+        recipe's own value."""
+        given = {name: value for name, value in overrides.items() if value is not None}
+        return dataclasses.replace(self, train=dataclasses.replace(self.train, **given))
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,12 @@ def describe(path: str) -> dict[str, Any]:
         "params_total": total,
         "params_trainable": trainable,
     }
+
+
+def description_text(path: str, as_json: bool = False) -> str:
+    """What `sdt-ray describe` prints: one JSON object, or the table below."""
+    info = describe(path)
+    return json.dumps(info) if as_json else format_description(info)
 
 
 def format_description(info: dict[str, Any]) -> str:

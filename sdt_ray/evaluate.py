@@ -36,6 +36,17 @@ class Evaluation:
     exclusions: Exclusions
     output: str
 
+    def describe(self) -> str:
+        """Warnings, what was left out, the per-class table, and the files written."""
+        lines = list(self.metrics["warnings"])
+        if self.exclusions:
+            lines.append(f"excluded: {self.exclusions.describe()}")
+        lines.append(format_report(self.metrics))
+        written = f"wrote {self.output}/metrics.json, {self.output}/confusion_matrix.png"
+        if self.metrics.get("calibration", {}).get("n_utterances"):
+            written += f" and {self.output}/reliability.png"
+        return "\n".join(lines + [written])
+
 
 def evaluate(
     checkpoint_uri: str, features_uri: str, split: str, output_uri: str, batch_size: int = 16, without: tuple[str, ...] = ()

@@ -14,6 +14,7 @@ OUTPUT layout:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -87,10 +88,17 @@ class FinetuneResult:
     dev_metrics: dict[str, float]
     history: list[dict[str, Any]]
     card: TextEncoderCard
+    seconds: float = 0.0  # wall time of the whole command, Ray start-up included
+
+    def describe(self) -> str:
+        dev = self.dev_metrics
+        return (f"best epoch {self.best_epoch + 1} of {len(self.history)}: dev weighted F1 {dev['weighted_f1']:.4f}, "
+                f"accuracy {dev['accuracy']:.4f}, macro F1 {dev['macro_f1']:.4f}; wrote {self.output} ({self.seconds:.0f}s)")
 
 
 def finetune_text(input_uri: str, output_uri: str, options: FinetuneOptions = FinetuneOptions(),
                   address: str | None = None, log: Callable[[str], None] = print) -> FinetuneResult:
+    started = time.time()
     _check(options)
     _check_layers(options)
     output_uri = absolute_uri(output_uri)
@@ -118,7 +126,7 @@ def finetune_text(input_uri: str, output_uri: str, options: FinetuneOptions = Fi
             result = trainer.fit()
     if result.error is not None:
         raise SdtError(f"fine-tuning failed: {result.error}")
-    return _export(result.checkpoint, output_uri)
+    return dataclasses.replace(_export(result.checkpoint, output_uri), seconds=time.time() - started)
 
 
 def _check(options: FinetuneOptions) -> None:

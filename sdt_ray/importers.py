@@ -35,6 +35,41 @@ EMORYNLP = Corpus("emorynlp", {s: f"emorynlp_{s}_final.csv" for s in ("train", "
 CORPORA = {c.name: c for c in (MELD, EMORYNLP)}
 
 
+@dataclass(frozen=True)
+class WrittenTable:
+    """An utterances table that `sdt-ray import meld|emorynlp|manifest` wrote."""
+
+    output: str
+    table: pa.Table
+    by_split: bool = True  # corpora count per split; a manifest counts in all
+
+    def describe(self) -> str:
+        if not self.by_split:
+            dialogues = len(self.table.column("dialogue_id").unique())
+            return f"wrote {self.output}: {self.table.num_rows} utterances in {dialogues} dialogues"
+        counts = self.table.group_by("split").aggregate([("dialogue_id", "count_distinct"), ([], "count_all")]).to_pylist()
+        summary = ", ".join(f"{r['split']} {r['count_all']} utterances / {r['dialogue_id_count_distinct']} dialogues" for r in counts)
+        return f"wrote {self.output}: {summary}"
+
+
+def write_corpus(name: str, source_dir: str | Path, output_uri: str, limit_dialogues: int | None = None) -> WrittenTable:
+    """A public corpus's CSVs as an utterances table at `output_uri`."""
+    from .storage import write_table
+
+    table = import_corpus(name, source_dir, limit_dialogues)
+    write_table(table, output_uri)
+    return WrittenTable(output_uri, table)
+
+
+def write_manifest(manifest: str | Path, output_uri: str) -> WrittenTable:
+    """Your own corpus (a CSV manifest) as an utterances table at `output_uri`."""
+    from .storage import write_table
+
+    table = import_manifest(manifest)
+    write_table(table, output_uri)
+    return WrittenTable(output_uri, table, by_split=False)
+
+
 def import_corpus(name: str, source_dir: str | Path, limit_dialogues: int | None = None) -> pa.Table:
     """Read a corpus folder into the utterances table (labels recorded in the schema metadata).
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import click
 import yaml
 
 from .errors import ConfigError
@@ -87,6 +88,72 @@ def argv(spec: JobSpec, allowed: dict[str, Flag]) -> list[str]:
                 args.append(f"--{name}" if value else f"--no-{name}")
         elif value is not None:
             args += [f"--{name}", ",".join(map(str, value)) if isinstance(value, list) else str(value)]
+    return args
+
+
+def command_flags(root: click.Command, command: str) -> dict[str, Flag]:
+    """The flags `command` (e.g. "predict", "import meld") takes, read from the CLI's own
+    declarations (`root` is the sdt-ray command group); `run` cannot run itself."""
+    node = root
+    for word in command.split():
+        commands = getattr(node, "commands", {})
+        if word not in commands or word == "run":
+            raise ConfigError(f"unknown command {command!r}; choose from {sorted(c for c in commands if c != 'run')}")
+        node = commands[word]
+    options = [p for p in node.params if p.param_type_name == "option" and p.name != "help"]
+    return {o.opts[0].lstrip("-"): Flag(switch=o.is_flag, negatable=bool(o.secondary_opts)) for o in options}
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """`sdt-ray run SPEC [--set k=v ...] [--address A | --cluster FILE] [--no-wait] [--dry-run]`."""
+
+    spec: str | Path
+    overrides: tuple[str, ...] = ()
+    address: str | None = None
+    cluster: str | None = None
+    no_wait: bool = False
+    dry_run: bool = False
+
+
+def run_argv(spec: JobSpec, root: click.Command, address: str | None, cluster: str | None, no_wait: bool) -> list[str]:
+    """The command line a job spec makes, with where it runs."""
+    flags = command_flags(root, spec.command)
+    if (address or cluster or no_wait) and "cluster" not in flags:
+        raise ConfigError(f"`{spec.command}` runs on this machine only (it takes no --cluster or --address)")
+    args = argv(spec, flags)
+    args += ["--address", address] if address else []
+    args += ["--cluster", cluster] if cluster else []
+    return args + (["--no-wait"] if no_wait else [])
+
+
+def run_spec(root: click.Command, request: RunRequest, log=print) -> int:
+    """Print the spec's command line and, unless a dry run, run it in this process (`root` is
+    the sdt-ray command group); the exit status is the command's."""
+    args = run_argv(load_job(request.spec, list(request.overrides)), root, request.address, request.cluster, request.no_wait)
+    log("sdt-ray " + " ".join(args))
+    if request.dry_run:
+        return 0
+    # Outside standalone mode click hands back the command's return value (an exit status when
+    # the command raised typer.Exit) instead of exiting with it.
+    status = root.main(args=args, prog_name="sdt-ray", standalone_mode=False)
+    return status if isinstance(status, int) else 0
+
+
+def context_argv(ctx: click.Context, drop: set[str]) -> list[str]:
+    """The command line of a parsed invocation, rebuilt from its values (options left at their
+    default, and the parameters in `drop`, omitted): how a command resends itself to a cluster."""
+    args = ctx.command_path.split()[1:]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if param.name in drop or value is None or (param.param_type_name == "option" and value == param.default):
+            continue
+        if param.param_type_name == "argument":
+            args.append(str(value))
+        elif param.is_flag:
+            args.append(param.opts[0] if value else param.secondary_opts[0])
+        else:
+            args += [param.opts[0], str(value)]
     return args
 
 

@@ -52,6 +52,9 @@ class ReportOptions:
     last_turns: int = 3  # the customer's last turns whose emotions are listed
     low_confidence_logprob: float = -1.0  # a recognised turn whose mean log-probability is lower is marked
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "negative", frozenset(self.negative) or NEGATIVE)  # none given: the defaults
+
 
 @dataclass
 class Report:

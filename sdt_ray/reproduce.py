@@ -16,10 +16,11 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 from . import storage
-from .config import RecipeConfig
+from .config import RECIPES, RecipeConfig, load_recipe
 from .errors import ConfigError
 from .evaluate import TEST_SELECTED, evaluate
 from .summary import KEYS, summarize
@@ -103,7 +104,13 @@ def reproduce(features_uri: str, output_uri: str, recipe: RecipeConfig, options:
     table = markdown_table(results)
     storage.write_text(storage.join(output_uri, "results.md"), table + "\n")
     log(table)
+    log(f"wrote {output_uri}/results.md and {output_uri}/results.json")
     return results
+
+
+def parity_recipe(dataset: str, path: str | Path | None = None) -> RecipeConfig:
+    """The recipe `reproduce` trains: `path`, or the paper's configuration for `dataset` in jobs/."""
+    return load_recipe(path or RECIPES / f"{dataset}.yaml")
 
 
 def _seed(features_uri, output_uri, recipe, options, ablation, seed, log) -> str:

@@ -21,6 +21,7 @@ import itertools
 import json
 import pickle
 import random
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,14 +97,23 @@ class PickleImport:
     split_dialogues: dict[str, int]
     label_check: str
     left_out: list = field(default_factory=list)  # dialogues in videoIDs but in neither trainVid nor testVid
+    output: str | None = None  # where write_sdt_pickle put the table
 
     def describe(self) -> str:
         splits = ", ".join(f"{s} {n}" for s, n in self.split_dialogues.items())
         dims = ", ".join(f"{m} {d}" for m, d in self.dims.items())
-        lines = [f"{self.table.num_rows} utterances; dialogues: {splits}; dims: {dims}; labels: {self.label_check}"]
+        written = f"wrote {self.output}: " if self.output else ""
+        lines = [f"{written}{self.table.num_rows} utterances; dialogues: {splits}; dims: {dims}; labels: {self.label_check}"]
         if self.left_out:
             lines.append(f"left out: {len(self.left_out)} dialogues in neither trainVid nor testVid, e.g. {self.left_out[:3]}")
         return "\n".join(lines)
+
+
+def write_sdt_pickle(uri: str, dataset: str, output_uri: str, dev_fraction: float = 0.1, seed: int = 0) -> PickleImport:
+    """`import sdt-pickle`: the file read and checked, written as a features table."""
+    result = import_sdt_pickle(uri, dataset, dev_fraction, seed)
+    storage.write_table(result.table, output_uri)
+    return dataclasses.replace(result, output=output_uri)
 
 
 def import_sdt_pickle(uri: str, dataset: str, dev_fraction: float = 0.1, seed: int = 0) -> PickleImport:

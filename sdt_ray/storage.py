@@ -25,6 +25,15 @@ def is_remote(uri: str) -> bool:
     return uri.startswith("s3://")
 
 
+def set_s3_environment(endpoint: str | None, region: str | None) -> None:
+    """`--s3-endpoint` / `--s3-region` as the AWS variables that s3fs reads here and local Ray
+    workers inherit."""
+    if endpoint:  # AWS_ENDPOINT_URL_S3 wins over AWS_ENDPOINT_URL where both are set: set both
+        os.environ["AWS_ENDPOINT_URL"] = os.environ["AWS_ENDPOINT_URL_S3"] = endpoint
+    if region:
+        os.environ["AWS_DEFAULT_REGION"] = region
+
+
 NETWORK_FILESYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "lustre", "ceph", "glusterfs", "beegfs", "gpfs", "9p")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from dataclasses import dataclass
 from typing import Any
 
 from . import storage
@@ -26,6 +27,23 @@ def summarize(eval_dirs: list[str]) -> dict[str, Any]:
             "max": max(values),
         }
     return summary
+
+
+@dataclass(frozen=True)
+class Summary:
+    figures: dict[str, Any]  # what summarize() returns
+    output: str | None = None
+
+    def describe(self) -> str:
+        return format_summary(self.figures) + (f"\nwrote {self.output}" if self.output else "")
+
+
+def summarize_to(eval_dirs: list[str], output_uri: str | None = None) -> Summary:
+    """Mean ± std over `eval_dirs`, written as JSON to `output_uri` when given."""
+    figures = summarize(eval_dirs)
+    if output_uri:
+        storage.write_text(output_uri, json.dumps(figures, indent=2))
+    return Summary(figures, output_uri)
 
 
 def format_summary(summary: dict[str, Any]) -> str:

@@ -10,6 +10,7 @@ RUN_DIR layout:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -58,6 +59,14 @@ class TrainResult:
     epochs_run: int
     history: list[dict[str, Any]]
     calibration: dict[str, Any] | None = None  # the temperature fitted after selection (calibration.py)
+    selected_on: str = "dev"
+    seconds: float = 0.0  # wall time of the whole command, Ray start-up included
+
+    def describe(self) -> str:
+        split, best = self.selected_on, self.best_metrics
+        return (f"best epoch {self.best_epoch + 1} of {self.epochs_run}: {split} weighted F1 "
+                f"{best.get(f'{split}_weighted_f1', float('nan')):.4f}, accuracy {best.get(f'{split}_accuracy', float('nan')):.4f}; "
+                f"checkpoint {self.best_dir} ({self.seconds:.0f}s)")
 
 
 def train(
@@ -69,6 +78,7 @@ def train(
     log: Callable[[str], None] = print,
     verbose: bool = False,
 ) -> TrainResult:
+    started = time.time()
     run_dir = absolute_uri(run_dir)
     _check_run_dir(run_dir, resume)
     data = prepare(features_uri, recipe, recipe.train.workers)  # bad input fails here, before a run exists
@@ -86,7 +96,7 @@ def train(
         c = exported.calibration
         log(f"calibration on {c['fitted_on']} ({c['n_utterances']} utterances): temperature {c['temperature']:.3f}, "
             f"ECE {c['ece_before']:.4f} -> {c['ece_after']:.4f}, NLL {c['nll_before']:.4f} -> {c['nll_after']:.4f}")
-    return exported
+    return dataclasses.replace(exported, selected_on=recipe.train.select_on, seconds=time.time() - started)
 
 
 def _build_trainer(data: TrainingData, recipe: RecipeConfig, run_dir: str, run_name: str) -> TorchTrainer:

@@ -3,10 +3,11 @@
 from pathlib import Path
 
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 
 from sdt_ray.errors import InputError
-from sdt_ray.importers import DEMO_CORPUS, EMORYNLP_LABELS, MELD_LABELS, import_corpus
+from sdt_ray.importers import DEMO_CORPUS, DEMO_MEDIA, EMORYNLP_LABELS, MELD_LABELS, import_corpus, write_corpus, write_manifest
 from sdt_ray.schema import UTTERANCES_SCHEMA, labels_from_metadata
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
@@ -104,3 +105,14 @@ def test_demo_media_manifest_lists_existing_clips():
     table = import_manifest(DEMO_MEDIA)
     assert table.num_rows == 57 and table.column("dialogue_id").unique().to_pylist()[:2] == ["meld_dev_2", "meld_dev_9"]
     assert all(Path(p).is_file() for p in table.column("video_uri").to_pylist())
+
+
+def test_written_tables_say_what_they_hold(tmp_path):
+    out = tmp_path / "meld.parquet"
+    written = write_corpus("meld", DEMO_CORPUS, str(out), limit_dialogues=2)
+    assert pq.read_table(out).num_rows == written.table.num_rows
+    counts = {s: written.table.filter(pc.equal(written.table.column("split"), s)).num_rows for s in ("train", "dev", "test")}
+    assert written.describe() == (f"wrote {out}: train {counts['train']} utterances / 2 dialogues, "
+                                  f"dev {counts['dev']} utterances / 2 dialogues, test {counts['test']} utterances / 2 dialogues")
+    manifest = write_manifest(DEMO_MEDIA, str(tmp_path / "media.parquet"))
+    assert manifest.describe() == f"wrote {tmp_path / 'media.parquet'}: 57 utterances in 8 dialogues"
