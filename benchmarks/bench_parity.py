@@ -73,7 +73,7 @@ def _run(recipe: RecipeConfig, dialogues: list[Dialogue], n_utterances: int, epo
     torch.manual_seed(0)
     cfg = recipe.model
     model = SDT(cfg).to(device)
-    loss_fn = SelfDistillationLoss(temperature=recipe.loss.temperature).to(device)
+    loss_fn = SelfDistillationLoss(temperature=recipe.model.temperature).to(device)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=recipe.train.lr,
                                  weight_decay=recipe.train.weight_decay)
     cuda = device.startswith("cuda")

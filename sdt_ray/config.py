@@ -102,7 +102,8 @@ class LossConfig:
     gamma_fused: float = 1.0  # γ1
     gamma_students: float = 1.0  # γ2
     gamma_kl: float = 1.0  # γ3
-    temperature: float = 1.0
+    # The distillation temperature T is ModelConfig.temperature: defined once, and stored in the
+    # checkpoint. Recipes from before kept a copy here; load_recipe reads it (_one_temperature).
     detach_teacher: bool = False  # reference lets gradients reach the teacher through the KL
     class_weights: tuple[float, ...] = ()  # explicit per-class CE weights; empty: see class_weight_power
     # With no explicit weights: w_c ∝ (1 / train frequency of c) ** power, scaled so that
@@ -187,15 +188,28 @@ def load_recipe(path: str | Path) -> RecipeConfig:
     extra = set(data) - {"name", "model", "loss", "train", "description"}
     if extra:
         raise ConfigError(f"{path}: unknown top-level keys {sorted(extra)}")
+    model, loss = _one_temperature(dict(data.get("model") or {}), dict(data.get("loss") or {}), path)
     try:
         return RecipeConfig(
             name=data.get("name", Path(path).stem),
-            model=ModelConfig(**_strict_fields(ModelConfig, data.get("model") or {}, path)),
-            loss=LossConfig(**_strict_fields(LossConfig, data.get("loss") or {}, path)),
+            model=ModelConfig(**_strict_fields(ModelConfig, model, path)),
+            loss=LossConfig(**_strict_fields(LossConfig, loss, path)),
             train=TrainConfig(**_strict_fields(TrainConfig, data.get("train") or {}, path)),
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{path}: {exc}") from None
+
+
+def _one_temperature(model: dict[str, Any], loss: dict[str, Any], path: str | Path) -> tuple[dict, dict]:
+    """An older recipe's `loss.temperature` becomes `model.temperature`, unless the two differ."""
+    if "temperature" not in loss:
+        return model, loss
+    legacy = loss.pop("temperature")
+    if "temperature" in model and float(model["temperature"]) != float(legacy):
+        raise ConfigError(f"{path}: model.temperature is {model['temperature']} but loss.temperature is {legacy}; "
+                          "the distillation temperature is model.temperature alone: remove loss.temperature")
+    model.setdefault("temperature", legacy)
+    return model, loss
 
 
 def _plain(value: Any) -> Any:

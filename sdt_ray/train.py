@@ -204,7 +204,7 @@ def _loss(loss_cfg: LossConfig, model_cfg: ModelConfig) -> SelfDistillationLoss:
         gamma_fused=loss_cfg.gamma_fused,
         gamma_students=loss_cfg.gamma_students,
         gamma_kl=loss_cfg.gamma_kl,
-        temperature=loss_cfg.temperature,
+        temperature=model_cfg.temperature,
         class_weights=weights,
         detach_teacher=loss_cfg.detach_teacher,
     )

@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 
 from sdt_ray.cli import app
 from sdt_ray.config import load_recipe
+from sdt_ray.errors import ConfigError
 from sdt_ray.jobspec import is_job_spec
 
 JOBS = Path(__file__).resolve().parents[2] / "jobs"
@@ -69,3 +70,18 @@ def test_iemocap_class_weights_are_inverse_train_frequencies():
     expected = [total / train_counts[name] for name in recipe.model.class_names]
     assert recipe.loss.class_weights == pytest.approx(expected, rel=1e-5)
     assert max(recipe.loss.class_weights) == recipe.loss.class_weights[0]  # hap is the rarest
+
+
+def test_the_distillation_temperature_is_defined_once(tmp_path):
+    assert load_recipe(JOBS / "meld.yaml").model.temperature == 8.0  # the paper's MELD T
+    assert not hasattr(load_recipe(JOBS / "meld.yaml").loss, "temperature")
+    older = tmp_path / "older.yaml"  # a recipe from before, with the copy under loss
+    older.write_text("model: {temperature: 8.0}\nloss: {temperature: 8.0, gamma_kl: 1.0}\n")
+    assert load_recipe(older).model.temperature == 8.0
+    only_loss = tmp_path / "only_loss.yaml"
+    only_loss.write_text("loss: {temperature: 4.0}\n")
+    assert load_recipe(only_loss).model.temperature == 4.0
+    differ = tmp_path / "differ.yaml"
+    differ.write_text("model: {temperature: 8.0}\nloss: {temperature: 1.0}\n")
+    with pytest.raises(ConfigError, match=r"model.temperature is 8.0 but loss.temperature is 1.0"):
+        load_recipe(differ)
