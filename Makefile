@@ -101,13 +101,13 @@ finetuned-text: setup
 	$(BIN)/sdt-ray summarize $$evals --output $(FT_OUT)/summary.json
 
 # The checkpoint that `make demo` scores with (sdt_ray/demo/model): MELD train through MiniLM,
-# jobs/demo_model.yaml, selected on dev. About 8 minutes on 2 cores; replaces the bundled copy.
+# jobs/recipes/demo_model.yaml, selected on dev. About 8 minutes on 2 cores; replaces the bundled copy.
 DEMO_MODEL_OUT ?= runs/demo-model
 demo-model: setup
 	$(BIN)/sdt-ray import meld $(MELD_DIR) $(DEMO_MODEL_OUT)/utterances.parquet
 	$(BIN)/sdt-ray extract --input $(DEMO_MODEL_OUT)/utterances.parquet --output $(DEMO_MODEL_OUT)/features --overwrite
 	run=$(DEMO_MODEL_OUT)/run-$$(date +%Y%m%d-%H%M%S); \
-	$(BIN)/sdt-ray train --features $(DEMO_MODEL_OUT)/features --output $$run --config jobs/demo_model.yaml --seed 0 && \
+	$(BIN)/sdt-ray train --features $(DEMO_MODEL_OUT)/features --output $$run --config jobs/recipes/demo_model.yaml --seed 0 && \
 	rm -rf sdt_ray/demo/model && cp -r $$run/best sdt_ray/demo/model
 
 # The call-archive flow with the CLI: stereo calls generated from MELD dialogues (espeak-ng, one
@@ -129,7 +129,7 @@ calls: setup
 
 # The missing-modality check, and the checkpoint the call demo scores with: MELD text plus
 # espeak-ng speech (the voice follows the speaker, never the emotion, so the audio cannot carry
-# the label), text+audio with modality dropout 0.3 (jobs/meld_text_audio.yaml), SEEDS; each seed
+# the label), text+audio with modality dropout 0.3 (jobs/recipes/meld_text_audio.yaml), SEEDS; each seed
 # scored on MELD test with its audio and with `--without audio` (masked), then mean ± std of each.
 # On 2 cores: speech 3 minutes, extraction 37, training about 7 per seed. Seed 0's best/ is
 # sdt_ray/demo/model_text_audio.
@@ -142,7 +142,7 @@ meld-text-audio: setup
 	stamp=$$(date +%Y%m%d-%H%M%S); with=""; without=""; \
 	for s in $(SEEDS); do \
 	  run=$(MM_OUT)/$$stamp/seed$$s; \
-	  $(BIN)/sdt-ray train --features $(MM_OUT)/features --output $$run --config jobs/meld_text_audio.yaml --seed $$s || exit 1; \
+	  $(BIN)/sdt-ray train --features $(MM_OUT)/features --output $$run --config jobs/recipes/meld_text_audio.yaml --seed $$s || exit 1; \
 	  $(BIN)/sdt-ray evaluate --checkpoint $$run/best --features $(MM_OUT)/features --split test --output $$run/test-with-audio || exit 1; \
 	  $(BIN)/sdt-ray evaluate --checkpoint $$run/best --features $(MM_OUT)/features --split test --without audio \
 	    --output $$run/test-without-audio || exit 1; \

@@ -4,7 +4,7 @@ training epochs and one inference pass per dataset, for a machine with one GPU
 
     python -m benchmarks.bench_parity --device cuda --epochs 3 --output gpu-out/parity.json
 
-Per dataset (jobs/iemocap.yaml: 120 train dialogues, 5,810 utterances; jobs/meld.yaml: 1,153
+Per dataset (jobs/recipes/iemocap.yaml: 120 train dialogues, 5,810 utterances; jobs/recipes/meld.yaml: 1,153
 dialogues, 11,098 utterances, MELD's train and dev) it reports epoch time, utterances/s for
 training and inference, and peak GPU memory, twice in the same run:
 - `ours`: the model as it runs, attention through torch's scaled_dot_product_attention (fused

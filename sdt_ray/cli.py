@@ -277,7 +277,7 @@ def train(
     ctx: typer.Context,
     features: str = typer.Option(..., "--features", help="Features table from `sdt-ray extract`."),
     output: str = typer.Option(..., "--output", help="RUN_DIR: metrics.jsonl, best/ checkpoint, Ray's checkpoints."),
-    config: Optional[Path] = typer.Option(None, "--config", help="Recipe YAML (see jobs/); default: the laptop recipe."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Recipe YAML (see jobs/recipes/); default: the laptop recipe."),
     workers: Optional[int] = typer.Option(None, help="Ray Train workers (DDP ranks). Default: the recipe's (2)."),
     gpu: bool = typer.Option(False, "--gpu", help="One GPU per worker."),
     epochs: Optional[int] = typer.Option(None, help="Maximum epochs (early stopping may end sooner)."),
@@ -473,7 +473,7 @@ def evaluate_text(
 @app.command()
 @user_errors
 def describe(
-    target: str = typer.Argument(..., help="A recipe YAML (jobs/*.yaml) or a checkpoint folder."),
+    target: str = typer.Argument(..., help="A recipe YAML (jobs/recipes/*.yaml) or a checkpoint folder."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (keys include params_total, params_trainable)."),
 ) -> None:
     """Architecture summary: modalities, dims, heads, classes, speakers, parameter counts."""

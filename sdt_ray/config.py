@@ -19,7 +19,7 @@ MODALITIES = ("text", "audio", "visual")  # canonical order, used everywhere
 SPEAKER_MODES = ("relative", "fixed")
 TRANSFORMER_SETS = ("both", "intra", "inter")  # which of the 9 blocks a model keeps (the paper's ablations)
 PLACEMENTS = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
-RECIPES = Path(__file__).resolve().parents[1] / "jobs"  # the recipes of a clone: laptop, parity, demo
+RECIPES = Path(__file__).resolve().parents[1] / "jobs" / "recipes"  # a clone's recipes: laptop, parity, demo
 
 
 @dataclass(frozen=True)
@@ -152,7 +152,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class RecipeConfig:
-    """What a `jobs/*.yaml` recipe holds: a model, a loss and a training setup."""
+    """What a `jobs/recipes/*.yaml` recipe holds: a model, a loss and a training setup."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)

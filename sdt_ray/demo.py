@@ -39,7 +39,7 @@ from .train import train
 DEMO_EPOCHS = 25  # the slice is small: a higher learning rate and fewer epochs than the MELD recipe
 DEMO_LR = 1e-3
 DEMO_EMA = 0.9  # 10 steps an epoch here: a short average (the MELD recipe's 0.995 spans ~200 steps)
-DEMO_MODEL = Path(__file__).parent / "demo" / "model"  # `make demo-model` (jobs/demo_model.yaml) wrote it
+DEMO_MODEL = Path(__file__).parent / "demo" / "model"  # `make demo-model` (jobs/recipes/demo_model.yaml) wrote it
 DEMO_CALLS_MODEL = Path(__file__).parent / "demo" / "model_text_audio"  # `make meld-text-audio`, seed 0
 # The generators are scripts of the repository, not of the package: `make demo` runs from a clone.
 CALL_GENERATOR = Path(__file__).resolve().parents[1] / "scripts" / "make_calls.py"

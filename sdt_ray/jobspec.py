@@ -39,7 +39,7 @@ class JobSpec:
 
 
 def is_job_spec(path: str | Path) -> bool:
-    """A YAML in jobs/ is a job spec when it names a command (the others are training recipes)."""
+    """A YAML is a job spec when it names a command (recipes, in jobs/recipes/, do not)."""
     data = yaml.safe_load(Path(path).read_text()) or {}
     return isinstance(data, dict) and "command" in data
 

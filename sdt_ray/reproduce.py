@@ -109,7 +109,7 @@ def reproduce(features_uri: str, output_uri: str, recipe: RecipeConfig, options:
 
 
 def parity_recipe(dataset: str, path: str | Path | None = None) -> RecipeConfig:
-    """The recipe `reproduce` trains: `path`, or the paper's configuration for `dataset` in jobs/."""
+    """The recipe `reproduce` trains: `path`, or the paper's configuration for `dataset` in jobs/recipes/."""
     return load_recipe(path or RECIPES / f"{dataset}.yaml")
 
 

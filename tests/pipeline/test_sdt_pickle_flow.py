@@ -22,7 +22,7 @@ def invoke(*args) -> str:
 
 
 def tiny_recipe(folder: Path, classes: int) -> Path:
-    """The parity recipes' shape (jobs/iemocap.yaml, meld.yaml) at a tiny size."""
+    """The parity recipes' shape (jobs/recipes/iemocap.yaml, meld.yaml) at a tiny size."""
     recipe = folder / "tiny.yaml"
     recipe.write_text(json.dumps({  # JSON is YAML
         "name": "tiny",

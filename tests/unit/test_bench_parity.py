@@ -7,7 +7,7 @@ from sdt_ray.config import load_recipe
 
 
 def test_synthetic_dialogues_hold_the_asked_sizes():
-    recipe = load_recipe("jobs/iemocap.yaml")
+    recipe = load_recipe("jobs/recipes/iemocap.yaml")
     dialogues = synthetic_dialogues(recipe, *SIZES["iemocap"])
     assert len(dialogues) == 120 and abs(sum(len(d) for d in dialogues) - 5810) <= 60  # rounding per dialogue
     assert dialogues[0].features["audio"].shape[1] == 1582 and dialogues[0].speakers.max() < 2

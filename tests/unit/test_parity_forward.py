@@ -15,7 +15,7 @@ from sdt_ray.model import SDT, sinusoid_table
 
 
 def parity_config(frozen_gates: bool, speakers: int) -> ModelConfig:
-    """The parity shape (jobs/iemocap.yaml, jobs/meld.yaml) at a tiny size."""
+    """The parity shape (jobs/recipes/iemocap.yaml, jobs/recipes/meld.yaml) at a tiny size."""
     return ModelConfig(modalities=MODS, input_dims=(10, 12, 6), hidden=16, heads=4, dropout=0.5, n_classes=5,
                        max_speakers=speakers, speaker_mode="fixed", frozen_identity_gates=frozen_gates,
                        normalize_inputs=False)

@@ -1,4 +1,4 @@
-"""Every training recipe in jobs/ loads, and the parity recipes count sdt_spec §8's parameters."""
+"""Every training recipe in jobs/recipes/ loads, and the parity recipes count sdt_spec §8's parameters."""
 
 import json
 from pathlib import Path
@@ -12,7 +12,7 @@ from sdt_ray.errors import ConfigError
 from sdt_ray.jobspec import is_job_spec
 
 JOBS = Path(__file__).resolve().parents[2] / "jobs"
-RECIPES = [p for p in sorted(JOBS.glob("*.yaml")) if not is_job_spec(p)]  # job specs: test_jobspecs.py
+RECIPES = sorted((JOBS / "recipes").glob("*.yaml"))  # job specs, in jobs/ itself: test_jobspecs.py
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
@@ -27,7 +27,7 @@ def test_recipe_loads(path):
     [("iemocap.yaml", 79_669_272, 79_669_272), ("meld.yaml", 78_367_772, 68_930_588)],
 )
 def test_parity_parameter_counts(name, total, trainable):
-    result = CliRunner().invoke(app, ["describe", str(JOBS / name), "--json"])
+    result = CliRunner().invoke(app, ["describe", str(JOBS / "recipes" / name), "--json"])
     assert result.exit_code == 0, result.output
     info = json.loads(result.output)
     assert (info["params_total"], info["params_trainable"]) == (total, trainable)
@@ -35,11 +35,11 @@ def test_parity_parameter_counts(name, total, trainable):
 
 
 def test_bundled_demo_checkpoint_is_the_demo_model_recipe():
-    """sdt_ray/demo/model is what `make demo-model` trains from jobs/demo_model.yaml."""
+    """sdt_ray/demo/model is what `make demo-model` trains from jobs/recipes/demo_model.yaml."""
     from sdt_ray.checkpoint import load_checkpoint
     from sdt_ray.demo import DEMO_MODEL
 
-    recipe = load_recipe(JOBS / "demo_model.yaml")
+    recipe = load_recipe(JOBS / "recipes" / "demo_model.yaml")
     loaded = load_checkpoint(DEMO_MODEL)
     assert loaded.config.modalities == recipe.model.modalities and loaded.config.input_dims == recipe.model.input_dims
     assert (loaded.config.hidden, loaded.config.heads) == (recipe.model.hidden, recipe.model.heads)
@@ -48,11 +48,11 @@ def test_bundled_demo_checkpoint_is_the_demo_model_recipe():
 
 
 def test_bundled_call_checkpoint_is_the_text_audio_recipe():
-    """sdt_ray/demo/model_text_audio is seed 0 of `make meld-text-audio` (jobs/meld_text_audio.yaml)."""
+    """sdt_ray/demo/model_text_audio is seed 0 of `make meld-text-audio` (jobs/recipes/meld_text_audio.yaml)."""
     from sdt_ray.checkpoint import load_checkpoint
     from sdt_ray.demo import DEMO_CALLS_MODEL
 
-    recipe = load_recipe(JOBS / "meld_text_audio.yaml")
+    recipe = load_recipe(JOBS / "recipes" / "meld_text_audio.yaml")
     loaded = load_checkpoint(DEMO_CALLS_MODEL)
     assert loaded.config.modalities == ("text", "audio") == recipe.model.modalities
     assert loaded.config.input_dims == recipe.model.input_dims == (384, 88)
@@ -65,7 +65,7 @@ def test_iemocap_class_weights_are_inverse_train_frequencies():
     """The reference weighs CE by 1/frequency; the recipe once held the frequencies themselves,
     which favours the frequent classes it should discount."""
     train_counts = {"hap": 504, "sad": 839, "neu": 1324, "ang": 933, "exc": 742, "fru": 1468}
-    recipe = load_recipe(JOBS / "iemocap.yaml")
+    recipe = load_recipe(JOBS / "recipes" / "iemocap.yaml")
     total = sum(train_counts.values())  # 5,810 utterances in sessions 1-4
     expected = [total / train_counts[name] for name in recipe.model.class_names]
     assert recipe.loss.class_weights == pytest.approx(expected, rel=1e-5)
@@ -73,8 +73,8 @@ def test_iemocap_class_weights_are_inverse_train_frequencies():
 
 
 def test_the_distillation_temperature_is_defined_once(tmp_path):
-    assert load_recipe(JOBS / "meld.yaml").model.temperature == 8.0  # the paper's MELD T
-    assert not hasattr(load_recipe(JOBS / "meld.yaml").loss, "temperature")
+    assert load_recipe(JOBS / "recipes" / "meld.yaml").model.temperature == 8.0  # the paper's MELD T
+    assert not hasattr(load_recipe(JOBS / "recipes" / "meld.yaml").loss, "temperature")
     older = tmp_path / "older.yaml"  # a recipe from before, with the copy under loss
     older.write_text("model: {temperature: 8.0}\nloss: {temperature: 8.0, gamma_kl: 1.0}\n")
     assert load_recipe(older).model.temperature == 8.0
@@ -85,3 +85,9 @@ def test_the_distillation_temperature_is_defined_once(tmp_path):
     differ.write_text("model: {temperature: 8.0}\nloss: {temperature: 1.0}\n")
     with pytest.raises(ConfigError, match=r"model.temperature is 8.0 but loss.temperature is 1.0"):
         load_recipe(differ)
+
+
+def test_the_folder_tells_recipes_from_job_specs():
+    assert RECIPES and not any(is_job_spec(p) for p in RECIPES)
+    specs = sorted(JOBS.glob("*.yaml"))
+    assert specs and all(is_job_spec(p) for p in specs)

@@ -6,7 +6,7 @@ from sdt_ray.config import load_recipe
 from sdt_ray.errors import ConfigError
 from sdt_ray.reproduce import ReproduceOptions, markdown_table, run_recipe
 
-MELD = load_recipe("jobs/meld.yaml")
+MELD = load_recipe("jobs/recipes/meld.yaml")
 
 
 def test_the_paper_protocol_selects_on_test_and_ablations_change_the_recipe():
