@@ -28,17 +28,21 @@ setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	@$(MAKE) --no-print-directory debs PACKAGES="$(DEB_PACKAGES)"
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	test -x $(BIN)/uv || $(BIN)/python -m pip install -q --disable-pip-version-check "$(UV_SPEC)"
-	$(UV_INSTALL) "$(TORCH_SPEC)" $(TORCH_INDEX)
-	$(UV_INSTALL) -c constraints.txt -e '.[test,asr]'
-	touch $@
+	@echo "setting up $(VENV): uv, $(TORCH_SPEC), sdt-ray with its test and asr extras"
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@test -x $(BIN)/uv || $(BIN)/python -m pip install -q --disable-pip-version-check "$(UV_SPEC)"
+	@$(UV_INSTALL) "$(TORCH_SPEC)" $(TORCH_INDEX)
+	@$(UV_INSTALL) -c constraints.txt -e '.[test,asr]'
+	@touch $@
 
-# Debian packages in PACKAGES that are not installed yet (nothing to do when all are).
+# Debian packages in PACKAGES that are not installed yet (nothing to do when all are). apt's
+# own log goes to APT_LOG and is shown only when the install fails.
+APT_LOG ?= $${TMPDIR:-/tmp}/sdt-ray-apt.log
 debs:
 	@missing=$$(for p in $(PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
-	if [ -n "$$missing" ]; then echo "apt-get install $$missing"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
+	if [ -n "$$missing" ]; then echo "installing Debian packages:" $$missing; \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; } > $(APT_LOG) 2>&1 \
+	    || { cat $(APT_LOG); echo "error: apt-get install $$missing failed (log above)"; exit 1; }; fi
 
 # The whole suite; pytest's own exit status (5 = no tests ran) fails the target.
 test: setup

@@ -586,6 +586,7 @@ def main() -> None:
     # Quiet third-party start-up chatter unless the user asked for it.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never download at run time
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' "Writing model shards" bars
     app(prog_name="sdt-ray")
 
 

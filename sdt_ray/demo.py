@@ -63,10 +63,11 @@ def run_demo(output_dir: str = "demo-output", log: Callable[[str], None] = print
     )
     with ray_session():
         log(f"[2/9] extract: text features with the bundled MiniLM -> {features}")
-        summary = extract(utterances, features, ExtractOptions(overwrite=True), log=log)
+        summary = extract(utterances, features, ExtractOptions(overwrite=True), log=_without_plans(log))
         log(f"      {summary.rows_out} rows, errors: {summary.errors or 'none'}")
         log(f"[3/9] train: SDT on Ray Train, {recipe.train.workers} workers, up to {DEMO_EPOCHS} epochs -> {run_dir}")
-        result = train(features, run_dir, recipe, log=log)
+        result = train(features, run_dir, recipe, log=_without_epoch_lines(log))
+        log(f"      {result.describe()}; every epoch in {run_dir}/metrics.jsonl")
         log(f"[4/9] evaluate: best epoch {result.best_epoch + 1} on the test split -> {eval_dir}")
         evaluation = evaluate(result.best_dir, features, "test", eval_dir)
         log(format_report(evaluation.metrics))
@@ -79,50 +80,43 @@ def run_demo(output_dir: str = "demo-output", log: Callable[[str], None] = print
 
 def _media(out: Path, log: Callable[[str], None]) -> None:
     """All three modalities from raw media: the bundled clips (espeak-ng speech over a face)."""
+    quiet = _without_plans(log)
     utterances = str(out / "media" / "utterances.parquet")
     features = str(out / "media" / "features")
     storage.write_table(import_manifest(DEMO_MEDIA), utterances)
     log(f"[5/9] extract media: {DEMO_MEDIA.parent} -> {features}")
     log("      text: MiniLM; audio: openSMILE eGeMAPSv02; visual: face crops through 'random-vit' (untrained)")
     options = ExtractOptions(modalities=("text", "audio", "visual"), visual_model="random-vit", batch_size=16, overwrite=True)
-    summary = extract(utterances, features, options, log=log)
-    for line in summary.describe().splitlines():
-        log(f"      {line}")
+    _summary(extract(utterances, features, options, log=quiet).describe(), log)
     predictions = str(out / "media" / "predictions")
     log(f"[6/9] predict: the bundled checkpoint ({DEMO_MODEL}) scores every clip -> {predictions}")
-    scored = predict_job(str(DEMO_MODEL), features, predictions, PredictOptions(overwrite=True), log=log)
-    for line in scored.describe().splitlines():
-        log(f"      {line}")
+    _summary(predict_job(str(DEMO_MODEL), features, predictions, PredictOptions(overwrite=True), log=quiet).describe(), log)
     _report(utterances, predictions, out / "media" / "report.png", log)
 
 
 def _calls(out: Path, log: Callable[[str], None]) -> None:
     """A call archive: stereo calls, agent and customer on two channels, whisper-style transcripts
     (one call has none, three hold a fault each) -> one prediction per turn -> a per-call report."""
+    quiet = _without_plans(log)
     if shutil.which("espeak-ng") is None:
         raise ConfigError("the call demo speaks its calls with espeak-ng: apt-get install espeak-ng (`make demo` does)")
     archive, folder = out / "calls" / "archive", out / "calls"
-    log(f"[7/9] calls: {DEMO_CALLS} two-speaker dev dialogues of the slice read by two espeak-ng voices, one per "
-        f"channel, plus 3 calls with a broken transcript -> {archive}")
+    log(f"[7/9] calls: {DEMO_CALLS} two-speaker dev dialogues of the slice as stereo calls (espeak-ng, a voice per channel), "
+        f"3 more with a broken transcript; the one without a transcript heard by Whisper base -> {archive}")
     if not CALL_GENERATOR.exists():
         raise InputError(f"{CALL_GENERATOR}: the call generator is missing; run the demo from a clone of the repository (make demo)")
     shutil.rmtree(archive, ignore_errors=True)
     subprocess.run([sys.executable, str(CALL_GENERATOR), "--meld", str(DEMO_CORPUS / "dev_sent_emo.csv"),
                     "--output", str(archive), "--calls", str(DEMO_CALLS), "--bad-sidecars"], check=True, capture_output=True)
     utterances, features, predictions = (str(folder / name) for name in ("utterances", "features", "predictions"))
-    log("      the call without a transcript is heard by Whisper base (faster-whisper, int8 on CPU)")
-    imported = import_calls_job(str(archive), utterances, CallImportOptions(overwrite=True, asr=AsrOptions()), log=log)
-    for line in imported.describe().splitlines():
-        log(f"      {line}")
+    imported = import_calls_job(str(archive), utterances, CallImportOptions(overwrite=True, asr=AsrOptions()), log=quiet)
+    _summary(imported.describe(), log)
     log(f"[8/9] extract calls: text (MiniLM) and audio (openSMILE) per turn -> {features}")
-    extracted = extract(utterances, features, ExtractOptions(modalities=("text", "audio"), overwrite=True), log=log)
-    for line in extracted.describe().splitlines():
-        log(f"      {line}")
+    extracted = extract(utterances, features, ExtractOptions(modalities=("text", "audio"), overwrite=True), log=quiet)
+    _summary(extracted.describe(), log)
     log(f"      predict: the bundled text+audio checkpoint ({DEMO_CALLS_MODEL}) -> {predictions}")
     options = PredictOptions(keep_columns=("start_s", "end_s", "text", "words_from", "asr_logprob"), overwrite=True)
-    scored = predict_job(str(DEMO_CALLS_MODEL), features, predictions, options, log=log)
-    for line in scored.describe().splitlines():
-        log(f"      {line}")
+    _summary(predict_job(str(DEMO_CALLS_MODEL), features, predictions, options, log=quiet).describe(), log)
     _heard_turns(predictions, log)
     _call_accuracy(storage.read_table(utterances), predictions, log)
     report = build_report(predictions, str(folder / "report"))
@@ -173,6 +167,25 @@ def _report(utterances: str, predictions: str, png: Path, log: Callable[[str], N
     confusion_matrix_png(metrics["confusion_matrix"], labels, str(png), title)
     log(f"      accuracy against the gold labels: {metrics['accuracy']:.3f} ({int(round(metrics['accuracy'] * len(scored_rows)))} of "
         f"{len(scored_rows)}), weighted F1 {metrics['weighted_f1']:.3f}; report {png}")
+
+
+def _without_epoch_lines(log: Callable[[str], None]) -> Callable[[str], None]:
+    """The demo's log without train's line per epoch (metrics.jsonl keeps them all)."""
+    return lambda line: None if line.startswith("epoch ") else log(line)
+
+
+def _without_plans(log: Callable[[str], None]) -> Callable[[str], None]:
+    """The demo's log without each job's opening line (rows, tasks, actor pools): the demo's
+    own step lines say what runs. Warnings and errors still pass."""
+    return lambda line: None if line.startswith(("extracting ", "scoring ", "importing ")) else log(line)
+
+
+def _summary(described: str, log: Callable[[str], None]) -> None:
+    """A job's summary as the demo shows it: what was written and what went wrong, indented;
+    the throughput lines are for `make bench` and the jobs' own runs."""
+    for line in described.splitlines():
+        if not line.startswith(("throughput:", "audio:", "errors by kind: none")):
+            log(f"      {line}")
 
 
 def _by_key(table, column: str) -> dict:

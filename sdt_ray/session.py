@@ -27,6 +27,7 @@ def ray_session(
     if ray.is_initialized():
         yield
         return
+    _quiet_ray_data(verbose)
     if address is None:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         ray.init(
@@ -52,6 +53,15 @@ def ray_session(
         yield
     finally:
         ray.shutdown()
+
+
+def _quiet_ray_data(verbose: bool) -> None:
+    """Ray Data's INFO lines off unless asked for: its execution plans, and the progress it logs
+    every 10 s when stdout is no terminal (261 lines in `make demo > log`). Progress bars on a
+    terminal are not logging and stay; our jobs print their own summary lines either way."""
+    import ray.data  # noqa: F401  configures the ray.data logger, which is then set here
+
+    logging.getLogger("ray.data").setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 def require_shared_storage(address: str | None, uris: dict[str, str]) -> None:
