@@ -122,7 +122,7 @@ def bench_text_encoder(texts: list[str], device: str = "cpu") -> dict[str, Any]:
 def bench_finetune_step(texts: list[str], batch_size: int = 32, device: str = "cpu") -> dict[str, Any]:
     """The bundled MiniLM plus a head: optimiser steps on length-sorted batches, in one process."""
     from sdt_ray.features.text import tokenize
-    from sdt_ray.features.text_classifier import UtteranceClassifier, load_base
+    from sdt_ray.text_classifier import UtteranceClassifier, load_base
 
     tokenizer, encoder = load_base(None)
     model = UtteranceClassifier(encoder, 7).to(device).train()

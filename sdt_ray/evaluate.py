@@ -22,7 +22,7 @@ from .dialogues import Exclusions, dialogue_rows, select_split, to_dialogues, us
 from .calibration import ECE_BINS, scaling_figures
 from .engine import Predictions, predict
 from .errors import ConfigError
-from .features.text_card import card_from_metadata, label_leaks
+from .text_card import card_from_metadata, label_leaks
 from .metrics import classification_report
 from .plots import confusion_matrix_png, reliability_png
 from .schema import feature_column, validate_features
@@ -99,7 +99,7 @@ def evaluate_text(encoder_dir: str, utterances_uri: str, split: str, output_uri:
     utterances table: what the fine-tuned encoder does before any context model."""
     import torch
 
-    from .features.text_classifier import classifier_rows, load_classifier, predict_classes
+    from .text_classifier import classifier_rows, load_classifier, predict_classes
     from .schema import validate_utterances
 
     classifier, tokenizer, card = load_classifier(encoder_dir)

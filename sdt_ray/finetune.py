@@ -35,8 +35,8 @@ from ray.train.torch import TorchTrainer
 from . import storage
 from .errors import ConfigError, InputError, SdtError
 from .features.text import resolve_text_model, tokenize
-from .features.text_card import TextEncoderCard, TextInput, labelled_fingerprint, read_card
-from .features.text_classifier import (
+from .text_card import TextEncoderCard, TextInput, labelled_fingerprint, read_card
+from .text_classifier import (
     UtteranceClassifier,
     classifier_rows,
     freeze_lower_layers,

@@ -59,9 +59,9 @@ def _quiet_ray_data(verbose: bool) -> None:
     """Ray Data's INFO lines off unless asked for: its execution plans, and the progress it logs
     every 10 s when stdout is no terminal (261 lines in `make demo > log`). Progress bars on a
     terminal are not logging and stay; our jobs print their own summary lines either way."""
-    import ray.data  # noqa: F401  configures the ray.data logger, which is then set here
+    import ray.data  # its import configures the ray.data logger; the level is set after that
 
-    logging.getLogger("ray.data").setLevel(logging.INFO if verbose else logging.WARNING)
+    logging.getLogger(ray.data.__name__).setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 def require_shared_storage(address: str | None, uris: dict[str, str]) -> None:

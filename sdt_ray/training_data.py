@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 from .config import ModelConfig, RecipeConfig
 from .dialogues import Exclusions, dialogue_rows, label_indices, modality_presence, select_split, usable_rows
 from .errors import ConfigError, InputError
-from .features.text_card import card_from_metadata, label_leaks
+from .text_card import card_from_metadata, label_leaks
 from .schema import validate_features, vectors
 from .storage import read_table
 

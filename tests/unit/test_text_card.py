@@ -8,7 +8,7 @@ import torch
 
 from sdt_ray.config import ModelConfig, RecipeConfig
 from sdt_ray.features.text import mean_pool, resolve_text_model, tokenize
-from sdt_ray.features.text_card import (
+from sdt_ray.text_card import (
     CARD_METADATA_KEY,
     TextEncoderCard,
     TextInput,
@@ -19,7 +19,7 @@ from sdt_ray.features.text_card import (
     labelled_fingerprint,
     target_texts,
 )
-from sdt_ray.features.text_classifier import UtteranceClassifier, classifier_rows
+from sdt_ray.text_classifier import UtteranceClassifier, classifier_rows
 from sdt_ray.storage import write_table
 from sdt_ray.training_data import prepare
 from tests.helpers.synthetic import features_table

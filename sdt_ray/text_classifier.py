@@ -16,8 +16,8 @@ import os
 import torch
 from torch import nn
 
-from .local_models import load_pretrained
-from .text import mean_pool, resolve_text_model
+from .features.local_models import load_pretrained
+from .features.text import mean_pool, resolve_text_model
 from .text_card import CARD_FILE, TextEncoderCard, TextInput, input_texts, read_card
 
 HEAD_FILE = "sdt_ray_text_head.safetensors"
@@ -44,7 +44,7 @@ def freeze_lower_layers(encoder: torch.nn.Module, n: int) -> None:
     4x faster (backward stops at layer 8). Everything of the encoder outside `encoder.layer.K`
     for K >= n is frozen, shared parts too (MPNet's relative position bias feeds every layer:
     left trainable, it would pull the backward pass through the frozen layers)."""
-    from ..errors import ConfigError
+    from .errors import ConfigError
 
     if n <= 0:
         return
@@ -82,7 +82,7 @@ def load_classifier(folder: str) -> tuple[UtteranceClassifier, object, TextEncod
     """The classifier `finetune-text` wrote to `folder`, in eval mode, with its tokenizer and card."""
     from safetensors.torch import load_file
 
-    from ..errors import ConfigError
+    from .errors import ConfigError
 
     card = read_card(folder)
     if card is None or not os.path.isfile(os.path.join(folder, HEAD_FILE)):
@@ -96,7 +96,7 @@ def load_classifier(folder: str) -> tuple[UtteranceClassifier, object, TextEncod
 def predict_classes(classifier: UtteranceClassifier, tokenizer, texts: list[str], contexts: list[str] | None,
                     max_length: int, batch_size: int = 64, device: str | torch.device = "cpu") -> torch.Tensor:
     """The head's class for each text, (N,) int64: length-sorted batches, inference mode."""
-    from .text import tokenize
+    from .features.text import tokenize
 
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]) + (len(contexts[i]) if contexts else 0))
     out = torch.empty(len(texts), dtype=torch.long)
