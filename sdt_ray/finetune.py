@@ -18,7 +18,6 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
@@ -29,11 +28,9 @@ import pyarrow.compute as pc
 import ray
 import ray.train
 import torch
-from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
 
 from . import storage
-from .errors import ConfigError, InputError, SdtError
+from .errors import ConfigError, InputError
 from .features.text import resolve_text_model, tokenize
 from .text_card import TextEncoderCard, TextInput, labelled_fingerprint, read_card
 from .text_classifier import (
@@ -47,11 +44,11 @@ from .text_classifier import (
 )
 from .metrics import classification_report
 from .schema import labels_from_metadata, validate_utterances
-from .session import cpus_per_worker, ray_session, require_shared_storage
-from .train import JsonlPrinter, absolute_uri, read_dataset, run_storage
+from .session import ray_session, require_shared_storage
+from .ray_train import (STATE_FILE, JsonlPrinter, TrainerPlan, TrainState, absolute_uri, build_trainer, final_state, fit,
+                        read_dataset, report, restored, write_history)
 from .training_data import carve_dev
 
-STATE_FILE = "finetune_state.json"  # in each Ray checkpoint: epochs done, history, best score
 PROGRESS_EVERY_S = 20.0
 
 
@@ -120,13 +117,11 @@ def finetune_text(input_uri: str, output_uri: str, options: FinetuneOptions = Fi
         + f", lr {options.lr:g}, {card.text_input().describe()}"
         + (f", lowest {options.freeze_layers} layers frozen" if options.freeze_layers else "") + f", {options.workers} worker(s)")
     with ray_session(address):
-        trainer = _build_trainer(train_rows, dev_rows, card, options, output_uri)
-        with JsonlPrinter(storage.join(output_uri, "progress.jsonl"), log, interval_s=2.0, describe=_describe_progress, key="n"), \
-             JsonlPrinter(storage.join(output_uri, "metrics.jsonl"), log, interval_s=2.0, describe=_describe_epoch):
-            result = trainer.fit()
-    if result.error is not None:
-        raise SdtError(f"fine-tuning failed: {result.error}")
-    return dataclasses.replace(_export(result.checkpoint, output_uri), seconds=time.time() - started)
+        trainer = build_trainer(_plan(train_rows, dev_rows, card, options, output_uri))
+        with JsonlPrinter(storage.join(output_uri, "progress.jsonl"), log, _describe_progress, interval_s=2.0, key="n"), \
+             JsonlPrinter(storage.join(output_uri, "metrics.jsonl"), log, _describe_epoch, interval_s=2.0):
+            checkpoint = fit(trainer, "fine-tuning")
+    return dataclasses.replace(_export(checkpoint, output_uri), seconds=time.time() - started)
 
 
 def _check(options: FinetuneOptions) -> None:
@@ -193,26 +188,17 @@ def _separator(base_model: str | None) -> str | None:
     return load_pretrained("text model", base_model, resolve_text_model(base_model), AutoTokenizer).sep_token
 
 
-def _build_trainer(train_rows: pa.Table, dev_rows: pa.Table, card: TextEncoderCard, options: FinetuneOptions, output_uri: str) -> TorchTrainer:
+def _plan(train_rows: pa.Table, dev_rows: pa.Table, card: TextEncoderCard, options: FinetuneOptions, output_uri: str) -> TrainerPlan:
     columns = ["text", "text_context", "label_id"]
     per_worker = options.batch_size // options.workers
     steps = math.ceil((train_rows.num_rows // options.workers) / per_worker)  # equal split drops the remainder
-    return TorchTrainer(
-        finetune_loop_per_worker,
-        train_loop_config={"card": card.to_json(), "options": asdict(options), "output": output_uri,
-                           "steps_per_epoch": steps, "per_worker_batch": per_worker},
-        scaling_config=ScalingConfig(num_workers=options.workers, use_gpu=options.use_gpu,
-                                     resources_per_worker={"CPU": cpus_per_worker(options.workers, options.use_gpu)}),
-        datasets={"train": ray.data.from_arrow(train_rows.select(columns)), "dev": ray.data.from_arrow(dev_rows.select(columns))},
-        # train is split into equal row counts, so every rank takes the same number of DDP steps; dev is scored whole by rank 0.
-        dataset_config=DataConfig(datasets_to_split=["train"]),
-        run_config=RunConfig(
-            name=f"finetune-{time.strftime('%Y%m%d-%H%M%S')}",
-            **run_storage(storage.join(output_uri, "ray")),
-            checkpoint_config=CheckpointConfig(num_to_keep=1),
-            failure_config=FailureConfig(max_failures=options.max_failures),
-        ),
-    )
+    loop_config = {"card": card.to_json(), "options": asdict(options), "output": output_uri,
+                   "steps_per_epoch": steps, "per_worker_batch": per_worker}
+    datasets = {"train": ray.data.from_arrow(train_rows.select(columns)), "dev": ray.data.from_arrow(dev_rows.select(columns))}
+    # train is split into equal row counts, so every rank takes the same number of DDP steps; dev is scored whole by rank 0.
+    return TrainerPlan(finetune_loop_per_worker, loop_config, options.workers, options.use_gpu, datasets, datasets_to_split=["train"],
+                       run_name=f"finetune-{time.strftime('%Y%m%d-%H%M%S')}", storage_uri=storage.join(output_uri, "ray"),
+                       max_failures=options.max_failures)
 
 
 def finetune_loop_per_worker(config: dict[str, Any]) -> None:
@@ -224,35 +210,31 @@ def finetune_loop_per_worker(config: dict[str, Any]) -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // ray.train.get_context().get_local_world_size()))
     torch.manual_seed(options.seed)  # the same head on every rank
     device = ray.train.torch.get_device()
-    state = _restore()
-    if state["best_epoch"] < 0:
-        tokenizer, encoder = load_base(options.base_model)
-        classifier = UtteranceClassifier(encoder, len(card.labels), options.dropout)
-    else:
-        tokenizer, classifier = _load_best(options.dropout)
+    with restored() as (state, directory):  # a checkpoint is written only when dev improved: it holds the best
+        if directory is None:
+            tokenizer, encoder = load_base(options.base_model)
+            classifier = UtteranceClassifier(encoder, len(card.labels), options.dropout)
+        else:
+            tokenizer, classifier = _load_best(directory, options.dropout)
     freeze_lower_layers(classifier.encoder, options.freeze_layers)
     model = ray.train.torch.prepare_model(classifier)
-    optimizer, schedule = _optimizer(model, options, config["steps_per_epoch"], state["epoch"])
+    optimizer, schedule = _optimizer(model, options, config["steps_per_epoch"], state.epoch)
     shard = ray.train.get_dataset_shard("train")
     dev = read_dataset("dev") if rank == 0 else None
 
-    for epoch in range(state["epoch"], options.epochs):
+    for epoch in range(state.epoch, options.epochs):
         started = time.time()
         loss = _train_epoch(model, optimizer, schedule, shard, tokenizer, options, config, epoch, rank, device)
         record = {"epoch": epoch, "loss": round(loss, 6), "steps": config["steps_per_epoch"], "workers": options.workers,
                   "seconds": round(time.time() - started, 1),
                   "utterances_per_s": round(config["steps_per_epoch"] * options.batch_size / max(time.time() - started, 1e-9), 1)}
-        improved = False
+        score = None  # only rank 0 scores dev
         if rank == 0:
             metrics = _score_dev(classifier, tokenizer, dev, card, options, device)
             record.update({f"dev_{k}": v for k, v in metrics.items()})
-            improved = metrics["weighted_f1"] > state["best_score"]
-            if improved:
-                state.update(best_score=metrics["weighted_f1"], best_epoch=epoch)
-        record["best_epoch"] = state["best_epoch"]
-        state["history"].append(record)
-        state["epoch"] = epoch + 1
-        _report(classifier, tokenizer, card, state, record, improved, config["output"], rank)
+            score = metrics["weighted_f1"]
+        improved = state.finish_epoch(record, score)
+        _report(classifier, tokenizer, card, state, improved, config["output"], rank)
 
 
 def _optimizer(model, options: FinetuneOptions, steps_per_epoch: int, epochs_done: int):
@@ -339,51 +321,31 @@ def _score_dev(classifier, tokenizer, dev: pa.Table, card: TextEncoderCard, opti
     return {k: round(report[k], 6) for k in ("accuracy", "weighted_f1", "macro_f1")}
 
 
-def _report(classifier, tokenizer, card: TextEncoderCard, state, record, improved: bool, output: str, rank: int) -> None:
-    """Rank 0 checkpoints the best epoch's encoder folder (only when it improved: the latest
-    checkpoint is always the best) and writes metrics.jsonl; every rank reports."""
-    if rank != 0:
-        ray.train.report(record, checkpoint=None)
-        return
-    storage.write_text(storage.join(output, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in state["history"]))
-    with tempfile.TemporaryDirectory() as tmp:
-        if improved:
-            best = state["history"][state["best_epoch"]]
-            selection = {"split": card.training.get("dev_split", "dev"), "epoch": state["best_epoch"],
-                         "metrics": {k[4:]: v for k, v in best.items() if k.startswith("dev_")}}
-            save_classifier(tmp, classifier, tokenizer, TextEncoderCard(**{**asdict(card), "selection": selection}))
-        with open(os.path.join(tmp, STATE_FILE), "w") as f:
-            json.dump(state, f)
-        ray.train.report(record, checkpoint=ray.train.Checkpoint.from_directory(tmp) if improved else None)
+def _report(classifier, tokenizer, card: TextEncoderCard, state: TrainState, improved: bool, output: str, rank: int) -> None:
+    """Rank 0 rewrites metrics.jsonl, and checkpoints the encoder folder when dev improved (so
+    the latest checkpoint is always the best); every rank reports."""
+
+    def write(folder: str) -> None:
+        selection = {"split": card.training.get("dev_split", "dev"), "epoch": state.best_epoch,
+                     "metrics": {k[4:]: v for k, v in state.best.items() if k.startswith("dev_")}}
+        save_classifier(folder, classifier, tokenizer, TextEncoderCard(**{**asdict(card), "selection": selection}))
+
+    if rank == 0:
+        write_history(output, state)
+    report(state.history[-1], state, rank, write if rank == 0 and improved else None)
 
 
-def _restore() -> dict[str, Any]:
-    """Counters from the latest checkpoint after a restart (a lost worker): the run goes on after
-    its last checkpointed epoch from the best weights, with a fresh optimiser (keeping AdamW's
-    state would triple the checkpoint)."""
-    state = {"epoch": 0, "best_score": -1.0, "best_epoch": -1, "history": []}
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory, open(os.path.join(directory, STATE_FILE)) as f:
-            state.update(json.load(f))
-    return state
-
-
-def _load_best(dropout: float):
+def _load_best(directory: str, dropout: float):
     """Tokenizer and classifier (encoder and head) of the checkpointed best epoch, after a restart."""
-    with ray.train.get_checkpoint().as_directory() as directory:
-        classifier, tokenizer, _ = load_classifier(directory)
+    classifier, tokenizer, _ = load_classifier(directory)
     classifier.dropout.p = dropout
     return tokenizer, classifier.train()
 
 
-def _export(checkpoint: ray.train.Checkpoint | None, output_uri: str) -> FinetuneResult:
+def _export(checkpoint: ray.train.Checkpoint, output_uri: str) -> FinetuneResult:
     """The best epoch's folder into OUTPUT. Ray's copy (OUTPUT/ray) is only for restarts: removed."""
-    if checkpoint is None:
-        raise SdtError("fine-tuning finished without a checkpoint")
-    with checkpoint.as_directory() as directory:
-        with open(os.path.join(directory, STATE_FILE)) as f:
-            best_epoch = json.load(f)["best_epoch"]
+    with final_state(checkpoint) as (state, directory):
+        best_epoch = state.best_epoch
         card = read_card(directory)
         storage.upload_dir(directory, output_uri)
     for name in (STATE_FILE, "progress.jsonl", "ray"):

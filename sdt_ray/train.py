@@ -15,21 +15,16 @@ import json
 import os
 import shutil
 import tempfile
-import threading
 import time
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import pyarrow as pa
 import ray
 import ray.train
 import torch
 import torch.distributed as dist
-from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
 from safetensors.torch import load_file
 
 from . import storage
@@ -39,14 +34,16 @@ from .collate import batches
 from .config import LossConfig, ModelConfig, RecipeConfig, TrainConfig
 from .dialogues import to_dialogues
 from .engine import predict, train_epoch, weight_average
-from .errors import ConfigError, SdtError
+from .errors import ConfigError
 from .losses import SelfDistillationLoss
 from .metrics import classification_report
 from .model import SDT
-from .session import cpus_per_worker, ray_session, require_shared_storage
+from .ray_train import (JsonlPrinter, TrainerPlan, TrainState, absolute_uri, build_trainer, final_state, fit, read_dataset,
+                        report, restored, write_history)
+from .session import ray_session, require_shared_storage
 from .training_data import TrainingData, prepare
 
-STATE_FILE = "training_state.pt"  # latest epoch: model, optimiser, counters, history
+LATEST_FILE = "latest.pt"  # in each checkpoint, beside train_state.json: the latest weights, optimiser, weight average
 BEST_DIR = "best"
 
 
@@ -86,12 +83,10 @@ def train(
     run_name = _claim_run(run_dir, recipe, features_uri, resume)
     _announce(data, recipe, log)
     with ray_session(address, verbose=verbose):
-        trainer = _build_trainer(data, recipe, run_dir, run_name)
-        with JsonlPrinter(storage.join(run_dir, "metrics.jsonl"), log):
-            result = trainer.fit()
-    if result.error is not None:
-        raise SdtError(f"training failed: {result.error}")
-    exported = _export_best(result.checkpoint, run_dir, data if recipe.train.calibrate else None)
+        trainer = build_trainer(_plan(data, recipe, run_dir, run_name))
+        with JsonlPrinter(storage.join(run_dir, "metrics.jsonl"), log, describe=format_epoch):
+            checkpoint = fit(trainer, "training")
+    exported = _export_best(checkpoint, run_dir, data if recipe.train.calibrate else None)
     if exported.calibration:
         c = exported.calibration
         log(f"calibration on {c['fitted_on']} ({c['n_utterances']} utterances): temperature {c['temperature']:.3f}, "
@@ -99,7 +94,7 @@ def train(
     return dataclasses.replace(exported, selected_on=recipe.train.select_on, seconds=time.time() - started)
 
 
-def _build_trainer(data: TrainingData, recipe: RecipeConfig, run_dir: str, run_name: str) -> TorchTrainer:
+def _plan(data: TrainingData, recipe: RecipeConfig, run_dir: str, run_name: str) -> TrainerPlan:
     cfg = recipe.train
     datasets = {f"train_{i}": ray.data.from_arrow(shard) for i, shard in enumerate(data.shards)}
     datasets["selection"] = ray.data.from_arrow(data.selection)
@@ -112,25 +107,10 @@ def _build_trainer(data: TrainingData, recipe: RecipeConfig, run_dir: str, run_n
         "input_statistics": data.input_statistics,
         "meta": {"recipe": recipe.to_dict(), "labels": data.labels, "class_weights": data.class_weights},
     }
-    return TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config=loop_config,
-        scaling_config=ScalingConfig(
-            num_workers=cfg.workers,
-            use_gpu=cfg.use_gpu,
-            resources_per_worker={"CPU": cpus_per_worker(cfg.workers, cfg.use_gpu)},
-            placement_strategy=cfg.placement,
-        ),
-        datasets=datasets,
-        # Shards are cut by dialogue on the driver; Ray must not re-split them by rows.
-        dataset_config=DataConfig(datasets_to_split=[]),
-        run_config=RunConfig(
-            name=run_name,
-            **run_storage(storage.join(run_dir, "ray")),
-            checkpoint_config=CheckpointConfig(num_to_keep=1),  # the latest holds the best weights too
-            failure_config=FailureConfig(max_failures=cfg.max_failures),
-        ),
-    )
+    # Shards are cut by dialogue on the driver; Ray must not re-split them by rows.
+    return TrainerPlan(train_loop_per_worker, loop_config, cfg.workers, cfg.use_gpu, datasets, datasets_to_split=[],
+                       run_name=run_name, storage_uri=storage.join(run_dir, "ray"), max_failures=cfg.max_failures,
+                       placement=cfg.placement)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -156,35 +136,28 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     core = model.module if hasattr(model, "module") else model
     average = weight_average(core, cfg.ema_decay) if cfg.ema_decay > 0 else None
     scored = average.module if average is not None else core  # the weights dev selects and best/ holds
-    state, best = _restore(core, optimizer, average)
+    with restored() as (state, directory):
+        best = _restore_weights(core, optimizer, average, directory)
     steps = _steps_per_epoch(len(shard), cfg.batch_size, device)
 
-    for epoch in range(state["epoch"], cfg.epochs):
+    for epoch in range(state.epoch, cfg.epochs):
         started = time.time()
         epoch_batches = batches(shard, cfg.batch_size, model_cfg.max_speakers, shuffle=True, seed=_seed(cfg.seed, epoch, rank))
         epoch_batches = (epoch_batches * (steps // max(len(epoch_batches), 1) + 1))[:steps]  # equal steps on all ranks
         hiding = torch.Generator().manual_seed(_seed(cfg.seed, epoch, rank))  # modality dropout, reproducible
         losses = train_epoch(model, loss_fn, optimizer, epoch_batches, device, average, cfg.modality_dropout, hiding)
         score, selection_metrics = _evaluate_selection(scored, selection_batches, model_cfg, device, rank)
-        improved = score > state["best_score"]
-        if improved:
-            state.update(best_score=score, best_epoch=epoch, bad_epochs=0)
-            if rank == 0:
-                best = state_dict_for_saving(scored)
-        else:
-            state["bad_epochs"] += 1
         record = {
             "epoch": epoch,
             **{k: round(_mean_across_ranks(v, device), 6) for k, v in losses.items()},
             **{f"{config['selection_split']}_{k}": v for k, v in selection_metrics.items()},
-            "best_epoch": state["best_epoch"],
             "seconds": round(time.time() - started, 2),
-            "attempt": state["attempt"],
+            "attempt": state.attempt,
         }
-        state["history"].append(record)
-        state["epoch"] = epoch + 1
-        _report(core, optimizer, average, state, record, best, config, rank)
-        if state["bad_epochs"] >= cfg.patience and epoch + 1 >= cfg.min_epochs:
+        if state.finish_epoch(record, score) and rank == 0:  # the score is broadcast: every rank agrees
+            best = state_dict_for_saving(scored)
+        _report(core, optimizer, average, state, best, config, rank)
+        if state.bad_epochs >= cfg.patience and epoch + 1 >= cfg.min_epochs:
             break
 
 
@@ -208,12 +181,6 @@ def _loss(loss_cfg: LossConfig, model_cfg: ModelConfig) -> SelfDistillationLoss:
         class_weights=weights,
         detach_teacher=loss_cfg.detach_teacher,
     )
-
-
-def read_dataset(dataset_name: str) -> pa.Table:
-    shard = ray.train.get_dataset_shard(dataset_name)
-    tables = list(shard.iter_batches(batch_size=None, batch_format="pyarrow"))
-    return pa.concat_tables(tables)
 
 
 def _steps_per_epoch(n_dialogues: int, batch_size: int, device: torch.device) -> int:
@@ -246,43 +213,33 @@ def _mean_across_ranks(value: float, device: torch.device) -> float:
     return float(t.item()) / dist.get_world_size()
 
 
-def _restore(core, optimizer, average) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None]:
-    """Training counters and the best weights so far, from Ray's latest checkpoint if any."""
-    # attempt: how many times the run restarted from a checkpoint (a lost worker, or --resume)
-    state = {"epoch": 0, "best_score": -1.0, "best_epoch": -1, "bad_epochs": 0, "history": [], "attempt": 0}
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
-        return state, None
-    with checkpoint.as_directory() as directory:
-        saved = torch.load(os.path.join(directory, STATE_FILE), map_location="cpu", weights_only=False)
-        best = load_file(os.path.join(directory, BEST_DIR, WEIGHTS_FILE))
-    core.load_state_dict(saved.pop("model"))
-    optimizer.load_state_dict(saved.pop("optimizer"))
-    average_state = saved.pop("average", None)
-    if average is not None and average_state is not None:
-        average.load_state_dict(average_state)
-    state.update(saved)
-    state["attempt"] = state.get("attempt", 0) + 1
-    return state, best
+def _restore_weights(core, optimizer, average, directory: str | None) -> dict[str, torch.Tensor] | None:
+    """After a restart (`directory`: the checkpoint restored from), the latest weights, optimiser
+    and weight average back in place; returns the best weights so far (None on a fresh run)."""
+    if directory is None:
+        return None
+    saved = torch.load(os.path.join(directory, LATEST_FILE), map_location="cpu", weights_only=False)
+    core.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    if average is not None and saved.get("average") is not None:
+        average.load_state_dict(saved["average"])
+    return load_file(os.path.join(directory, BEST_DIR, WEIGHTS_FILE))
 
 
-def _report(core, optimizer, average, state, record, best, config, rank) -> None:
-    """Rank 0 writes the checkpoint (latest state, plus the best weights so far in
-    best/) and the metrics file; every rank reports, as Ray Train requires."""
-    if rank != 0:
-        ray.train.report(record, checkpoint=None)
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        latest = {"model": core.state_dict(), "optimizer": optimizer.state_dict(), **state}
+def _report(core, optimizer, average, state: TrainState, best, config, rank) -> None:
+    """Rank 0 rewrites metrics.jsonl and checkpoints the latest state plus the best weights so
+    far (best/); every rank reports."""
+
+    def write(folder: str) -> None:
+        latest = {"model": core.state_dict(), "optimizer": optimizer.state_dict()}
         if average is not None:
             latest["average"] = average.state_dict()
-        torch.save(latest, os.path.join(tmp, STATE_FILE))
-        meta = {**config["meta"], "selection": state["history"][state["best_epoch"]]}
-        save_checkpoint(os.path.join(tmp, BEST_DIR), best, core.config, meta)
-        storage.write_text(
-            storage.join(config["run_dir"], "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in state["history"])
-        )
-        ray.train.report(record, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        torch.save(latest, os.path.join(folder, LATEST_FILE))
+        save_checkpoint(os.path.join(folder, BEST_DIR), best, core.config, {**config["meta"], "selection": state.best})
+
+    if rank == 0:
+        write_history(config["run_dir"], state)
+    report(state.history[-1], state, rank, write if rank == 0 else None)
 
 
 def _seed(seed: int, epoch: int, rank: int) -> int:
@@ -330,21 +287,17 @@ def _announce(data: TrainingData, recipe: RecipeConfig, log: Callable[[str], Non
     )
 
 
-def _export_best(checkpoint: ray.train.Checkpoint | None, run_dir: str, calibrate_on: TrainingData | None) -> TrainResult:
+def _export_best(checkpoint: ray.train.Checkpoint, run_dir: str, calibrate_on: TrainingData | None) -> TrainResult:
     """best/ out of Ray's latest checkpoint into RUN_DIR/best, calibrated on the way when asked
     (on a copy: Ray's checkpoint stays as it was, so --resume starts from the same state)."""
-    if checkpoint is None:
-        raise SdtError("training finished without a checkpoint")
     best_uri = storage.join(run_dir, BEST_DIR)
     calibration = None
-    with checkpoint.as_directory() as directory, tempfile.TemporaryDirectory() as tmp:
-        state = torch.load(os.path.join(directory, STATE_FILE), map_location="cpu", weights_only=False)
+    with final_state(checkpoint) as (state, directory), tempfile.TemporaryDirectory() as tmp:
         best_dir = shutil.copytree(os.path.join(directory, BEST_DIR), os.path.join(tmp, BEST_DIR))
         if calibrate_on is not None:
             calibration = _calibrate(best_dir, calibrate_on)
         storage.upload_dir(best_dir, best_uri)
-    best = state["history"][state["best_epoch"]] if state["best_epoch"] >= 0 else {}
-    return TrainResult(run_dir, best_uri, state["best_epoch"], best, state["epoch"], state["history"], calibration)
+    return TrainResult(run_dir, best_uri, state.best_epoch, state.best, state.epoch, state.history, calibration)
 
 
 def _calibrate(best_dir: str, data: TrainingData) -> dict[str, Any] | None:
@@ -360,61 +313,12 @@ def _calibrate(best_dir: str, data: TrainingData) -> dict[str, Any] | None:
     return calibration
 
 
-def run_storage(uri: str) -> dict[str, Any]:
-    """RunConfig's storage for a local folder or s3:// (through our s3fs filesystem, so the
-    endpoint and region come from the same AWS variables as everywhere else)."""
-    if storage.is_remote(uri):
-        return {"storage_path": uri[len("s3://"):], "storage_filesystem": storage.s3_filesystem()}
-    return {"storage_path": uri}
-
-
 def _where(run_dir: str, rank: int) -> None:
     """Each worker records where it ran (run_dir/workers/rank-K.json): node, host, process."""
     import socket
 
     record = {"rank": rank, "node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(), "pid": os.getpid()}
     storage.write_text(storage.join(run_dir, "workers", f"rank-{rank}.json"), json.dumps(record))
-
-
-def absolute_uri(uri: str) -> str:
-    return uri if storage.is_remote(uri) else str(Path(uri).expanduser().resolve())
-
-
-class JsonlPrinter:
-    """Prints each new record of a JSON-lines file while a run goes on (rank 0 writes it, and
-    rewrites it whole). Records are numbered by `key` (the epoch): after a restart the file may
-    repeat numbers already printed, and those are not printed again."""
-
-    def __init__(self, metrics_uri: str, log: Callable[[str], None], interval_s: float = 1.0,
-                 describe: Callable[[dict[str, Any]], str] | None = None, key: str = "epoch"):
-        self.metrics_uri, self.log, self.interval_s = metrics_uri, log, interval_s
-        self.describe, self.key = describe or format_epoch, key
-        self.printed = 0
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> "JsonlPrinter":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join()
-        self._poll()
-
-    def _run(self) -> None:
-        while not self.stop.wait(self.interval_s):
-            self._poll()
-
-    def _poll(self) -> None:
-        try:
-            records = [json.loads(line) for line in storage.read_text(self.metrics_uri).splitlines()]
-        except (OSError, ValueError):  # not written yet, or caught mid-write: try again next poll
-            return
-        for record in records:
-            if record[self.key] >= self.printed:
-                self.log(self.describe(record))
-                self.printed = record[self.key] + 1
 
 
 def format_epoch(record: dict[str, Any]) -> str:
