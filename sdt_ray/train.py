@@ -38,8 +38,8 @@ from .errors import ConfigError
 from .losses import SelfDistillationLoss
 from .metrics import classification_report
 from .model import SDT
-from .ray_train import (JsonlPrinter, TrainerPlan, TrainState, absolute_uri, build_trainer, final_state, fit, read_dataset,
-                        report, restored, write_history)
+from .ray_train import (STATE_FILE, JsonlPrinter, TrainerPlan, TrainState, absolute_uri, build_trainer, final_state, fit,
+                        read_dataset, report, restored, write_history)
 from .session import ray_session, require_shared_storage
 from .training_data import TrainingData, prepare
 
@@ -258,6 +258,12 @@ def _check_run_dir(run_dir: str, resume: bool) -> None:
         )
     if resume and not storage.exists(run_file):
         raise ConfigError(f"--resume: {run_dir} holds no run to resume")
+    ray_dir = storage.join(run_dir, "ray")
+    if resume and storage.exists(ray_dir):
+        names = {path.rsplit("/", 1)[-1] for path in storage.walk(ray_dir)}
+        if "training_state.pt" in names and STATE_FILE not in names:  # the checkpoint layout before ray_train.py
+            raise ConfigError(f"--resume: {run_dir} was checkpointed by an older sdt-ray (training_state.pt); "
+                              "train it again into a new --output")
 
 
 def _claim_run(run_dir: str, recipe: RecipeConfig, features_uri: str, resume: bool) -> str:

@@ -2,7 +2,11 @@
 
 import json
 
+import pytest
+
+from sdt_ray.errors import ConfigError
 from sdt_ray.ray_train import STATE_FILE, TrainState
+from sdt_ray.train import _check_run_dir
 
 
 def test_epochs_move_the_best_and_the_patience_count():
@@ -30,3 +34,14 @@ def test_it_round_trips_and_reads_older_keys(tmp_path):
     saved = json.loads((tmp_path / STATE_FILE).read_text())
     (tmp_path / STATE_FILE).write_text(json.dumps({**saved, "retired_key": 3}))  # a key a later version dropped
     assert TrainState.read(str(tmp_path)) == state
+
+
+def test_resuming_a_run_checkpointed_by_an_older_layout_is_one_clear_error(tmp_path):
+    run = tmp_path / "run"
+    (run / "ray" / "sdt-old" / "checkpoint_000001").mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"ray_run_name": "sdt-old"}))
+    (run / "ray" / "sdt-old" / "checkpoint_000001" / "training_state.pt").write_bytes(b"")
+    with pytest.raises(ConfigError, match="older sdt-ray"):
+        _check_run_dir(str(run), resume=True)
+    (run / "ray" / "sdt-old" / "checkpoint_000001" / STATE_FILE).write_text("{}")  # today's layout: resumable
+    _check_run_dir(str(run), resume=True)
