@@ -252,6 +252,14 @@ def plot(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+EXTRACTION_BARS = {  # key under "extraction" -> its bar's label
+    "text_encoder": "MiniLM encode\n(1 process)",
+    "end_to_end": "extract text+\naudio+video",
+    "finetune_step": "MiniLM fine-tune\nsteps (1 process)",
+    "finetune_job": "finetune-text\n(Ray Train)",
+}
+
+
 def _throughput_panel(results: dict[str, Any], ax) -> None:
     names, values = [], []
     for case, r in results["model"].items():
@@ -261,18 +269,10 @@ def _throughput_panel(results: dict[str, Any], ax) -> None:
     names += ["IEMOCAP parity\n16x50 inference", "IEMOCAP parity\n16x50 train step"]
     values += [parity["inference_utt_per_s"], parity["train_step_utt_per_s"]]
     extraction = results["extraction"]
-    if "text_encoder" in extraction:
-        names.append("MiniLM encode\n(1 process)")
-        values.append(extraction["text_encoder"]["utt_per_s"])
-    if "end_to_end" in extraction:
-        names.append("extract text+\naudio+video")
-        values.append(extraction["end_to_end"]["utt_per_s"])
-    if "finetune_step" in extraction:
-        names.append("MiniLM fine-tune\nsteps (1 process)")
-        values.append(extraction["finetune_step"]["utt_per_s"])
-    if "finetune_job" in extraction:
-        names.append("finetune-text\n(Ray Train)")
-        values.append(extraction["finetune_job"]["utt_per_s"])
+    for key, name in EXTRACTION_BARS.items():
+        if key in extraction:
+            names.append(name)
+            values.append(extraction[key]["utt_per_s"])
     bars = ax.bar(range(len(values)), values, color="#4477aa")
     ax.bar_label(bars, labels=[f"{v:,.0f}" for v in values], fontsize=7)
     ax.set_xticks(range(len(values)), names, fontsize=7)
