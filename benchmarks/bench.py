@@ -77,12 +77,23 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
+def random_batch(config: ModelConfig, dialogues: int, utterances: int, device: str = "cpu", seed: int = 1) -> dict[str, Any]:
+    """Seeded random features x (m -> (B, L, D_m)), speakers and labels (B, L) at `config`'s
+    sizes; every utterance real (mask all True)."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    shape = (dialogues, utterances)
+    return {
+        "x": {m: torch.randn(*shape, config.input_dim(m), generator=g, device=device) for m in config.modalities},
+        "speakers": torch.randint(0, config.max_speakers, shape, generator=g, device=device),
+        "mask": torch.ones(shape, dtype=torch.bool, device=device),
+        "labels": torch.randint(0, config.n_classes, shape, generator=g, device=device),
+    }
+
+
 def bench_model(config: ModelConfig, dialogues: int, utterances: int, repeats: int, device: str = "cpu") -> dict[str, Any]:
     model = SDT(config).to(device)
-    features = {m: torch.randn(dialogues, utterances, config.input_dim(m), device=device) for m in config.modalities}
-    speakers = torch.randint(0, config.max_speakers, (dialogues, utterances), device=device)
-    mask = torch.ones(dialogues, utterances, dtype=torch.bool, device=device)
-    labels = torch.randint(0, config.n_classes, (dialogues, utterances), device=device)
+    batch = random_batch(config, dialogues, utterances, device)
+    features, speakers, mask, labels = batch["x"], batch["speakers"], batch["mask"], batch["labels"]
     loss_fn = SelfDistillationLoss(temperature=config.temperature)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 

@@ -20,7 +20,7 @@ import torch
 from sdt_ray.losses import SelfDistillationLoss
 from sdt_ray.model import SDT
 
-from .bench import CASES, IEMOCAP_PARITY
+from .bench import CASES, IEMOCAP_PARITY, random_batch
 from .reference_sdt import ReferenceSDT
 
 SHAPES = {"iemocap_16x50": (IEMOCAP_PARITY, 16, 50), "meld_16x10": (CASES["meld_parity"], 16, 10)}
@@ -50,7 +50,7 @@ def side_by_side(config, dialogues: int, utterances: int, repeats: int, threads:
         torch.manual_seed(seed)
         model = SDT(config)
         reference = ReferenceSDT(model)
-        batch = _batch(config, dialogues, utterances)
+        batch = random_batch(config, dialogues, utterances)
         difference = _max_logprob_difference(model, reference, batch)
         if difference > AGREEMENT:
             raise AssertionError(f"the reference and our model disagree by {difference:.2e} in log-probability")
@@ -70,16 +70,6 @@ def side_by_side(config, dialogues: int, utterances: int, repeats: int, threads:
 
 def bench_parity_side_by_side(repeats: int, shapes: dict | None = None) -> dict[str, Any]:
     return {name: side_by_side(config, d, u, repeats) for name, (config, d, u) in (shapes or SHAPES).items()}
-
-
-def _batch(config, dialogues: int, utterances: int) -> dict[str, Any]:
-    generator = torch.Generator().manual_seed(1)
-    return {
-        "x": {m: torch.randn(dialogues, utterances, config.input_dim(m), generator=generator) for m in config.modalities},
-        "speakers": torch.randint(0, config.max_speakers, (dialogues, utterances), generator=generator),
-        "mask": torch.ones(dialogues, utterances, dtype=torch.bool),
-        "labels": torch.randint(0, config.n_classes, (dialogues, utterances), generator=generator),
-    }
 
 
 def _max_logprob_difference(model: SDT, reference: ReferenceSDT, batch: dict) -> float:

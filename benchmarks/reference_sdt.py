@@ -87,14 +87,11 @@ class ReferenceSDT:
     def __init__(self, model: SDT):
         self.heads, self.dropout = model.config.heads, model.config.dropout
         self.weights = port(model)
-        frozen = {id(g.weight) for g in model.gates.values() if not g.weight.requires_grad}
-        self._frozen_gates = bool(frozen)
         for leaf in _leaves(self.weights):
             leaf.requires_grad_(True)
-        if self._frozen_gates:
-            for m in MODS:
-                for n in MODS:
-                    self.weights[f"{n}->{m}"]["gate"].requires_grad_(False)
+        for m in MODS:
+            for n in MODS:
+                self.weights[f"{n}->{m}"]["gate"].requires_grad_(model.gates[f"{n}_to_{m}"].weight.requires_grad)
         self.table = positions(model.config.max_len, model.config.hidden)  # (max_len, D)
 
     def parameters(self) -> list[torch.Tensor]:

@@ -45,6 +45,10 @@ DEMO_CALLS_MODEL = Path(__file__).parent / "demo" / "model_text_audio"  # `make 
 CALL_GENERATOR = Path(__file__).resolve().parents[1] / "scripts" / "make_calls.py"
 DEMO_CALLS = 8  # calls generated from the slice's two-speaker dev dialogues (the last without transcript)
 SHOWN_DIALOGUE = "meld_dev_9"  # the dialogue printed utterance by utterance
+# Lines of the jobs' own logs the demo leaves out: train's line per epoch (metrics.jsonl keeps them
+# all), and each job's opening line (rows, tasks, actor pools; the demo's step lines say what runs).
+EPOCH_LINES = ("epoch ",)
+PLAN_LINES = ("extracting ", "scoring ", "importing ")
 
 
 def run_demo(output_dir: str = "demo-output", log: Callable[[str], None] = print) -> dict:
@@ -63,10 +67,10 @@ def run_demo(output_dir: str = "demo-output", log: Callable[[str], None] = print
     )
     with ray_session():
         log(f"[2/9] extract: text features with the bundled MiniLM -> {features}")
-        summary = extract(utterances, features, ExtractOptions(overwrite=True), log=_without_plans(log))
+        summary = extract(utterances, features, ExtractOptions(overwrite=True), log=_without(log, PLAN_LINES))
         log(f"      {summary.rows_out} rows, errors: {summary.errors or 'none'}")
         log(f"[3/9] train: SDT on Ray Train, {recipe.train.workers} workers, up to {DEMO_EPOCHS} epochs -> {run_dir}")
-        result = train(features, run_dir, recipe, log=_without_epoch_lines(log))
+        result = train(features, run_dir, recipe, log=_without(log, EPOCH_LINES))
         log(f"      {result.describe()}; every epoch in {run_dir}/metrics.jsonl")
         log(f"[4/9] evaluate: best epoch {result.best_epoch + 1} on the test split -> {eval_dir}")
         evaluation = evaluate(result.best_dir, features, "test", eval_dir)
@@ -80,7 +84,7 @@ def run_demo(output_dir: str = "demo-output", log: Callable[[str], None] = print
 
 def _media(out: Path, log: Callable[[str], None]) -> None:
     """All three modalities from raw media: the bundled clips (espeak-ng speech over a face)."""
-    quiet = _without_plans(log)
+    quiet = _without(log, PLAN_LINES)
     utterances = str(out / "media" / "utterances.parquet")
     features = str(out / "media" / "features")
     storage.write_table(import_manifest(DEMO_MEDIA), utterances)
@@ -97,7 +101,7 @@ def _media(out: Path, log: Callable[[str], None]) -> None:
 def _calls(out: Path, log: Callable[[str], None]) -> None:
     """A call archive: stereo calls, agent and customer on two channels, whisper-style transcripts
     (one call has none, three hold a fault each) -> one prediction per turn -> a per-call report."""
-    quiet = _without_plans(log)
+    quiet = _without(log, PLAN_LINES)
     if shutil.which("espeak-ng") is None:
         raise ConfigError("the call demo speaks its calls with espeak-ng: apt-get install espeak-ng (`make demo` does)")
     archive, folder = out / "calls" / "archive", out / "calls"
@@ -169,15 +173,9 @@ def _report(utterances: str, predictions: str, png: Path, log: Callable[[str], N
         f"{len(scored_rows)}), weighted F1 {metrics['weighted_f1']:.3f}; report {png}")
 
 
-def _without_epoch_lines(log: Callable[[str], None]) -> Callable[[str], None]:
-    """The demo's log without train's line per epoch (metrics.jsonl keeps them all)."""
-    return lambda line: None if line.startswith("epoch ") else log(line)
-
-
-def _without_plans(log: Callable[[str], None]) -> Callable[[str], None]:
-    """The demo's log without each job's opening line (rows, tasks, actor pools): the demo's
-    own step lines say what runs. Warnings and errors still pass."""
-    return lambda line: None if line.startswith(("extracting ", "scoring ", "importing ")) else log(line)
+def _without(log: Callable[[str], None], prefixes: tuple[str, ...]) -> Callable[[str], None]:
+    """`log` without the lines that start with one of `prefixes`; warnings and errors still pass."""
+    return lambda line: None if line.startswith(prefixes) else log(line)
 
 
 def _summary(described: str, log: Callable[[str], None]) -> None:

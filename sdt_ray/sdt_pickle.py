@@ -16,12 +16,12 @@ refuses any other global before it is called.
 from __future__ import annotations
 
 import _compat_pickle
+import dataclasses
 import io
 import itertools
 import json
 import pickle
 import random
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
