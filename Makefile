@@ -6,7 +6,7 @@ VENV        ?= .venv
 TORCH_SPEC  ?= torch==2.13.0
 TORCH_INDEX ?=
 DEB_PACKAGES ?=
-# `make demo` and `make calls`: their call archive is spoken by espeak-ng.
+# `make demo`, `make calls` and `make bench`: their call archives are spoken by espeak-ng.
 DEMO_DEB_PACKAGES ?= espeak-ng
 # `make test` only: the `--cluster` test brings a launcher cluster up over SSH to this machine,
 # the call tests speak with espeak-ng, and the report test renders its page in headless Chromium.
@@ -157,6 +157,7 @@ meld-text-audio: setup
 	$(BIN)/sdt-ray summarize $$without --output $(MM_OUT)/$$stamp/without-audio.json
 
 bench: setup
+	@$(MAKE) --no-print-directory debs PACKAGES="$(DEMO_DEB_PACKAGES)"
 	$(BIN)/python -m benchmarks.bench --output bench
 
 clean:

@@ -38,6 +38,7 @@ import argparse
 import json
 import platform
 import resource
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -393,6 +394,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--call-turns", default="150,1500",
                         help="comma-separated call lengths (turns) for the long-call memory runs (espeak-ng needed)")
     args = parser.parse_args(argv)
+    if not (args.quick or args.no_ray) and shutil.which("espeak-ng") is None:
+        # the call and ASR runs speak their calls; fail now rather than after the first 15 minutes
+        parser.error("espeak-ng is not installed (apt-get install espeak-ng, or run `make bench`), or pass --quick / --no-ray")
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     import os

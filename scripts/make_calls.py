@@ -26,6 +26,7 @@ import argparse
 import csv
 import json
 import random
+import shutil
 import subprocess
 import tempfile
 import wave
@@ -134,6 +135,8 @@ def main() -> None:
     parser.add_argument("--bad-sidecars", action="store_true", help="Also write three calls with one transcript fault each.")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    if shutil.which("espeak-ng") is None:
+        parser.error("espeak-ng is not installed (apt-get install espeak-ng; `make calls` and `make bench` install it)")
 
     dialogues = two_speaker_dialogues(args.meld)
     if len(dialogues) < args.calls + (3 if args.bad_sidecars else 0):
