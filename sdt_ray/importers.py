@@ -48,6 +48,9 @@ class WrittenTable:
             dialogues = len(self.table.column("dialogue_id").unique())
             return f"wrote {self.output}: {self.table.num_rows} utterances in {dialogues} dialogues"
         counts = self.table.group_by("split").aggregate([("dialogue_id", "count_distinct"), ([], "count_all")]).to_pylist()
+        # a threaded group_by returns its groups in any order; say them as the corpus does
+        order = {"train": 0, "dev": 1, "test": 2}
+        counts.sort(key=lambda r: (order.get(r["split"], len(order)), str(r["split"])))
         summary = ", ".join(f"{r['split']} {r['count_all']} utterances / {r['dialogue_id_count_distinct']} dialogues" for r in counts)
         return f"wrote {self.output}: {summary}"
 
