@@ -15,7 +15,7 @@ import pandas as pd
 import pyarrow as pa
 
 from .errors import InputError
-from .schema import UTTERANCES_REQUIRED, UTTERANCES_SCHEMA, validate_utterances, with_labels
+from .schema import SPLITS, UTTERANCES_REQUIRED, UTTERANCES_SCHEMA, validate_utterances, with_labels
 
 DEMO_CORPUS = Path(__file__).parent / "demo" / "meld_slice"  # bundled MELD slice (GPL-3.0, see SOURCE.txt)
 DEMO_MEDIA = Path(__file__).parent / "demo" / "media_corpus" / "manifest.csv"  # 57 MELD dev utterances as video clips
@@ -48,9 +48,7 @@ class WrittenTable:
             dialogues = len(self.table.column("dialogue_id").unique())
             return f"wrote {self.output}: {self.table.num_rows} utterances in {dialogues} dialogues"
         counts = self.table.group_by("split").aggregate([("dialogue_id", "count_distinct"), ([], "count_all")]).to_pylist()
-        # a threaded group_by returns its groups in any order; say them as the corpus does
-        order = {"train": 0, "dev": 1, "test": 2}
-        counts.sort(key=lambda r: (order.get(r["split"], len(order)), str(r["split"])))
+        counts.sort(key=lambda r: SPLITS.index(r["split"]))  # a threaded group_by returns groups in any order
         summary = ", ".join(f"{r['split']} {r['count_all']} utterances / {r['dialogue_id_count_distinct']} dialogues" for r in counts)
         return f"wrote {self.output}: {summary}"
 
