@@ -390,7 +390,14 @@ def predict(
     ),
     output: str = typer.Option(..., "--output", help="Predictions folder: part-NNNNN.parquet, one row per input utterance."),
     batch_size: int = typer.Option(16, help="Dialogues (or windows of long ones) per forward pass."),
-    max_context: int = typer.Option(512, help="Utterances per window; longer dialogues are scored in overlapping windows."),
+    max_context: Optional[int] = typer.Option(
+        None, help="Utterances per window: longer dialogues are scored in overlapping windows (default 512); with "
+        "--causal, the turns each score sees, itself included (default 32, as `sdt-ray serve`)."
+    ),
+    causal: bool = typer.Option(
+        False, "--causal", help="Score each utterance from its dialogue up to itself (the last --max-context turns), "
+        "as `sdt-ray serve` scores a live call: a live score can be checked against it."
+    ),
     rows_per_file: int = typer.Option(10_000, help="About this many utterances per task and output file (whole dialogues)."),
     keep_columns: str = typer.Option("", help="Comma-separated input columns to copy into the output."),
     partition_by: str = typer.Option(
@@ -419,6 +426,7 @@ def predict(
     options = PredictOptions(
         batch_size=batch_size,
         max_context=max_context,
+        causal=causal,
         rows_per_file=rows_per_file,
         keep_columns=comma_list(keep_columns),
         partition_by=comma_list(partition_by),

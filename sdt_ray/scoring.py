@@ -11,6 +11,11 @@ Long dialogues: past `max_context` utterances a dialogue is scored in windows of
 window where it sits furthest from a cut (a dialogue's own start and end are not
 cuts: nothing is missing there). A dialogue that fits in one window is scored in
 one pass, exactly as without windows.
+
+Causal scoring (`predict --causal`, and every live turn): each utterance is scored from its
+dialogue up to itself, the last `max_context` of those turns, and keeps the prediction at its
+own (last) position. That is what a live call has seen when the turn is spoken, so a live score
+can be checked against a batch one and an archive rescored as it was seen live.
 """
 
 from __future__ import annotations
@@ -35,6 +40,11 @@ def window_spans(n: int, max_context: int) -> list[tuple[int, int]]:
     stride = max(1, max_context // 2)
     starts = list(range(0, n - max_context, stride)) + [n - max_context]
     return [(s, s + max_context) for s in starts]
+
+
+def causal_spans(n: int, max_context: int) -> list[tuple[int, int]]:
+    """[start, end) per position i: the window of at most max_context turns that ends at i."""
+    return [(max(0, i + 1 - max_context), i + 1) for i in range(n)]
 
 
 def best_window(spans: list[tuple[int, int]], n: int) -> np.ndarray:
@@ -161,8 +171,10 @@ class DialogueScorer:
     """Rows of whole dialogues in, one prediction row per input row out."""
 
     def __init__(self, model, config: ModelConfig, labels: list[str], model_id: str, model_version: str,
-                 batch_size: int = 16, max_context: int = 512, device: str = "cpu", temperature: float = 1.0):
+                 batch_size: int = 16, max_context: int = 512, device: str = "cpu", temperature: float = 1.0,
+                 causal: bool = False):
         self.model, self.config, self.labels = model, config, labels
+        self.causal = causal  # each utterance from the turns up to itself only (causal_spans)
         self.temperature = temperature  # the checkpoint's calibration: probabilities are softmax(logits / T)
         self.model_id, self.model_version = model_id, model_version
         self.batch_size = batch_size  # dialogues (windows) per forward pass
@@ -208,8 +220,12 @@ class DialogueScorer:
     def _cut(self, dialogue_id, rows: np.ndarray, speakers, checks: RowChecks, windows, owners) -> None:
         n = len(rows)
         speaker_ids = self._speaker_ids([speakers[r] for r in rows])
-        spans = window_spans(n, self.max_context)
-        owner = best_window(spans, n)
+        if self.causal:
+            spans = causal_spans(n, self.max_context)
+            owner = np.arange(n)  # position i keeps the window that ends at it
+        else:
+            spans = window_spans(n, self.max_context)
+            owner = best_window(spans, n)
         for w, (s, e) in enumerate(spans):
             window_id = f"{dialogue_id}#{w}"
             feats = {m: checks.matrix(m, rows[s:e]) for m in self.config.modalities}
@@ -228,10 +244,15 @@ class DialogueScorer:
         return relative_speaker_ids(names, self.config.max_speakers)
 
 
+FULL_CONTEXT = 512  # utterances per window in batch scoring: longer dialogues are cut in overlapping windows
+CAUSAL_CONTEXT = 32  # turns a causal (or live) score sees, itself included: `serve` keeps as many per call
+
+
 @dataclass(frozen=True)
 class PredictOptions:
     batch_size: int = 16  # dialogues (or windows of long ones) per forward pass
-    max_context: int = 512  # utterances per window; longer dialogues are scored in overlapping windows
+    max_context: int | None = None  # utterances per window; None: 512, or CAUSAL_CONTEXT with `causal`
+    causal: bool = False  # each utterance scored from the turns up to itself, as live scoring sees it
     rows_per_file: int = 10_000  # about this many utterances per task and output file (whole dialogues)
     keep_columns: tuple[str, ...] = ()
     partition_by: tuple[str, ...] = ()  # output columns to split files by: OUTPUT/col=value/part-NNNNN.parquet
@@ -239,6 +260,13 @@ class PredictOptions:
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 0.0
     overwrite: bool = False
+
+    @property
+    def context(self) -> int:
+        """The window, with its default resolved."""
+        if self.max_context is not None:
+            return self.max_context
+        return CAUSAL_CONTEXT if self.causal else FULL_CONTEXT
 
 
 def load_scorer(checkpoint_uri: str, options: PredictOptions, model_version: str, threads: int | None) -> DialogueScorer:
@@ -252,7 +280,7 @@ def load_scorer(checkpoint_uri: str, options: PredictOptions, model_version: str
     device = "cuda" if torch.cuda.is_available() and options.gpus_per_actor > 0 else "cpu"
     loaded = load_checkpoint(checkpoint_uri, device=device)
     return DialogueScorer(loaded.model, loaded.config, loaded.labels, loaded.model_id, model_version,
-                          options.batch_size, options.max_context, device, loaded.temperature)
+                          options.batch_size, options.context, device, loaded.temperature, options.causal)
 
 
 def checkpoint_identity(checkpoint_uri: str) -> tuple[str, str, ModelConfig]:

@@ -99,7 +99,8 @@ def predict_job(
 
 def _job_options(model_id: str, options: PredictOptions, **more) -> dict:
     """What decides predict's output: a resumed run must agree on these."""
-    return {"model_id": model_id, "max_context": options.max_context, "rows_per_file": options.rows_per_file,
+    causal = {"causal": True} if options.causal else {}  # absent when off: earlier runs' plans still resume
+    return {"model_id": model_id, "max_context": options.context, **causal, "rows_per_file": options.rows_per_file,
             "keep_columns": list(options.keep_columns), "partition_by": list(options.partition_by), **more}
 
 

@@ -214,3 +214,27 @@ def test_a_text_only_table_is_scored_by_a_text_and_audio_model():
     assert out.column("error").null_count == 10
     assert out.column("modalities_used").to_pylist() == [["text"]] * 10
     assert all(w["audio"] == 0.0 for w in out.column("modality_weights").to_pylist())
+
+
+def test_causal_windows_end_at_each_position():
+    from sdt_ray.scoring import causal_spans
+
+    assert causal_spans(4, 2) == [(0, 1), (0, 2), (1, 3), (2, 4)]
+    assert causal_spans(3, 32) == [(0, 1), (0, 2), (0, 3)]
+
+
+def test_a_causal_score_is_the_last_position_of_its_prefix(model):
+    """Utterance i of a dialogue, scored causally with a window of 3, equals a plain pass over
+    utterances max(0, i-2)..i alone, read at its last position; later turns change nothing."""
+    table = rows(n_dialogues=1, length=6)
+    causal = DialogueScorer(model, CONFIG, LABELS, "abc", "0.1.0", batch_size=4, max_context=3, causal=True)
+    got = np.stack([causal(table).column(f"prob_{label}").to_numpy() for label in LABELS], axis=1)  # (6, C)
+    values = np.stack(table.column("text_features").to_pylist()).astype(np.float32)
+    speakers = relative_speaker_ids(list("ABABAB"), 9)
+    for i in range(6):
+        start = max(0, i - 2)
+        alone = Dialogue("p", {"text": values[start:i + 1]}, speakers[start:i + 1], np.full(i + 1 - start, IGNORE_LABEL))
+        expected = predict(model, batches([alone], 1, CONFIG.max_speakers)).probabilities[-1]
+        np.testing.assert_allclose(got[i], expected, atol=1e-6)
+    full = np.stack([scorer(model)(table).column(f"prob_{label}").to_numpy() for label in LABELS], axis=1)
+    assert np.abs(full[:-1] - got[:-1]).max() > 1e-4  # the two-way pass reads later turns; the causal one does not
