@@ -116,18 +116,26 @@ def context_texts(table: pa.Table, spec: TextInput) -> list[str]:
     texts = table.column("text").to_pylist()
     order = sorted(range(table.num_rows), key=lambda i: (dialogues[i], positions[i]))
     out = [""] * table.num_rows
-    past, future, joiner = spec.past, spec.future, f" {spec.separator} "
+    past, future = spec.past, spec.future
     start = 0
     for end in range(1, len(order) + 1):  # one dialogue at a time: order[start:end]
         if end < len(order) and dialogues[order[end]] == dialogues[order[start]]:
             continue
         turns = [speaker_text(speakers[i], texts[i]) for i in order[start:end]]
         for n, i in enumerate(order[start:end]):
-            before = joiner.join(reversed(turns[max(0, n - past):n])) if past > 0 else ""
-            after = joiner.join(turns[n + 1:n + 1 + future]) if future > 0 else ""
-            out[i] = joiner.join(([before] if before else []) + [FUTURE_MARK, after]) if after else before
+            out[i] = turn_context(turns[max(0, n - past):n], turns[n + 1:n + 1 + future], spec)
         start = end
     return out
+
+
+def turn_context(before: list[str], after: list[str], spec: TextInput) -> str:
+    """One turn's context from the turns before it and after it (each `speaker: text`, in
+    dialogue order, at most spec.past and spec.future of them): `past | next | future`,
+    nearest first. The live path calls it with the call's last turns and no future."""
+    joiner = f" {spec.separator} "
+    past = joiner.join(reversed(before[max(0, len(before) - spec.past):] if spec.past > 0 else []))
+    future = joiner.join(after[:spec.future]) if spec.future > 0 else ""
+    return joiner.join(([past] if past else []) + [FUTURE_MARK, future]) if future else past
 
 
 def input_texts(table: pa.Table, spec: TextInput) -> tuple[list[str | None], list[str] | None]:
