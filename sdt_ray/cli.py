@@ -590,6 +590,49 @@ def run(
     raise typer.Exit(run_spec(typer.main.get_command(app), request, log=_log))
 
 
+@app.command()
+@user_errors
+def serve(
+    ctx: typer.Context,
+    checkpoint: str = typer.Option(..., "--checkpoint", help="Checkpoint folder from `sdt-ray train` with a text modality (local or s3://)."),
+    text_model: Optional[str] = TEXT_MODEL,
+    host: str = typer.Option("127.0.0.1", help="Address to listen on. Anything but loopback needs --token."),
+    port: int = typer.Option(8000, help="HTTP port."),
+    token: Optional[str] = typer.Option(
+        None, envvar="SDT_RAY_SERVE_TOKEN", help="Every request must carry `Authorization: Bearer TOKEN` (env SDT_RAY_SERVE_TOKEN)."
+    ),
+    replicas: int = typer.Option(1, help="Model replicas (each loads the checkpoint and the encoder once)."),
+    cpus_per_replica: float = typer.Option(1.0, help="CPUs per replica (also its torch threads)."),
+    gpus_per_replica: float = typer.Option(0.0, help="GPUs per replica (e.g. 1, or 0.5 to share a GPU)."),
+    max_context: int = typer.Option(32, help="Turns each score sees, itself included (as `predict --causal --max-context`)."),
+    max_batch_size: int = typer.Option(32, help="Turns of concurrent calls scored in one forward pass at most."),
+    batch_wait_ms: float = typer.Option(5.0, help="How long a turn waits for others to share its forward pass (ms)."),
+    max_open_calls: int = typer.Option(10_000, help="Open calls at most; past it idle calls are evicted, then new ones refused (503)."),
+    idle_timeout: float = typer.Option(900.0, help="Seconds without a turn after which a call is evicted."),
+    max_text_chars: int = typer.Option(4_000, help="Characters per turn at most (a longer one gets 422)."),
+    archive: Optional[str] = typer.Option(
+        None, help="Folder (or s3://) where `DELETE /v1/calls/ID?archive=true` writes the call's rows, in the predictions schema."
+    ),
+    address: Optional[str] = typer.Option(None, help=ADDRESS_HELP),
+    cluster: Optional[Path] = CLUSTER,
+    no_wait: bool = NO_WAIT,
+) -> None:
+    """Score live calls turn by turn over HTTP (and WebSocket), on Ray Serve: each turn from the
+    call's turns so far, as `predict --causal` scores them. Runs until Ctrl-C. See docs/serving.md."""
+    from .live import LiveLimits
+    from .serve import ServeSettings, serve_job
+
+    _elsewhere(ctx, address, cluster, no_wait)
+    limits = LiveLimits(max_context=max_context, max_open_calls=max_open_calls, idle_timeout_s=idle_timeout,
+                        max_text_chars=max_text_chars)
+    settings = ServeSettings(
+        checkpoint=checkpoint, text_model=text_model, host=host, port=port, token=token, replicas=replicas,
+        cpus_per_replica=cpus_per_replica, gpus_per_replica=gpus_per_replica, max_batch_size=max_batch_size,
+        batch_wait_s=batch_wait_ms / 1000, archive=archive, limits=limits,
+    )
+    serve_job(settings, address=address, log=_log)
+
+
 def main() -> None:
     # Quiet third-party start-up chatter unless the user asked for it.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

@@ -25,6 +25,9 @@ class LiveError(Exception):
         super().__init__(reason)
         self.status, self.reason = status, reason
 
+    def __reduce__(self):  # it travels from the calls' actor to the replica as a value
+        return LiveError, (self.status, self.reason)
+
 
 @dataclass(frozen=True)
 class LiveLimits:
