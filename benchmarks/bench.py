@@ -29,6 +29,9 @@ Measures, on this machine:
   word error rate, gold turns matched, emotion figures from gold text, heard text and audio
   alone, recognition throughput per core, the call flow per audio hour, and the recogniser's
   peak memory on a 10-minute and a 2-hour call;
+- under `live` (bench_live.py): `sdt-ray serve` on loopback: live scores against `predict --causal`,
+  50 calls sending a turn every 2 s for 2 minutes (p50 / p99 latency, turns/s, one score per
+  turn), then the same with a replica killed by PID halfway;
 and peak resident memory of this process.
 """
 
@@ -44,6 +47,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from sdt_ray.config import ModelConfig
@@ -251,7 +255,10 @@ def plot(results: dict[str, Any], path: Path) -> None:
         panels.append(_calls_panel)
     if "scale" in results:
         panels.append(_scale_panel)
-    widths = {_throughput_panel: 3, _parity_panel: 1, _opensmile_panel: 1, _scoring_panel: 1.4, _calls_panel: 1.2, _scale_panel: 1}
+    if "live" in results:
+        panels.append(_live_panel)
+    widths = {_throughput_panel: 3, _parity_panel: 1, _opensmile_panel: 1, _scoring_panel: 1.4, _calls_panel: 1.2, _scale_panel: 1,
+              _live_panel: 1.4}
     ratios = [widths[panel] for panel in panels]
     fig, axes = plt.subplots(1, len(panels), figsize=(5 + 4.2 * len(panels), 4.8), dpi=120,
                              gridspec_kw={"width_ratios": ratios}, squeeze=False)
@@ -358,6 +365,24 @@ def _calls_panel(results: dict[str, Any], ax) -> None:
     ax.legend(fontsize=7, loc="upper left")
 
 
+def _live_panel(results: dict[str, Any], ax) -> None:
+    """Per-turn latency over time, steady and with a replica killed halfway, against the 250 ms goal."""
+    live = results["live"]
+    for phase, colour in (("steady", "#4477aa"), ("failover", "#ee7733")):
+        points = np.array(live[phase]["timeline"]).reshape(-1, 2)
+        ax.scatter(points[:, 0], points[:, 1], s=3, color=colour, alpha=0.5,
+                   label=f"{phase}: p50 {live[phase]['p50_ms']:.0f} ms, p99 {live[phase]['p99_ms']:.0f} ms")
+    ax.axvline(live["failover"]["kill_at_s"], color="#ee7733", linestyle=":", linewidth=1, label="replica killed")
+    ax.axhline(250, color="#cc3311", linestyle="--", linewidth=1, label="goal: p99 250 ms")
+    ax.set_yscale("log")
+    ax.set_xlabel("seconds into the phase")
+    ax.set_ylabel("latency per turn (ms, log)")
+    ax.set_title(f"sdt-ray serve: {live['calls']} calls, a turn every {live['interval_s']:g} s, "
+                 f"{live['replicas']} replicas on {live['cpus']} CPUs\nlive vs predict --causal: max diff "
+                 f"{live['equality']['max_abs_diff']:.1e} over {live['equality']['turns']} turns", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
+
+
 def _scale_panel(results: dict[str, Any], ax) -> None:
     """The driver's peak RSS for extract at N and 10N (flat means it never holds the archive)."""
     scale = results["scale"]
@@ -391,6 +416,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--text-ratio-utterances", type=int, default=20_000, help="texts for extraction.text_ratio")
     parser.add_argument("--asr-calls", type=int, default=13, help="generated calls for the speech-recognition figures (asr)")
     parser.add_argument("--asr-long-minutes", default="10,120", help="long-call lengths (minutes) for the recogniser's memory ('' skips)")
+    parser.add_argument("--live-calls", type=int, default=50, help="concurrent calls in the live load test (0 skips it)")
+    parser.add_argument("--live-seconds", type=float, default=120.0, help="seconds each live load phase sends turns")
     parser.add_argument("--call-turns", default="150,1500",
                         help="comma-separated call lengths (turns) for the long-call memory runs (espeak-ng needed)")
     args = parser.parse_args(argv)
@@ -431,6 +458,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results["asr"] = bench_asr(args.asr_calls, workdir=str(out))
         if args.asr_long_minutes:
             results["asr"]["long_call"] = bench_long_call(tuple(float(m) for m in args.asr_long_minutes.split(",")), workdir=str(out))
+    if not (args.quick or args.no_ray) and args.live_calls:
+        from .bench_live import bench_live
+
+        results["live"] = bench_live(args.live_calls, 2.0, args.live_seconds, workdir=str(out))
     results["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     (out / "results.json").write_text(json.dumps(results, indent=2))
     plot(results, out / "results.png")

@@ -96,3 +96,30 @@ def test_kuberay_manifest_structure(path):
 def test_dockerfile_builds_on_the_launcher_image():
     base = re.search(r"^FROM (\S+)", (ROOT / "cluster/Dockerfile").read_text(), re.MULTILINE).group(1)
     assert base == load("cluster/gpu.yaml")["docker"]["image"]
+
+
+def test_the_serve_config_passes_serves_schema_and_builds_its_settings():
+    """cluster/serve.yaml through Ray Serve's own deploy schema, and its args into ServeSettings
+    (the builder refuses a non-loopback host without a token)."""
+    from ray.serve.schema import ServeDeploySchema
+
+    from sdt_ray.errors import ConfigError
+    from sdt_ray.live import LiveLimits
+    from sdt_ray.serve import ServeSettings, check_exposure
+
+    config = load("cluster/serve.yaml")
+    ServeDeploySchema.model_validate(config)
+    app = config["applications"][0]
+    assert app["import_path"] == "sdt_ray.serve:app_builder"
+    args = dict(app["args"])
+    settings = ServeSettings(limits=LiveLimits(**args.pop("limits")), **args)
+    assert settings.limits.max_context == 32 and settings.host == config["http_options"]["host"]
+    assert app["deployments"][0]["name"] == "LiveScoring"
+    with pytest.raises(ConfigError, match="--token"):
+        check_exposure("0.0.0.0", None)
+    check_exposure("0.0.0.0", "secret")
+    check_exposure("::1", None)
+    broken = copy.deepcopy(config)
+    broken["applications"][0]["deployments"][0]["max_ongoing_requests"] = -1  # (the schema lets key typos through)
+    with pytest.raises(ValueError):  # pydantic's ValidationError
+        ServeDeploySchema.model_validate(broken)
