@@ -115,6 +115,13 @@ def test_the_serve_config_passes_serves_schema_and_builds_its_settings():
     settings = ServeSettings(limits=LiveLimits(**args.pop("limits")), **args)
     assert settings.limits.max_context == 32 and settings.host == config["http_options"]["host"]
     assert app["deployments"][0]["name"] == "LiveScoring"
+    from ray.serve import Application
+
+    from sdt_ray.serve import app_builder
+
+    assert isinstance(app_builder(app["args"]), Application)  # what `serve deploy` calls with the file's args
+    with pytest.raises(ConfigError, match="--token"):
+        app_builder({**app["args"], "host": "0.0.0.0"})
     with pytest.raises(ConfigError, match="--token"):
         check_exposure("0.0.0.0", None)
     check_exposure("0.0.0.0", "secret")
