@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
@@ -40,6 +41,9 @@ def served(ray_local, tmp_path_factory):
     yield settings, client, folder
     client.close()
     stop_serving(settings)
+    from ray import serve
+
+    serve.shutdown()  # the controller and proxy too: later tests share this Ray session
 
 
 def base(client) -> str:
@@ -59,7 +63,7 @@ def test_live_scores_equal_predict_causal(served):
     table = storage.read_table(utterances)
     table = table.filter(pc.equal(table.column("split"), "test")).sort_by(KEYS)
     dialogues = sorted(set(table.column("dialogue_id").to_pylist()))[:6]
-    table = table.filter(pc.is_in(table.column("dialogue_id"), value_set=__import__("pyarrow").array(dialogues)))
+    table = table.filter(pc.is_in(table.column("dialogue_id"), value_set=pa.array(dialogues)))
     only = str(folder / "test_utterances.parquet")
     pq.write_table(table, only)
     batch_out = str(folder / "causal")
