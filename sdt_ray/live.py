@@ -116,7 +116,10 @@ class CallBook:
         call = self.calls.get(call_id) or self._open(call_id, now)
         if turn.turn_id is not None and turn.turn_id in call.turn_ids:
             return call.scored[call.turn_ids[turn.turn_id]]
-        if call.pending is not None and call.pending[0] != turn.turn_id and now - call.pending[1] < self.limits.pending_timeout_s:
+        # A turn being scored blocks the next one; the same turn id again is its retry (its replica
+        # may have died) and takes it over. A turn without an id cannot be told from a new one.
+        retry = turn.turn_id is not None and call.pending is not None and call.pending[0] == turn.turn_id
+        if call.pending is not None and not retry and now - call.pending[1] < self.limits.pending_timeout_s:
             raise LiveError(409, f"call {call_id}: the previous turn is still being scored; send turns in order")
         if call.next_index >= self.limits.max_turns:
             raise LiveError(409, f"call {call_id} reached {self.limits.max_turns} turns; end it and start another")
@@ -131,10 +134,13 @@ class CallBook:
         )
 
     def commit(self, scored: ScoredTurn, vector: list[float], spoken: str) -> ScoredTurn:
-        """Record a scored turn; a commit for an ended or evicted call, or a stale one, is dropped."""
+        """Record a scored turn. A turn whose call ended meanwhile, or that another took over
+        (its pending time ran out), is refused, so that no client is told of a score the call lacks."""
         call = self.calls.get(scored.call_id)
-        if call is None or scored.index != call.next_index:
-            return scored
+        if call is None:
+            raise LiveError(409, f"call {scored.call_id} ended while its turn was being scored")
+        if scored.index != call.next_index or call.pending is None or call.pending[0] != scored.turn_id:
+            raise LiveError(409, f"call {scored.call_id}: turn {scored.index} was taken over by another; send it again")
         call.recent.append((self._speaker_id(call, scored.speaker, commit=True), vector, spoken))
         while len(call.recent) > self.keep:
             call.recent.popleft()

@@ -122,8 +122,8 @@ class CallStore:
             self.evicted_at = time.monotonic()
         return _refusal_as_value(self.book.begin, call_id, turn)
 
-    def commit(self, scored: ScoredTurn, vector: list[float], spoken: str) -> ScoredTurn:
-        return self.book.commit(scored, vector, spoken)
+    def commit(self, scored: ScoredTurn, vector: list[float], spoken: str):
+        return _refusal_as_value(self.book.commit, scored, vector, spoken)
 
     def turns(self, call_id: str):
         return _refusal_as_value(self.book.turns, call_id)
@@ -270,7 +270,7 @@ class LiveScoring:
         if isinstance(begun, ScoredTurn):  # a retry of a turn scored already
             return begun.to_json()
         scored, vector, spoken = await self.score_batch((begun, turn))
-        return (await self.store.commit.remote(scored, vector, spoken)).to_json()
+        return _raise_refusal(await self.store.commit.remote(scored, vector, spoken)).to_json()
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def score_batch(self, work: list[tuple]) -> list[tuple]:

@@ -70,7 +70,22 @@ def test_a_retry_is_scored_once_and_turns_go_in_order():
     retaken = book.begin("c", Turn("B", "first", turn_id="t1"))  # the same turn again: a replica died under it
     assert retaken.index == 1
     clock.now = 31.0  # a turn abandoned for longer than the timeout no longer blocks the call
-    assert book.begin("c", Turn("B", "second", turn_id="t2")).index == 1
+    taken = book.begin("c", Turn("B", "second", turn_id="t2"))
+    assert taken.index == 1
+    with pytest.raises(LiveError) as overtaken:  # the abandoned turn's late commit is not recorded
+        book.commit(scored(retaken, Turn("B", "first", turn_id="t1")), [0.0], "B: first")
+    assert overtaken.value.status == 409
+    book.commit(scored(taken, Turn("B", "second", turn_id="t2")), [1.0], "B: second")
+    assert [t.text for t in book.turns("c")] == ["hi", "second"]
+
+
+def test_turns_without_ids_are_not_scored_twice_at_once():
+    book = CallBook(LiveLimits(), max_speakers=9)
+    first = book.begin("c", Turn("A", "one"))
+    with pytest.raises(LiveError):  # no id: it cannot be a retry of the first, so it waits its turn
+        book.begin("c", Turn("A", "two"))
+    book.commit(scored(first, Turn("A", "one")), [0.0], "A: one")
+    assert book.begin("c", Turn("A", "two")).index == 1
 
 
 def test_ended_unknown_and_too_many_calls_are_refused():
