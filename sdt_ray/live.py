@@ -197,6 +197,25 @@ class CallBook:
         return new
 
 
+def check_servable(checkpoint: str, config, text_model: str | None) -> None:
+    """Before any replica starts: the checkpoint reads text, the encoder makes vectors of its
+    size, and the encoder's context input needs no future turns (a live call has none yet)."""
+    from .errors import ConfigError
+    from .features.text import resolve_text_model, text_model_dim
+    from .text_card import read_card
+
+    if "text" not in config.modalities:
+        raise ConfigError(f"{checkpoint}: live scoring reads text, and this checkpoint has no text modality ({list(config.modalities)})")
+    made = text_model_dim(text_model)
+    if made != config.input_dim("text"):
+        raise ConfigError(f"the checkpoint needs text vectors of {config.input_dim('text')} values, "
+                          f"but --text-model {text_model or 'minilm'} makes {made}")
+    card = read_card(resolve_text_model(text_model))
+    if card is not None and card.future:
+        raise ConfigError(f"--text-model {text_model}: fine-tuned with {card.future} future turns of context; "
+                          "a live call has no future turns (fine-tune it without future context)")
+
+
 class LiveScorer:
     """A checkpoint and its text encoder, loaded once: a batch of turns (of different calls)
     in, their scores out, with one encoder pass and one SDT pass."""
@@ -205,23 +224,14 @@ class LiveScorer:
         import torch
 
         from .checkpoint import load_checkpoint
-        from .errors import ConfigError
         from .features.text import TextEncoder
 
         if threads:
             torch.set_num_threads(threads)
         self.loaded = load_checkpoint(checkpoint, device=device)
-        config = self.loaded.config
-        if "text" not in config.modalities:
-            raise ConfigError(f"{checkpoint}: live scoring reads text, and this checkpoint has no text modality ({list(config.modalities)})")
+        check_servable(checkpoint, self.loaded.config, text_model)
         self.encoder = TextEncoder(text_model, device=device)
         self.text_input = self.encoder.text_input
-        if self.text_input.future:
-            raise ConfigError(f"--text-model {text_model}: fine-tuned with {self.text_input.future} future turns of context; "
-                              "a live call has no future turns (fine-tune with --future 0)")
-        if self.encoder.dim != config.input_dim("text"):
-            raise ConfigError(f"the checkpoint needs text vectors of {config.input_dim('text')} values, "
-                              f"but --text-model {text_model or 'minilm'} makes {self.encoder.dim}")
         self.device = device
 
     @property

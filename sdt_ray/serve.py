@@ -314,9 +314,19 @@ def app_builder(args: dict):
     return LiveScoring.bind(settings)
 
 
+def check_settings(settings: ServeSettings) -> None:
+    """Everything that can be refused before Ray starts, as one ConfigError line."""
+    from .live import check_servable
+    from .scoring import checkpoint_identity
+
+    check_exposure(settings.host, settings.token)
+    _, _, config = checkpoint_identity(settings.checkpoint)
+    check_servable(settings.checkpoint, config, settings.text_model)
+
+
 def start_serving(settings: ServeSettings, log=print) -> str:
     """Deploy on the Ray this process is connected to; returns the base URL."""
-    check_exposure(settings.host, settings.token)
+    check_settings(settings)
     serve.start(http_options={"host": settings.host, "port": settings.port})
     serve.run(application(settings), name=APP_NAME, route_prefix="/")
     url = f"http://{settings.host}:{settings.port}"
@@ -338,7 +348,7 @@ def serve_job(settings: ServeSettings, address: str | None = None, log=print) ->
     """`sdt-ray serve`: deploy, then serve until interrupted (Ctrl-C), then shut down."""
     from .session import ray_session
 
-    check_exposure(settings.host, settings.token)
+    check_settings(settings)
     with ray_session(address):
         start_serving(settings, log)
         log("press Ctrl-C to stop")

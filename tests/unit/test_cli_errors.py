@@ -245,3 +245,12 @@ def test_comma_list_options():
 
     assert comma_list(" text, audio ,,") == ("text", "audio")
     assert comma_list(None) == comma_list("") == comma_list(" , ") == ()
+
+
+def test_serve_refuses_what_it_cannot_serve_in_one_line_before_ray(tmp_path, checkpoint):
+    """Off loopback without a token; a checkpoint whose text vectors the encoder cannot make."""
+    exposed = run("serve", "--checkpoint", checkpoint, "--host", "0.0.0.0")
+    assert exposed.exit_code == 2 and "--token" in exposed.output
+    wrong = run("serve", "--checkpoint", checkpoint)
+    assert wrong.exit_code == 2
+    assert "needs text vectors of 16 values, but --text-model minilm makes 384" in wrong.output
