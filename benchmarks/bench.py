@@ -371,7 +371,7 @@ def _live_panel(results: dict[str, Any], ax) -> None:
     for phase, colour in (("steady", "#4477aa"), ("failover", "#ee7733")):
         points = np.array(live[phase]["timeline"]).reshape(-1, 2)
         ax.scatter(points[:, 0], points[:, 1], s=3, color=colour, alpha=0.5,
-                   label=f"{phase}: p50 {live[phase]['p50_ms']:.0f} ms, p99 {live[phase]['p99_ms']:.0f} ms")
+                   label=f"{phase}: p50 {live[phase]['p50_ms']} ms, p99 {live[phase]['p99_ms']} ms, {live[phase]['unscored']} unscored")
     ax.axvline(live["failover"]["kill_at_s"], color="#ee7733", linestyle=":", linewidth=1, label="replica killed")
     ax.axhline(250, color="#cc3311", linestyle="--", linewidth=1, label="goal: p99 250 ms")
     ax.set_yscale("log")

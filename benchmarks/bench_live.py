@@ -11,6 +11,9 @@
   clients retry a failed turn with its turn id, so a turn is scored once; the latency spike is
   the largest latency within 10 s of the kill.
 
+Latency runs from when a turn was due, so a client held up by a slow server counts it too. A
+turn not scored within MAX_WAIT_S counts as unscored and is left out of the percentiles.
+
 Bounded and self-stopping: each phase ends after DURATION s plus at most MAX_WAIT s for its last turns.
 """
 
@@ -83,7 +86,7 @@ async def _one_call(client, call_id: str, lines, start: float, interval_s: float
         await asyncio.sleep(max(0.0, due - time.perf_counter()))
         speaker, text = lines[k % len(lines)]
         turn_id = f"{call_id}-{k}"
-        sent_at = time.perf_counter()
+        sent_at = max(due, start)  # latency from when the turn was due, so that a late send counts too
         while True:
             try:
                 reply = await client.post(f"/v1/calls/{call_id}/turns", json={"speaker": speaker, "text": text, "turn_id": turn_id})
@@ -124,7 +127,8 @@ async def _load(url: str, calls: int, interval_s: float, duration_s: float, kill
         seconds = time.perf_counter() - start
         exactly_once = True
         for c, ids in enumerate(sent):  # the server's record of each call: every sent turn once, in order
-            turns = (await client.get(f"/v1/calls/{tag}-{c}")).json()["turns"]
+            reply = await client.get(f"/v1/calls/{tag}-{c}")
+            turns = reply.json()["turns"] if reply.status_code == 200 else []
             exactly_once &= [t["turn_id"] for t in turns] == ids and [t["index"] for t in turns] == list(range(len(ids)))
             await client.delete(f"/v1/calls/{tag}-{c}")
     return result.summary(seconds, killed_at, exactly_once)

@@ -36,10 +36,9 @@ class LiveLimits:
     max_context: int = CAUSAL_CONTEXT  # turns a score sees, itself included: all a call keeps for scoring
     max_open_calls: int = 10_000  # past it, idle calls go first; then a new call is refused (503)
     idle_timeout_s: float = 900.0  # a call with no turn for this long is evicted
-    max_turns: int = 100_000  # scored turns a call keeps for GET and the archive
+    max_turns: int = 10_000  # scored turns a call keeps for GET and the archive (a turn a few seconds: hours)
     max_text_chars: int = 4_000  # per turn (a minute of speech is about 1,000 characters)
     max_speaker_chars: int = 200
-    max_body_bytes: int = 64 * 1024  # per request
     pending_timeout_s: float = 30.0  # a turn taken by a replica that died is free to retake after this
     ended_remembered: int = 100_000  # ended call ids kept, so that a late turn is refused, not a new call
 
@@ -101,9 +100,12 @@ class CallBook:
     per call at a time: a live call speaks in order, and a second turn before the first is
     scored is refused (409), unless it is the same turn again (the client's retry)."""
 
-    def __init__(self, limits: LiveLimits, max_speakers: int, past: int = 0, clock=time.monotonic):
-        """past: earlier turns the text encoder reads as context (its card's); max_speakers: the checkpoint's."""
+    def __init__(self, limits: LiveLimits, max_speakers: int, past: int = 0, clock=time.monotonic,
+                 speaker_table: tuple[str, ...] | None = None):
+        """past: earlier turns the text encoder reads as context (its card's); max_speakers and
+        speaker_table: the checkpoint's (a table for speaker_mode fixed, None for relative ids)."""
         self.limits, self.max_speakers, self.past, self.clock = limits, max_speakers, past, clock
+        self.speaker_table = speaker_table
         self.keep = max(limits.max_context - 1, past)  # earlier turns a call holds for scoring
         self.calls: dict[str, _Call] = {}
         self.ended: OrderedDict[str, None] = OrderedDict()
@@ -139,6 +141,8 @@ class CallBook:
         call = self.calls.get(scored.call_id)
         if call is None:
             raise LiveError(409, f"call {scored.call_id} ended while its turn was being scored")
+        if scored.turn_id is not None and scored.turn_id in call.turn_ids:  # its retry was recorded first
+            return call.scored[call.turn_ids[scored.turn_id]]
         if scored.index != call.next_index or call.pending is None or call.pending[0] != scored.turn_id:
             raise LiveError(409, f"call {scored.call_id}: turn {scored.index} was taken over by another; send it again")
         call.recent.append((self._speaker_id(call, scored.speaker, commit=True), vector, spoken))
@@ -150,6 +154,12 @@ class CallBook:
         call.next_index += 1
         call.pending, call.last_seen = None, self.clock()
         return scored
+
+    def abort(self, call_id: str, index: int, turn_id: str | None) -> None:
+        """A turn that could not be scored frees its call for the next one (or its retry)."""
+        call = self.calls.get(call_id)
+        if call is not None and call.next_index == index and call.pending is not None and call.pending[0] == turn_id:
+            call.pending = None
 
     def turns(self, call_id: str) -> list[ScoredTurn]:
         if call_id not in self.calls:
@@ -189,6 +199,8 @@ class CallBook:
         """Relative ids as collate.relative_speaker_ids gives them over the whole call: first
         appearance order, every speaker past the table sharing the last slot. Only the first
         max_speakers - 1 names need keeping for that."""
+        if self.speaker_table is not None:  # collate.fixed_speaker_ids
+            return self.speaker_table.index(speaker) if speaker in self.speaker_table else self.max_speakers - 1
         if speaker in call.speakers:
             return call.speakers.index(speaker)
         new = min(len(call.speakers), self.max_speakers - 1)
@@ -197,12 +209,16 @@ class CallBook:
         return new
 
 
-def check_servable(checkpoint: str, config, text_model: str | None) -> None:
+def check_servable(checkpoint: str, config, text_model: str | None, max_context: int) -> None:
     """Before any replica starts: the checkpoint reads text, the encoder makes vectors of its
-    size, and the encoder's context input needs no future turns (a live call has none yet)."""
+    size, its context input needs no future turns (a live call has none yet), and the window
+    fits the model."""
     from .errors import ConfigError
     from .features.text import resolve_text_model, text_model_dim
     from .text_card import read_card
+
+    if not 1 <= max_context <= config.max_len:
+        raise ConfigError(f"--max-context {max_context}: between 1 and the checkpoint's max_len ({config.max_len})")
 
     if "text" not in config.modalities:
         raise ConfigError(f"{checkpoint}: live scoring reads text, and this checkpoint has no text modality ({list(config.modalities)})")
@@ -229,14 +245,16 @@ class LiveScorer:
         if threads:
             torch.set_num_threads(threads)
         self.loaded = load_checkpoint(checkpoint, device=device)
-        check_servable(checkpoint, self.loaded.config, text_model)
+        check_servable(checkpoint, self.loaded.config, text_model, 1)
         self.encoder = TextEncoder(text_model, device=device)
         self.text_input = self.encoder.text_input
         self.device = device
 
-    @property
-    def max_speakers(self) -> int:
-        return self.loaded.config.max_speakers
+    def book(self, limits: LiveLimits) -> CallBook:
+        """An empty CallBook that keeps what this scorer's windows and encoder context need."""
+        config = self.loaded.config
+        table = config.speaker_names if config.speaker_mode == "fixed" else None
+        return CallBook(limits, config.max_speakers, self.text_input.past, speaker_table=table)
 
     def score(self, work: list[tuple[TurnContext, Turn]]) -> list[tuple[ScoredTurn, list[float], str]]:
         """For each (context, turn): its score, its text vector and its `speaker: text` (for the book)."""

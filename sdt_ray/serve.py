@@ -13,6 +13,8 @@ not depend on which replica took it, and a replica that dies loses no call. What
 # No `from __future__ import annotations`: FastAPI reads the route parameters' types (Request,
 # WebSocket, TurnIn) from live annotations, and Serve's ingress wrapper loses string ones.
 
+import asyncio
+import hashlib
 import hmac
 import ipaddress
 import json
@@ -53,7 +55,13 @@ class ServeSettings:
     batch_wait_s: float = 0.005  # how long a turn waits for others to batch with
     archive: str | None = None  # folder (or s3://) that DELETE ...?archive=true appends a call's rows to
     limits: LiveLimits = field(default_factory=LiveLimits)
-    store_name: str = "calls"
+
+    @property
+    def store_name(self) -> str:
+        """The calls' actor, named by what decides a score: a redeploy with the same checkpoint,
+        encoder and limits finds the calls it had; one with others starts with none."""
+        key = json.dumps([self.checkpoint, self.text_model, repr(self.limits)])
+        return "calls-" + hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
 def check_exposure(host: str, token: str | None) -> None:
@@ -74,7 +82,7 @@ def is_loopback(host: str) -> bool:
 class TurnIn(BaseModel):
     """POST /v1/calls/{call_id}/turns: one turn as it is spoken."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # NaN seconds could not be answered as JSON
     speaker: str | None = None  # a name as in the training tables
     role: str | None = None  # or a role for calls (agent, customer): the same field to the model
     text: str
@@ -98,7 +106,7 @@ def checked_turn(body: TurnIn, limits: LiveLimits) -> Turn:
         raise LiveError(422, "'end_s' is before 'start_s'")
     if body.turn_id is not None and len(body.turn_id) > 128:
         raise LiveError(422, "'turn_id' is over 128 characters")
-    return Turn(who.strip(), body.text, body.start_s, body.end_s, body.turn_id)
+    return Turn(who, body.text, body.start_s, body.end_s, body.turn_id)  # the name as given, as in batch
 
 
 def checked_call_id(call_id: str) -> str:
@@ -112,8 +120,8 @@ class CallStore:
     """The calls' book (live.CallBook) in one actor. Refusals come back as LiveError values, so
     the replica can answer with their status instead of a Ray task error."""
 
-    def __init__(self, limits: LiveLimits, max_speakers: int, past: int):
-        self.book = CallBook(limits, max_speakers, past)
+    def __init__(self, book: CallBook):
+        self.book = book
         self.evicted_at = 0.0
 
     def begin(self, call_id: str, turn: Turn):
@@ -124,6 +132,9 @@ class CallStore:
 
     def commit(self, scored: ScoredTurn, vector: list[float], spoken: str):
         return _refusal_as_value(self.book.commit, scored, vector, spoken)
+
+    def abort(self, call_id: str, index: int, turn_id: str | None) -> None:
+        self.book.abort(call_id, index, turn_id)
 
     def turns(self, call_id: str):
         return _refusal_as_value(self.book.turns, call_id)
@@ -153,7 +164,19 @@ def call_store(settings: ServeSettings, scorer: LiveScorer):
     the others. Detached, so that it outlives the replica that created it."""
     return CallStore.options(
         name=settings.store_name, namespace=STORE_NAMESPACE, get_if_exists=True, lifetime="detached",
-    ).remote(settings.limits, scorer.max_speakers, scorer.text_input.past)
+    ).remote(scorer.book(settings.limits))
+
+
+def _validated_turn(value: dict) -> TurnIn:
+    """A WebSocket message's turn, or LiveError(422) naming the first wrong field."""
+    from pydantic import ValidationError
+
+    try:
+        return TurnIn.model_validate(value)
+    except ValidationError as invalid:
+        first = invalid.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        raise LiveError(422, f"{where + ': ' if where else ''}{first.get('msg')}") from None
 
 
 def _json_object(message: str) -> dict:
@@ -193,7 +216,9 @@ async def _http(request: Request, problem: HTTPException):
 @api.middleware("http")
 async def _bounded_body(request: Request, call_next):
     size = request.headers.get("content-length")
-    if size is not None and (not size.isdigit() or int(size) > MAX_BODY_BYTES):
+    if size is not None and not size.isdigit():
+        return JSONResponse({"error": "Content-Length is not a number"}, status_code=400)
+    if size is not None and int(size) > MAX_BODY_BYTES:  # (a chunked body is bounded by the text limit instead)
         return JSONResponse({"error": f"request body over {MAX_BODY_BYTES} bytes"}, status_code=413)
     return await call_next(request)
 
@@ -226,20 +251,22 @@ class LiveScoring:
     @api.get("/v1/calls/{call_id}")
     async def get_call(self, call_id: str, request: Request) -> dict:
         self._authorize(request.headers.get("authorization"))
-        turns = _raise_refusal(await self.store.turns.remote(checked_call_id(call_id)))
+        turns = await self._store("turns", checked_call_id(call_id))
         return {"call_id": call_id, "turns": [t.to_json() for t in turns]}
 
     @api.delete("/v1/calls/{call_id}")
     async def end_call(self, call_id: str, request: Request, archive: bool = False) -> dict:
-        """End the call; with ?archive=true, first write its rows (predictions schema) to --archive."""
+        """End the call; with ?archive=true, then write its rows (predictions schema) to --archive.
+        The call ends first, so that no turn can join it between the archive and the end."""
         self._authorize(request.headers.get("authorization"))
         call_id = checked_call_id(call_id)
         if archive and not self.settings.archive:
             raise LiveError(409, "this server has no --archive folder to write calls to")
-        if archive:
-            turns = _raise_refusal(await self.store.turns.remote(call_id))
-            written = self._archive(call_id, turns)
-        turns = _raise_refusal(await self.store.end.remote(call_id))
+        turns = await self._store("end", call_id)
+        try:
+            written = self._archive(call_id, turns) if archive else None
+        except OSError as failure:
+            raise LiveError(503, f"call {call_id} ended, but its archive could not be written ({failure})") from None
         return {"call_id": call_id, "turns": len(turns), **({"archive": written} if archive else {})}
 
     @api.websocket("/v1/calls/{call_id}/stream")
@@ -251,30 +278,49 @@ class LiveScoring:
         await socket.accept()
         try:
             while True:
-                message = await socket.receive_text()
+                message = await socket.receive()
+                if message["type"] == "websocket.disconnect":
+                    return
                 try:
-                    if len(message) > MAX_BODY_BYTES:
+                    text = message.get("text")
+                    if text is None:
+                        raise LiveError(400, "send turns as text frames of JSON")
+                    if len(text) > MAX_BODY_BYTES:
                         raise LiveError(413, f"message over {MAX_BODY_BYTES} bytes")
-                    body = TurnIn.model_validate(_json_object(message))
+                    body = _validated_turn(_json_object(text))
                     reply = await self._take(checked_call_id(call_id), checked_turn(body, self.settings.limits))
                 except LiveError as refusal:
                     reply = {"error": refusal.reason, "status": refusal.status}
-                except ValueError as invalid:  # pydantic's ValidationError is a ValueError
-                    reply = {"error": str(invalid).splitlines()[0], "status": 422}
                 await socket.send_json(reply)
         except WebSocketDisconnect:
             return
 
     async def _take(self, call_id: str, turn: Turn) -> dict:
-        begun = _raise_refusal(await self.store.begin.remote(call_id, turn))
+        begun = await self._store("begin", call_id, turn)
         if isinstance(begun, ScoredTurn):  # a retry of a turn scored already
             return begun.to_json()
-        scored, vector, spoken = await self.score_batch((begun, turn))
-        return _raise_refusal(await self.store.commit.remote(scored, vector, spoken)).to_json()
+        try:
+            scored, vector, spoken = await self.score_batch((begun, turn))
+        except Exception as failure:  # the server's fault, not the request's: free the call, ask for a retry
+            await self.store.abort.remote(call_id, begun.index, turn.turn_id)
+            raise LiveError(503, f"scoring failed ({type(failure).__name__}); send the turn again") from None
+        return (await self._store("commit", scored, vector, spoken)).to_json()
+
+    async def _store(self, method: str, *args):
+        """A call of the calls' actor; a refusal it returns is raised here. If the actor died,
+        its calls are gone: a new one is found or made (every replica finds the same) and 503 said."""
+        from ray.exceptions import RayActorError
+
+        try:
+            return _raise_refusal(await getattr(self.store, method).remote(*args))
+        except RayActorError:
+            self.store = call_store(self.settings, self.scorer)
+            raise LiveError(503, "the calls' state was lost (its actor died); open calls must start again") from None
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def score_batch(self, work: list[tuple]) -> list[tuple]:
-        return self.scorer.score(work)
+        # In a thread, so that the replica's event loop keeps taking requests during the forward pass.
+        return await asyncio.to_thread(self.scorer.score, work)
 
     def _archive(self, call_id: str, turns: list[ScoredTurn]) -> str:
         from . import __version__, storage
@@ -309,6 +355,7 @@ def app_builder(args: dict):
     come from the file's `deployments` section."""
     args = dict(args)
     limits = LiveLimits(**args.pop("limits", {}))
+    args.setdefault("token", os.environ.get("SDT_RAY_SERVE_TOKEN"))  # a secret, kept out of the file
     settings = ServeSettings(limits=limits, **args)
     check_exposure(settings.host, settings.token)
     return LiveScoring.bind(settings)
@@ -321,7 +368,7 @@ def check_settings(settings: ServeSettings) -> None:
 
     check_exposure(settings.host, settings.token)
     _, _, config = checkpoint_identity(settings.checkpoint)
-    check_servable(settings.checkpoint, config, settings.text_model)
+    check_servable(settings.checkpoint, config, settings.text_model, settings.limits.max_context)
 
 
 def start_serving(settings: ServeSettings, log=print) -> str:

@@ -98,10 +98,12 @@ def test_bad_requests_get_a_4xx_line_and_leave_the_call_as_it_was(served):
                                   headers={"Authorization": "Bearer wrong"}),
         "no token": httpx.get(f"{base(client)}/v1/calls/bad"),
         "bad call id": post(client, "a b", "Ross", "Hi."),
+        "NaN seconds": client.post("/v1/calls/bad/turns", content=b'{"speaker": "R", "text": "x", "start_s": NaN}',
+                                   headers={"content-type": "application/json"}),
     }
     expected = {"malformed JSON": 400, "missing speaker": 422, "1 MB of text": 413, "too long a text": 422,
                 "unknown field": 422, "empty text": 422, "unknown call": 404, "wrong token": 401, "no token": 401,
-                "bad call id": 422}
+                "bad call id": 422, "NaN seconds": 422}
     for case, reply in cases.items():
         assert reply.status_code == expected[case], (case, reply.status_code, reply.text)
         reason = reply.json()["error"]

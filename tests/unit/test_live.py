@@ -49,6 +49,26 @@ def test_speaker_ids_are_the_whole_calls_first_appearances_and_the_window_is_bou
     assert [t.index for t in book.turns("c")] == list(range(7))
 
 
+def test_a_fixed_speaker_table_is_used_as_in_batch():
+    from sdt_ray.collate import fixed_speaker_ids
+
+    table = ("Ross", "Rachel")
+    book = CallBook(LiveLimits(max_context=8), max_speakers=3, speaker_table=table)
+    names = ["Rachel", "Joey", "Ross", "Rachel"]
+    contexts = [say(book, "c", name) for name in names]
+    assert contexts[-1].speaker_ids == fixed_speaker_ids(names, table, 3).tolist()  # [1, 2, 0, 1]
+
+
+def test_a_failed_turn_frees_its_call_and_a_late_commit_of_a_retried_turn_is_its_score():
+    book = CallBook(LiveLimits(), max_speakers=9)
+    first = book.begin("c", Turn("A", "one", turn_id="t0"))
+    book.abort("c", first.index, "t0")  # scoring failed: the next turn need not wait
+    again = book.begin("c", Turn("A", "one", turn_id="t0"))
+    recorded = book.commit(scored(again, Turn("A", "one", turn_id="t0")), [0.0], "A: one")
+    late = book.commit(scored(first, Turn("A", "one", turn_id="t0")), [0.0], "A: one")  # the first try, finishing late
+    assert late is recorded and len(book.turns("c")) == 1
+
+
 def test_the_encoder_context_keeps_as_many_turns_as_it_reads():
     book = CallBook(LiveLimits(max_context=2), max_speakers=9, past=3)
     for k in range(4):
@@ -125,7 +145,7 @@ def test_live_scores_equal_causal_batch_scores(checkpoint):
     turns = [("Ross", "We were on a break!"), ("Rachel", "Oh my God."), ("Ross", "I can't believe it."),
              ("Joey", "How you doin'?"), ("Rachel", "Get out."), ("Ross", "Fine. Fine!")]
     scorer = LiveScorer(checkpoint)
-    book = CallBook(LiveLimits(max_context=3), scorer.max_speakers, scorer.text_input.past)
+    book = scorer.book(LiveLimits(max_context=3))
     live = {"c1": [], "c2": []}
     for speaker, text in turns:
         work = [(book.begin(call, Turn(speaker, text)), Turn(speaker, text)) for call in ("c1", "c2")]
