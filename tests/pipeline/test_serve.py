@@ -34,9 +34,12 @@ KEYS = [("dialogue_id", "ascending"), ("utterance_index", "ascending")]
 @pytest.fixture(scope="module")
 def served(ray_local, tmp_path_factory):
     folder = tmp_path_factory.mktemp("serve")
-    settings = ServeSettings(CHECKPOINT, port=free_port(), token=TOKEN, archive=str(folder / "archive"),
+    # Bound to every address, as a server for other machines is: so the token is required, and
+    # the wrong-token test below is the real case. The tests reach it over 127.0.0.1.
+    settings = ServeSettings(CHECKPOINT, host="0.0.0.0", port=free_port(), token=TOKEN, archive=str(folder / "archive"),
                              limits=LiveLimits(max_context=CONTEXT))
-    url = start_serving(settings, log=lambda m: None)
+    start_serving(settings, log=lambda m: None)
+    url = f"http://127.0.0.1:{settings.port}"
     client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
     yield settings, client, folder
     client.close()
