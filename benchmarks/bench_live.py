@@ -65,9 +65,9 @@ def meld_lines(limit: int = 2000) -> list[tuple[str, str]]:
     """(speaker, text) of the bundled MELD slice's train dialogues, in order."""
     import pyarrow.compute as pc
 
-    from sdt_ray.importers import import_corpus
+    from sdt_ray.importers import DEMO_CORPUS, import_corpus
 
-    table = import_corpus("meld", Path(__import__("sdt_ray").__file__).parent / "demo" / "meld_slice")
+    table = import_corpus("meld", DEMO_CORPUS)
     table = table.filter(pc.equal(table.column("split"), "train"))
     return list(zip(table.column("speaker").to_pylist(), table.column("text").to_pylist()))[:limit]
 
@@ -167,11 +167,11 @@ def causal_batch(checkpoint: str, corpus: str | None, workdir: Path, max_context
     import pyarrow.parquet as pq
 
     from sdt_ray import storage
-    from sdt_ray.importers import import_corpus
+    from sdt_ray.importers import DEMO_CORPUS, import_corpus
     from sdt_ray.pipelines import ExtractOptions, predict_job
     from sdt_ray.scoring import PredictOptions
 
-    source = corpus or Path(__import__("sdt_ray").__file__).parent / "demo" / "meld_slice"
+    source = corpus or DEMO_CORPUS
     table = import_corpus("meld", source)
     table = table.filter(pc.equal(table.column("split"), "test"))
     table = table.filter(pc.invert(pc.equal(pc.utf8_trim_whitespace(table.column("text")), "")))  # the API refuses empty turns
@@ -199,11 +199,12 @@ def live_equality(url: str, table, batch, batch_s: float, corpus: str | None) ->
 
 def bench_live(calls: int = 50, interval_s: float = 2.0, duration_s: float = 120.0, replicas: int = 2,
                workdir: str = "bench", equality_corpus: str | None = None, log=print) -> dict:
+    from sdt_ray.demo import DEMO_MODEL
     from sdt_ray.live import LiveLimits
     from sdt_ray.serve import ServeSettings, start_serving, stop_serving
     from sdt_ray.session import ray_session
 
-    checkpoint = str(Path(__import__("sdt_ray").__file__).parent / "demo" / "model")
+    checkpoint = str(DEMO_MODEL)  # MELD text over MiniLM features
     work = Path(workdir) / "live"
     work.mkdir(parents=True, exist_ok=True)
     settings = ServeSettings(checkpoint, port=_free_port(), token=TOKEN, replicas=replicas, cpus_per_replica=1.0, limits=LiveLimits())

@@ -127,12 +127,12 @@ class CallBook:
             raise LiveError(409, f"call {call_id} reached {self.limits.max_turns} turns; end it and start another")
         call.pending, call.last_seen = (turn.turn_id, now), now
         recent = list(call.recent)
-        window = recent[max(0, len(recent) - (self.limits.max_context - 1)):] if self.limits.max_context > 1 else []
+        window = recent[max(0, len(recent) - (self.limits.max_context - 1)):]  # the earlier turns SDT reads
         return TurnContext(
             call_id, call.next_index,
             [r[0] for r in window] + [self._speaker_id(call, turn.speaker, commit=False)],
             [r[1] for r in window],
-            [r[2] for r in recent[max(0, len(recent) - self.past):]] if self.past else [],
+            [r[2] for r in recent[max(0, len(recent) - self.past):]],  # the earlier turns the encoder reads
         )
 
     def commit(self, scored: ScoredTurn, vector: list[float], spoken: str) -> ScoredTurn:
@@ -209,17 +209,16 @@ class CallBook:
         return new
 
 
-def check_servable(checkpoint: str, config, text_model: str | None, max_context: int) -> None:
+def check_servable(checkpoint: str, config, text_model: str | None, max_context: int | None = None) -> None:
     """Before any replica starts: the checkpoint reads text, the encoder makes vectors of its
     size, its context input needs no future turns (a live call has none yet), and the window
-    fits the model."""
+    (when given) fits the model."""
     from .errors import ConfigError
     from .features.text import resolve_text_model, text_model_dim
     from .text_card import read_card
 
-    if not 1 <= max_context <= config.max_len:
+    if max_context is not None and not 1 <= max_context <= config.max_len:
         raise ConfigError(f"--max-context {max_context}: between 1 and the checkpoint's max_len ({config.max_len})")
-
     if "text" not in config.modalities:
         raise ConfigError(f"{checkpoint}: live scoring reads text, and this checkpoint has no text modality ({list(config.modalities)})")
     made = text_model_dim(text_model)
@@ -245,7 +244,7 @@ class LiveScorer:
         if threads:
             torch.set_num_threads(threads)
         self.loaded = load_checkpoint(checkpoint, device=device)
-        check_servable(checkpoint, self.loaded.config, text_model, 1)
+        check_servable(checkpoint, self.loaded.config, text_model)
         self.encoder = TextEncoder(text_model, device=device)
         self.text_input = self.encoder.text_input
         self.device = device

@@ -167,11 +167,15 @@ def _matrix(column: pa.ChunkedArray, rows: np.ndarray, dim: int) -> np.ndarray:
     return taken.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(len(rows), dim)
 
 
+FULL_CONTEXT = 512  # utterances per window in batch scoring: longer dialogues are cut in overlapping windows
+CAUSAL_CONTEXT = 32  # turns a causal (or live) score sees, itself included: `serve` keeps as many per call
+
+
 class DialogueScorer:
     """Rows of whole dialogues in, one prediction row per input row out."""
 
     def __init__(self, model, config: ModelConfig, labels: list[str], model_id: str, model_version: str,
-                 batch_size: int = 16, max_context: int = 512, device: str = "cpu", temperature: float = 1.0,
+                 batch_size: int = 16, max_context: int = FULL_CONTEXT, device: str = "cpu", temperature: float = 1.0,
                  causal: bool = False):
         self.model, self.config, self.labels = model, config, labels
         self.causal = causal  # each utterance from the turns up to itself only (causal_spans)
@@ -244,14 +248,10 @@ class DialogueScorer:
         return relative_speaker_ids(names, self.config.max_speakers)
 
 
-FULL_CONTEXT = 512  # utterances per window in batch scoring: longer dialogues are cut in overlapping windows
-CAUSAL_CONTEXT = 32  # turns a causal (or live) score sees, itself included: `serve` keeps as many per call
-
-
 @dataclass(frozen=True)
 class PredictOptions:
     batch_size: int = 16  # dialogues (or windows of long ones) per forward pass
-    max_context: int | None = None  # utterances per window; None: 512, or CAUSAL_CONTEXT with `causal`
+    max_context: int | None = None  # utterances per window; None: FULL_CONTEXT, or CAUSAL_CONTEXT with `causal`
     causal: bool = False  # each utterance scored from the turns up to itself, as live scoring sees it
     rows_per_file: int = 10_000  # about this many utterances per task and output file (whole dialogues)
     keep_columns: tuple[str, ...] = ()

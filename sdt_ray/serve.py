@@ -142,9 +142,6 @@ class CallStore:
     def end(self, call_id: str):
         return _refusal_as_value(self.book.end, call_id)
 
-    def open_calls(self) -> int:
-        return len(self.book.calls)
-
 
 def _refusal_as_value(method, *args):
     try:
@@ -174,9 +171,7 @@ def _validated_turn(value: dict) -> TurnIn:
     try:
         return TurnIn.model_validate(value)
     except ValidationError as invalid:
-        first = invalid.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ()))
-        raise LiveError(422, f"{where + ': ' if where else ''}{first.get('msg')}") from None
+        raise LiveError(422, _first_problem(invalid.errors())) from None
 
 
 def _json_object(message: str) -> dict:
@@ -201,11 +196,18 @@ async def _refused(request: Request, refusal: LiveError):
 @api.exception_handler(RequestValidationError)
 async def _invalid(request: Request, invalid: RequestValidationError):
     """One line: the first problem, where it is. Malformed JSON is a 400, a wrong field a 422."""
-    first = invalid.errors()[0] if invalid.errors() else {"msg": "invalid request", "loc": ()}
-    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-    status = 400 if first.get("type") == "json_invalid" else 422
-    reason = "malformed JSON" if status == 400 else f"{where + ': ' if where else ''}{first.get('msg')}"
-    return JSONResponse({"error": reason}, status_code=status)
+    errors = invalid.errors()
+    if errors and errors[0].get("type") == "json_invalid":
+        return JSONResponse({"error": "malformed JSON"}, status_code=400)
+    return JSONResponse({"error": _first_problem(errors)}, status_code=422)
+
+
+def _first_problem(errors: list[dict]) -> str:
+    """pydantic's first error as one line, `field: message` (the `body` prefix of FastAPI's dropped)."""
+    if not errors:
+        return "invalid request"
+    where = ".".join(str(p) for p in errors[0].get("loc", ()) if p != "body")
+    return f"{where + ': ' if where else ''}{errors[0].get('msg')}"
 
 
 @api.exception_handler(HTTPException)
@@ -372,8 +374,12 @@ def check_settings(settings: ServeSettings) -> None:
 
 
 def start_serving(settings: ServeSettings, log=print) -> str:
-    """Deploy on the Ray this process is connected to; returns the base URL."""
+    """Check the settings, then deploy on the Ray this process is connected to; returns the base URL."""
     check_settings(settings)
+    return _deploy(settings, log)
+
+
+def _deploy(settings: ServeSettings, log) -> str:
     serve.start(http_options={"host": settings.host, "port": settings.port})
     serve.run(application(settings), name=APP_NAME, route_prefix="/")
     url = f"http://{settings.host}:{settings.port}"
@@ -395,9 +401,9 @@ def serve_job(settings: ServeSettings, address: str | None = None, log=print) ->
     """`sdt-ray serve`: deploy, then serve until interrupted (Ctrl-C), then shut down."""
     from .session import ray_session
 
-    check_settings(settings)
+    check_settings(settings)  # before Ray starts
     with ray_session(address):
-        start_serving(settings, log)
+        _deploy(settings, log)
         log("press Ctrl-C to stop")
         try:
             while True:

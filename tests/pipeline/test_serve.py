@@ -15,17 +15,16 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-import sdt_ray
 from sdt_ray import storage
-from sdt_ray.importers import MELD_LABELS, write_corpus
+from sdt_ray.demo import DEMO_MODEL
+from sdt_ray.importers import DEMO_CORPUS, MELD_LABELS, write_corpus
 from sdt_ray.live import LiveLimits
 from sdt_ray.pipelines import ExtractOptions, predict_job
 from sdt_ray.scoring import PredictOptions
 from sdt_ray.serve import ServeSettings, start_serving, stop_serving
 from tests.helpers.processes import free_port
 
-CHECKPOINT = str(Path(sdt_ray.__file__).parent / "demo" / "model")  # MELD text, MiniLM features
-MELD_SLICE = Path(sdt_ray.__file__).parent / "demo" / "meld_slice"
+CHECKPOINT = str(DEMO_MODEL)  # MELD text, MiniLM features
 TOKEN = "test-token"
 CONTEXT = 4  # turns per score: smaller than most dialogues, so the window slides
 KEYS = [("dialogue_id", "ascending"), ("utterance_index", "ascending")]
@@ -62,7 +61,7 @@ def test_live_scores_equal_predict_causal(served):
     --extract` on the same checkpoint: probabilities to 1e-5, and the same labels."""
     settings, client, folder = served
     utterances = str(folder / "utterances.parquet")
-    write_corpus("meld", MELD_SLICE, utterances, limit_dialogues=6)
+    write_corpus("meld", DEMO_CORPUS, utterances, limit_dialogues=6)
     table = storage.read_table(utterances)
     table = table.filter(pc.equal(table.column("split"), "test")).sort_by(KEYS)
     dialogues = sorted(set(table.column("dialogue_id").to_pylist()))[:6]
