@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -226,4 +227,19 @@ def _strict_fields(cls: type, data: dict[str, Any], source: str | Path) -> dict[
     extra = set(data) - names
     if extra:
         raise ConfigError(f"{source}: unknown {cls.__name__} keys {sorted(extra)}; known: {sorted(names)}")
-    return dict(data)
+    hints = typing.get_type_hints(cls)
+    return {key: _as_declared(value, hints[key], f"{source}: {cls.__name__}.{key}") for key, value in data.items()}
+
+
+def _as_declared(value: Any, hint: Any, where: str) -> Any:
+    """A recipe's number as its field declares it. PyYAML follows YAML 1.1, where `1e-5` (no
+    dot) is a string, not a float: left as is it reached torch.optim inside a Ray worker as a
+    TypeError. Here it becomes 1e-05, and a value that is no number is one error line."""
+    if hint is float and not isinstance(value, bool):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: {value!r} is not a number") from None
+    if hint is int and not (isinstance(value, int) and not isinstance(value, bool)):
+        raise ConfigError(f"{where}: {value!r} is not a whole number")
+    return value

@@ -91,3 +91,22 @@ def test_the_folder_tells_recipes_from_job_specs():
     assert RECIPES and not any(is_job_spec(p) for p in RECIPES)
     specs = sorted(JOBS.glob("*.yaml"))
     assert specs and all(is_job_spec(p) for p in specs)
+
+
+def test_recipe_numbers_in_yaml_1_1_exponent_form_load_as_floats(tmp_path):
+    """PyYAML reads `1e-5` (no dot) as a string; it used to reach torch.optim inside a Ray worker."""
+    path = tmp_path / "r.yaml"
+    path.write_text("model:\n  dropout: 3e-1\ntrain:\n  lr: 5e-4\n  weight_decay: 1e-5\n")
+    recipe = load_recipe(path)
+    assert (recipe.train.lr, recipe.train.weight_decay, recipe.model.dropout) == (5e-4, 1e-5, 0.3)
+    assert isinstance(recipe.train.weight_decay, float)
+
+
+@pytest.mark.parametrize("body, named", [("train:\n  lr: fast\n", "TrainConfig.lr: 'fast' is not a number"),
+                                         ("train:\n  epochs: 2.5\n", "TrainConfig.epochs: 2.5 is not a whole number")])
+def test_recipe_value_of_the_wrong_type_is_one_error_line(tmp_path, body, named):
+    path = tmp_path / "r.yaml"
+    path.write_text(body)
+    with pytest.raises(ConfigError, match=named) as err:
+        load_recipe(path)
+    assert str(err.value).startswith(f"{path}: ")
