@@ -234,7 +234,12 @@ def _strict_fields(cls: type, data: dict[str, Any], source: str | Path) -> dict[
 def _as_declared(value: Any, hint: Any, where: str) -> Any:
     """A recipe's number as its field declares it. PyYAML follows YAML 1.1, where `1e-5` (no
     dot) is a string, not a float: left as is it reached torch.optim inside a Ray worker as a
-    TypeError. Here it becomes 1e-05, and a value that is no number is one error line."""
+    TypeError. Here it becomes 1e-05, and a value that is no number is one error line.
+    A `tuple[float, ...]` field (class_weights) has each entry read the same way."""
+    if typing.get_origin(hint) is tuple and isinstance(value, (list, tuple)):
+        item, *rest = typing.get_args(hint)
+        if rest == [Ellipsis]:
+            return tuple(_as_declared(v, item, f"{where}[{i}]") for i, v in enumerate(value))
     if hint is float and not isinstance(value, bool):
         try:
             return float(value)

@@ -96,14 +96,16 @@ def test_the_folder_tells_recipes_from_job_specs():
 def test_recipe_numbers_in_yaml_1_1_exponent_form_load_as_floats(tmp_path):
     """PyYAML reads `1e-5` (no dot) as a string; it used to reach torch.optim inside a Ray worker."""
     path = tmp_path / "r.yaml"
-    path.write_text("model:\n  dropout: 3e-1\ntrain:\n  lr: 5e-4\n  weight_decay: 1e-5\n")
+    path.write_text("model:\n  dropout: 3e-1\nloss:\n  class_weights: [1, 5e-1]\ntrain:\n  lr: 5e-4\n  weight_decay: 1e-5\n")
     recipe = load_recipe(path)
     assert (recipe.train.lr, recipe.train.weight_decay, recipe.model.dropout) == (5e-4, 1e-5, 0.3)
     assert isinstance(recipe.train.weight_decay, float)
+    assert recipe.loss.class_weights == (1.0, 0.5) and all(isinstance(w, float) for w in recipe.loss.class_weights)
 
 
 @pytest.mark.parametrize("body, named", [("train:\n  lr: fast\n", "TrainConfig.lr: 'fast' is not a number"),
-                                         ("train:\n  epochs: 2.5\n", "TrainConfig.epochs: 2.5 is not a whole number")])
+                                         ("train:\n  epochs: 2.5\n", "TrainConfig.epochs: 2.5 is not a whole number"),
+                                         ("loss:\n  class_weights: [1, x]\n", r"LossConfig.class_weights\[1\]: 'x' is not a number")])
 def test_recipe_value_of_the_wrong_type_is_one_error_line(tmp_path, body, named):
     path = tmp_path / "r.yaml"
     path.write_text(body)
