@@ -110,13 +110,24 @@ def build_trainer(plan: TrainerPlan) -> TorchTrainer:
 
 
 def fit(trainer: TorchTrainer, what: str) -> ray.train.Checkpoint:
-    """Run the trainer; its final checkpoint, or one error line naming `what` failed."""
-    result = trainer.fit()
+    """Run the trainer; its final checkpoint, or one error line naming `what` failed (Ray Train
+    raises when a worker dies: a page of actor details, summed up here in its first sentence)."""
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as exc:
+        raise SdtError(f"{what} failed: {_first_sentence(exc)} ({type(exc).__name__}); "
+                       "its checkpoints are kept, and --resume continues from the last one") from None
     if result.error is not None:
-        raise SdtError(f"{what} failed: {result.error}")
+        raise SdtError(f"{what} failed: {_first_sentence(result.error)}")
     if result.checkpoint is None:
         raise SdtError(f"{what} finished without a checkpoint")
     return result.checkpoint
+
+
+def _first_sentence(error: BaseException) -> str:
+    """The first line of an error that says something (Ray's start with headers ending in ':')."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return next((line for line in lines if not line.endswith(":")), type(error).__name__)
 
 
 @contextlib.contextmanager
