@@ -345,8 +345,10 @@ def finetune_text(
     workers: int = typer.Option(1, help="Ray Train workers (DDP ranks). On a CPU machine one worker using every core is fastest."),
     gpu: bool = typer.Option(False, "--gpu", help="One GPU per worker."),
     seed: int = typer.Option(0, help="Seed for the head, shuffling and dropout (and for carving dev when there is none)."),
-    max_failures: int = typer.Option(0, help="Worker-group restarts when a worker or node dies (continues after the last best epoch)."),
+    max_failures: int = typer.Option(0, help="Worker-group restarts when a worker or node dies (continues from the last finished epoch)."),
     overwrite: bool = typer.Option(False, help="Replace OUTPUT if it exists."),
+    resume: bool = typer.Option(False, "--resume", help="Continue OUTPUT's unfinished run (the job was killed, or its machine "
+                                "lost) from its last finished epoch, with the same options and --input it started with."),
     address: Optional[str] = typer.Option(None, help=ADDRESS_HELP),
     cluster: Optional[Path] = CLUSTER,
     no_wait: bool = NO_WAIT,
@@ -362,7 +364,8 @@ def finetune_text(
 
     options = FinetuneOptions(base_model=base_model, epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length,
                               context=context, future=future, speakers=speakers, freeze_layers=freeze_layers,
-                              accumulate=accumulate, workers=workers, use_gpu=gpu, seed=seed, max_failures=max_failures, overwrite=overwrite)
+                              accumulate=accumulate, workers=workers, use_gpu=gpu, seed=seed, max_failures=max_failures, overwrite=overwrite,
+                              resume=resume)
     _log(run_finetune(input, output, options, address=address, log=_log).describe())
 
 

@@ -8,7 +8,13 @@ OUTPUT layout:
     sdt_ray_text_encoder.json    the best epoch's encoder folder (text_classifier.py)
     metrics.jsonl                one line per epoch
     progress.jsonl               steps so far in the running epoch (rank 0, about every 20 s)
+    run.json                     while it runs: Ray's run name and the card it will carry (for --resume)
     ray/                         Ray Train's storage while it runs (removed at the end)
+
+Every epoch is checkpointed: the last epoch's weights, optimiser state and rank 0's random state
+(latest.pt), and the best epoch's encoder folder so far (best/). A restart, after a lost worker or
+with --resume after a killed job, continues from the last finished epoch; with one worker (the
+CPU default) it gives the uninterrupted run's weights exactly.
 """
 
 from __future__ import annotations
@@ -18,7 +24,10 @@ import dataclasses
 import json
 import math
 import os
+import shutil
+import tempfile
 import time
+import uuid
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
@@ -31,25 +40,28 @@ import torch
 
 from . import storage
 from .errors import ConfigError, InputError
+from .failpoints import crash_once
 from .features.text import resolve_text_model, tokenize
-from .text_card import TextEncoderCard, TextInput, labelled_fingerprint, read_card
+from .text_card import CARD_FILE, TextEncoderCard, TextInput, labelled_fingerprint, read_card
 from .text_classifier import (
     UtteranceClassifier,
     classifier_rows,
     freeze_lower_layers,
     load_base,
-    load_classifier,
     predict_classes,
     save_classifier,
 )
 from .metrics import classification_report
 from .schema import labels_from_metadata, validate_utterances
 from .session import ray_session, require_shared_storage
-from .ray_train import (STATE_FILE, JsonlPrinter, TrainerPlan, TrainState, absolute_uri, build_trainer, final_state, fit,
+from .ray_train import (JsonlPrinter, TrainerPlan, TrainState, absolute_uri, build_trainer, final_state, fit,
                         read_dataset, report, restored, write_history)
 from .training_data import carve_dev
 
 PROGRESS_EVERY_S = 20.0
+RUN_FILE = "run.json"
+LATEST_FILE = "latest.pt"
+BEST_DIR = "best"
 
 
 @dataclass(frozen=True)
@@ -72,6 +84,7 @@ class FinetuneOptions:
     dropout: float = 0.1
     max_failures: int = 0
     overwrite: bool = False
+    resume: bool = False  # continue OUTPUT's unfinished run (run.json) from its last finished epoch
 
     @property
     def has_context(self) -> bool:
@@ -99,25 +112,25 @@ def finetune_text(input_uri: str, output_uri: str, options: FinetuneOptions = Fi
     _check(options)
     _check_layers(options)
     output_uri = absolute_uri(output_uri)
-    if storage.exists(output_uri) and not options.overwrite:
-        raise ConfigError(f"{output_uri} already exists; pass --overwrite to replace it")
+    _check_output(output_uri, options)
     train_rows, dev_rows, labels, dev_split, separator, fingerprint = _prepare(input_uri, options, log)
     require_shared_storage(address, {"--input": input_uri, "--output": output_uri})
-    storage.delete(output_uri)
     card = TextEncoderCard(
         base_model=options.base_model or "minilm", labels=labels, context=options.context, future=options.future,
         speakers=options.speakers, max_length=options.max_length, label_splits=["train"],
         label_dialogues=sorted(set(train_rows.column("dialogue_id").to_pylist())),
         data_sha256=fingerprint, separator=separator,
-        training={k: v for k, v in asdict(options).items() if k not in ("overwrite", "base_model")} | {"dev_split": dev_split},
+        training={k: v for k, v in asdict(options).items() if k not in ("overwrite", "resume", "base_model")} | {"dev_split": dev_split},
     )
+    run_name = _claim_run(output_uri, card, options.resume)
     log(f"fine-tuning {resolve_text_model(options.base_model)} on {train_rows.num_rows} train utterances "
         f"({len(card.label_dialogues)} dialogues), selecting on {dev_split} ({dev_rows.num_rows}); "
         f"{options.epochs} epochs, batch {options.batch_size}" + (f" in {options.accumulate} steps" if options.accumulate > 1 else "")
         + f", lr {options.lr:g}, {card.text_input().describe()}"
-        + (f", lowest {options.freeze_layers} layers frozen" if options.freeze_layers else "") + f", {options.workers} worker(s)")
+        + (f", lowest {options.freeze_layers} layers frozen" if options.freeze_layers else "") + f", {options.workers} worker(s)"
+        + (f"; resuming run {run_name}" if options.resume else ""))
     with ray_session(address):
-        trainer = build_trainer(_plan(train_rows, dev_rows, card, options, output_uri))
+        trainer = build_trainer(_plan(train_rows, dev_rows, card, options, output_uri, run_name))
         with JsonlPrinter(storage.join(output_uri, "progress.jsonl"), log, _describe_progress, interval_s=2.0, key="n"), \
              JsonlPrinter(storage.join(output_uri, "metrics.jsonl"), log, _describe_epoch, interval_s=2.0):
             checkpoint = fit(trainer, "fine-tuning")
@@ -135,6 +148,51 @@ def _check(options: FinetuneOptions) -> None:
     if options.batch_size < options.workers * options.accumulate:
         raise ConfigError(f"--batch-size {options.batch_size} is split over {options.workers} worker(s) and "
                           f"{options.accumulate} accumulation step(s): give each at least one utterance")
+
+
+def _check_output(output_uri: str, options: FinetuneOptions) -> None:
+    """OUTPUT is new, replaced on purpose (--overwrite), or an unfinished run continued (--resume)."""
+    run_file = storage.join(output_uri, RUN_FILE)
+    if options.resume and options.overwrite:
+        raise ConfigError("--resume continues OUTPUT's run and --overwrite replaces it: give one of them")
+    if options.resume and not storage.exists(run_file):
+        finished = storage.exists(storage.join(output_uri, CARD_FILE))
+        raise ConfigError(f"--resume: {output_uri} holds no unfinished fine-tuning"
+                          + (" (it is a finished encoder folder)" if finished else f" (no {RUN_FILE})"))
+    if not options.resume and storage.exists(output_uri) and not options.overwrite:
+        hint = "pass --resume to continue its unfinished run, or --overwrite to replace it" if storage.exists(run_file) \
+            else "pass --overwrite to replace it"
+        raise ConfigError(f"{output_uri} already exists; {hint}")
+
+
+def _claim_run(output_uri: str, card: TextEncoderCard, resume: bool) -> str:
+    """Ray's run name: the recorded one on --resume (Ray Train then restores the run's latest
+    checkpoint), after checking that the run would be the same; else a new one, in a fresh OUTPUT."""
+    run_file = storage.join(output_uri, RUN_FILE)
+    if resume:
+        recorded = json.loads(storage.read_text(run_file))
+        changed = _card_changes(TextEncoderCard.from_json(recorded["card"]), card)
+        if changed:
+            raise ConfigError(f"--resume: {output_uri} was started with other settings or data ({', '.join(changed)}); "
+                              "resume with the same options and --input, or start again with --overwrite")
+        return recorded["ray_run_name"]
+    storage.delete(output_uri)
+    name = f"finetune-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    storage.write_text(run_file, json.dumps({"ray_run_name": name, "card": card.to_json()}, indent=1))
+    return name
+
+
+def _card_changes(started: TextEncoderCard, now: TextEncoderCard) -> list[str]:
+    """What differs between the card a run started with and this command's (restart budget aside)."""
+    a, b = asdict(started), asdict(now)
+    names = {"data_sha256": "--input's labelled train rows", "label_dialogues": "--input's train dialogues",
+             "base_model": "--base-model", "max_length": "--max-length", "context": "--context", "future": "--future",
+             "speakers": "--speakers", "labels": "--input's labels", "separator": "the tokenizer's separator"}
+    changed = [names.get(key, key) for key in a if key not in ("training", "selection") and a[key] != b[key]]
+    ignore = {"max_failures"}
+    keys = (set(a["training"]) | set(b["training"])) - ignore
+    changed += sorted(f"--{k.replace('_', '-')}" for k in keys if a["training"].get(k) != b["training"].get(k))
+    return list(dict.fromkeys(changed))  # --context and the like are in both places
 
 
 def _check_layers(options: FinetuneOptions) -> None:
@@ -188,7 +246,8 @@ def _separator(base_model: str | None) -> str | None:
     return load_pretrained("text model", base_model, resolve_text_model(base_model), AutoTokenizer).sep_token
 
 
-def _plan(train_rows: pa.Table, dev_rows: pa.Table, card: TextEncoderCard, options: FinetuneOptions, output_uri: str) -> TrainerPlan:
+def _plan(train_rows: pa.Table, dev_rows: pa.Table, card: TextEncoderCard, options: FinetuneOptions, output_uri: str,
+          run_name: str) -> TrainerPlan:
     columns = ["text", "text_context", "label_id"]
     per_worker = options.batch_size // options.workers
     steps = math.ceil((train_rows.num_rows // options.workers) / per_worker)  # equal split drops the remainder
@@ -197,7 +256,7 @@ def _plan(train_rows: pa.Table, dev_rows: pa.Table, card: TextEncoderCard, optio
     datasets = {"train": ray.data.from_arrow(train_rows.select(columns)), "dev": ray.data.from_arrow(dev_rows.select(columns))}
     # train is split into equal row counts, so every rank takes the same number of DDP steps; dev is scored whole by rank 0.
     return TrainerPlan(finetune_loop_per_worker, loop_config, options.workers, options.use_gpu, datasets, datasets_to_split=["train"],
-                       run_name=f"finetune-{time.strftime('%Y%m%d-%H%M%S')}", storage_uri=storage.join(output_uri, "ray"),
+                       run_name=run_name, storage_uri=storage.join(output_uri, "ray"),
                        max_failures=options.max_failures)
 
 
@@ -210,31 +269,67 @@ def finetune_loop_per_worker(config: dict[str, Any]) -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // ray.train.get_context().get_local_world_size()))
     torch.manual_seed(options.seed)  # the same head on every rank
     device = ray.train.torch.get_device()
-    with restored() as (state, directory):  # a checkpoint is written only when dev improved: it holds the best
-        if directory is None:
-            tokenizer, encoder = load_base(options.base_model)
-            classifier = UtteranceClassifier(encoder, len(card.labels), options.dropout)
-        else:
-            tokenizer, classifier = _load_best(directory, options.dropout)
+    tokenizer, encoder = load_base(options.base_model)
+    classifier = UtteranceClassifier(encoder, len(card.labels), options.dropout)
     freeze_lower_layers(classifier.encoder, options.freeze_layers)
-    model = ray.train.torch.prepare_model(classifier)
-    optimizer, schedule = _optimizer(model, options, config["steps_per_epoch"], state.epoch)
-    shard = ray.train.get_dataset_shard("train")
-    dev = read_dataset("dev") if rank == 0 else None
+    with tempfile.TemporaryDirectory() as best_dir:  # rank 0's copy of the best epoch's encoder folder
+        with restored() as (state, directory):
+            latest = _restore(directory, classifier, best_dir if rank == 0 else None) if directory is not None else None
+        model = ray.train.torch.prepare_model(classifier)
+        optimizer, schedule = _optimizer(model, options, config["steps_per_epoch"], state.epoch)
+        if latest is not None:
+            optimizer.load_state_dict(latest["optimizer"])
+            if rank == 0:  # dropout continues where it stopped (the other ranks draw afresh)
+                _set_random_state(latest)
+        shard = ray.train.get_dataset_shard("train")
+        dev = read_dataset("dev") if rank == 0 else None
 
-    for epoch in range(state.epoch, options.epochs):
-        started = time.time()
-        loss = _train_epoch(model, optimizer, schedule, shard, tokenizer, options, config, epoch, rank, device)
-        record = {"epoch": epoch, "loss": round(loss, 6), "steps": config["steps_per_epoch"], "workers": options.workers,
-                  "seconds": round(time.time() - started, 1),
-                  "utterances_per_s": round(config["steps_per_epoch"] * options.batch_size / max(time.time() - started, 1e-9), 1)}
-        score = None  # only rank 0 scores dev
-        if rank == 0:
-            metrics = _score_dev(classifier, tokenizer, dev, card, options, device)
-            record.update({f"dev_{k}": v for k, v in metrics.items()})
-            score = metrics["weighted_f1"]
-        improved = state.finish_epoch(record, score)
-        _report(classifier, tokenizer, card, state, improved, config["output"], rank)
+        for epoch in range(state.epoch, options.epochs):
+            started = time.time()
+            loss = _train_epoch(model, optimizer, schedule, shard, tokenizer, options, config, epoch, rank, device)
+            record = {"epoch": epoch, "loss": round(loss, 6), "steps": config["steps_per_epoch"], "workers": options.workers,
+                      "seconds": round(time.time() - started, 1),
+                      "utterances_per_s": round(config["steps_per_epoch"] * options.batch_size / max(time.time() - started, 1e-9), 1),
+                      "attempt": state.attempt}
+            score = None  # only rank 0 scores dev
+            if rank == 0:
+                metrics = _score_dev(classifier, tokenizer, dev, card, options, device)
+                record.update({f"dev_{k}": v for k, v in metrics.items()})
+                score = metrics["weighted_f1"]
+            if state.finish_epoch(record, score) and rank == 0:
+                _save_best(best_dir, classifier, tokenizer, card, state)
+            _report(classifier, optimizer, best_dir, state, config["output"], rank)
+            crash_once("finetune-reported")
+
+
+def _restore(directory: str, classifier: UtteranceClassifier, best_dir: str | None) -> dict[str, Any]:
+    """After a restart: the last finished epoch's weights into `classifier`, and (rank 0) the
+    best epoch's folder into `best_dir`; returns latest.pt (optimiser and random state)."""
+    latest = torch.load(os.path.join(directory, LATEST_FILE), map_location="cpu", weights_only=False)
+    classifier.load_state_dict(latest["model"])
+    if best_dir is not None:
+        shutil.copytree(os.path.join(directory, BEST_DIR), best_dir, dirs_exist_ok=True)
+    return latest
+
+
+def _random_state() -> dict[str, torch.Tensor]:
+    state = {"rng": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda_rng"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_random_state(saved: dict[str, Any]) -> None:
+    torch.set_rng_state(saved["rng"])
+    if "cuda_rng" in saved and torch.cuda.is_available():
+        torch.cuda.set_rng_state(saved["cuda_rng"])
+
+
+def _save_best(best_dir: str, classifier: UtteranceClassifier, tokenizer, card: TextEncoderCard, state: TrainState) -> None:
+    selection = {"split": card.training.get("dev_split", "dev"), "epoch": state.best_epoch,
+                 "metrics": {k[4:]: v for k, v in state.best.items() if k.startswith("dev_")}}
+    shutil.rmtree(best_dir)
+    save_classifier(best_dir, classifier, tokenizer, TextEncoderCard(**{**asdict(card), "selection": selection}))
 
 
 def _optimizer(model, options: FinetuneOptions, steps_per_epoch: int, epochs_done: int):
@@ -321,34 +416,29 @@ def _score_dev(classifier, tokenizer, dev: pa.Table, card: TextEncoderCard, opti
     return {k: round(report[k], 6) for k in ("accuracy", "weighted_f1", "macro_f1")}
 
 
-def _report(classifier, tokenizer, card: TextEncoderCard, state: TrainState, improved: bool, output: str, rank: int) -> None:
-    """Rank 0 rewrites metrics.jsonl, and checkpoints the encoder folder when dev improved (so
-    the latest checkpoint is always the best); every rank reports."""
+def _report(classifier, optimizer, best_dir: str, state: TrainState, output: str, rank: int) -> None:
+    """Rank 0 rewrites metrics.jsonl and checkpoints the last epoch (latest.pt) beside the best
+    epoch's folder (best/); every rank reports."""
 
     def write(folder: str) -> None:
-        selection = {"split": card.training.get("dev_split", "dev"), "epoch": state.best_epoch,
-                     "metrics": {k[4:]: v for k, v in state.best.items() if k.startswith("dev_")}}
-        save_classifier(folder, classifier, tokenizer, TextEncoderCard(**{**asdict(card), "selection": selection}))
+        shutil.copytree(best_dir, os.path.join(folder, BEST_DIR))
+        torch.save({"model": classifier.state_dict(), "optimizer": optimizer.state_dict()} | _random_state(),
+                   os.path.join(folder, LATEST_FILE))
 
     if rank == 0:
         write_history(output, state)
-    report(state.history[-1], state, rank, write if rank == 0 and improved else None)
-
-
-def _load_best(directory: str, dropout: float):
-    """Tokenizer and classifier (encoder and head) of the checkpointed best epoch, after a restart."""
-    classifier, tokenizer, _ = load_classifier(directory)
-    classifier.dropout.p = dropout
-    return tokenizer, classifier.train()
+    report(state.history[-1], state, rank, write if rank == 0 else None)
 
 
 def _export(checkpoint: ray.train.Checkpoint, output_uri: str) -> FinetuneResult:
-    """The best epoch's folder into OUTPUT. Ray's copy (OUTPUT/ray) is only for restarts: removed."""
+    """The best epoch's folder into OUTPUT. Ray's copy (OUTPUT/ray) is only for restarts: removed,
+    last, so that OUTPUT is a finished encoder folder as soon as run.json is gone."""
     with final_state(checkpoint) as (state, directory):
         best_epoch = state.best_epoch
-        card = read_card(directory)
-        storage.upload_dir(directory, output_uri)
-    for name in (STATE_FILE, "progress.jsonl", "ray"):
+        best = os.path.join(directory, BEST_DIR)
+        card = read_card(best)
+        storage.upload_dir(best, output_uri)
+    for name in ("progress.jsonl", RUN_FILE, "ray"):
         storage.delete(storage.join(output_uri, name))
     history = [json.loads(line) for line in storage.read_text(storage.join(output_uri, "metrics.jsonl")).splitlines()]
     dev = {k[4:]: v for k, v in history[best_epoch].items() if k.startswith("dev_")}

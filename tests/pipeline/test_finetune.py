@@ -5,10 +5,14 @@ travels into the features table, and the same input reaches the encoder inside t
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow.compute as pc
 import pytest
+import torch
+from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from sdt_ray import storage
@@ -106,3 +110,43 @@ def test_the_encoder_scores_test_on_its_own(finetuned, tmp_path):
     assert metrics["encoder_selection"]["split"] == "dev" and "test split" not in out  # selected on dev, and said so
     leaked = invoke("evaluate-text", "--encoder", encoder, "--input", utterances, "--split", "train", "--output", tmp_path / "tr")
     assert "fine-tuned on the labels of 3 of the 3 train dialogues" in leaked
+
+
+def test_a_killed_run_resumes_to_the_uninterrupted_weights(ray_local, tiny_mpnet, tmp_path):
+    """Three epochs on one worker, the job's worker killed (os._exit) just after its second
+    epoch's checkpoint; `--resume` continues from the last checkpoint Ray Train registered and
+    ends with the weights and the figures of a run that was never interrupted."""
+    table = import_corpus("meld", DEMO_CORPUS, limit_dialogues=3)
+    utterances = str(tmp_path / "utterances.parquet")
+    storage.write_table(table, utterances)
+    flags = ["--input", utterances, "--base-model", tiny_mpnet, "--epochs", 3, "--batch-size", 8, "--context", 1,
+             "--max-length", 40, "--lr", 1e-3]
+    whole, out = tmp_path / "whole", tmp_path / "resumed"
+    invoke("finetune-text", "--output", whole, *flags)
+
+    env = {**os.environ, "SDT_RAY_CRASH_AT": "finetune-reported#2", "SDT_RAY_CRASH_FILE": str(tmp_path / "crashed")}
+    cli = [sys.executable, "-m", "sdt_ray.cli", "finetune-text", "--output", str(out), *map(str, flags)]
+    killed = subprocess.run(cli, env=env, capture_output=True, text=True, timeout=600)
+    assert killed.returncode != 0 and (tmp_path / "crashed").exists(), killed.stderr[-2000:]
+    assert killed.stderr.strip().splitlines()[-1].startswith("error: fine-tuning failed")
+    assert "run.json" in os.listdir(out) and "sdt_ray_text_encoder.json" not in os.listdir(out)  # unfinished
+
+    refused = CliRunner().invoke(app, ["finetune-text", "--output", str(out), *map(str, flags)])
+    assert refused.exit_code != 0 and "pass --resume to continue its unfinished run" in refused.output
+    changed = CliRunner().invoke(app, ["finetune-text", "--output", str(out), *map(str, flags), "--lr", "2e-3", "--resume"])
+    assert changed.exit_code != 0 and "other settings or data (--lr)" in changed.output
+
+    invoke("finetune-text", "--output", out, *flags, "--resume")
+    history = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    assert [r["epoch"] for r in history] == [0, 1, 2]
+    assert history[0]["attempt"] == 0 and history[-1]["attempt"] == 1  # epoch 3 ran after the restart, epoch 1 before
+    reference = [json.loads(line) for line in open(whole / "metrics.jsonl")]
+    figures = ("loss", "dev_weighted_f1", "dev_accuracy", "best_epoch")
+    assert [{k: r[k] for k in figures} for r in history] == [{k: r[k] for k in figures} for r in reference]
+    for name in ("sdt_ray_text_head.safetensors", "model.safetensors"):
+        a, b = load_file(str(whole / name)), load_file(str(out / name))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert read_card(str(out)) == read_card(str(whole))
+    assert not {"run.json", "ray", "progress.jsonl"} & set(os.listdir(out))
+    finished = CliRunner().invoke(app, ["finetune-text", "--output", str(out), *map(str, flags), "--resume"])
+    assert finished.exit_code != 0 and "it is a finished encoder folder" in finished.output
