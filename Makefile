@@ -85,7 +85,9 @@ meld-text: setup
 # about 2.5 hours), so that encoder is for archives: `serve` refuses future context.
 # docs/results.md has the times. Every utterance is read as `speaker: text`. Later flags win, so
 # FT_ARGS override the defaults (FT_ARGS=--no-speakers, FT_ARGS="--context 2", or
-# FT_ARGS="--future 0" for a servable encoder).
+# FT_ARGS="--future 0" for a servable encoder). Run again after a killed fine-tuning (its
+# unfinished encoder folder holds run.json), the target resumes it from the last finished epoch;
+# `rm -r $(FT_OUT)/encoder` starts over.
 FT_CORPUS  ?= meld
 FT_DATA    ?= ../shared/data/$(FT_CORPUS)
 TEXT_MODEL ?= minilm
@@ -98,10 +100,11 @@ FT_DEFAULTS = $(or $(FT_DEFAULTS_$(FT_CORPUS)_$(TEXT_MODEL)),$(FT_DEFAULTS_$(TEX
 FT_ARGS    ?=
 # SDT's recipe where one was chosen on that corpus's dev for that encoder; else train's defaults.
 SDT_RECIPE_meld_mpnet := --config jobs/recipes/meld_text_mpnet.yaml
+FT_CONTINUE = $(if $(wildcard $(FT_OUT)/encoder/run.json),--resume,--overwrite)
 finetuned-text: setup
 	@if [ "$(TEXT_MODEL)" = mpnet ]; then $(UV_INSTALL) -c constraints.txt -e '.[test,asr,mpnet]'; fi
 	$(BIN)/sdt-ray import $(FT_CORPUS) $(FT_DATA) $(FT_OUT)/utterances.parquet
-	$(BIN)/sdt-ray finetune-text --input $(FT_OUT)/utterances.parquet --output $(FT_OUT)/encoder --base-model $(TEXT_MODEL) --overwrite $(FT_DEFAULTS) $(FT_ARGS)
+	$(BIN)/sdt-ray finetune-text --input $(FT_OUT)/utterances.parquet --output $(FT_OUT)/encoder --base-model $(TEXT_MODEL) $(FT_CONTINUE) $(FT_DEFAULTS) $(FT_ARGS)
 	$(BIN)/sdt-ray evaluate-text --encoder $(FT_OUT)/encoder --input $(FT_OUT)/utterances.parquet --split test --output $(FT_OUT)/encoder-test
 	$(BIN)/sdt-ray extract --input $(FT_OUT)/utterances.parquet --output $(FT_OUT)/features --text-model $(FT_OUT)/encoder --overwrite
 	evals=""; for s in $(SEEDS); do \
