@@ -41,6 +41,7 @@ import torch
 from . import storage
 from .errors import ConfigError, InputError
 from .failpoints import crash_once
+from .features.local_models import autocast, check_precision
 from .features.text import resolve_text_model, tokenize
 from .text_card import CARD_FILE, TextEncoderCard, TextInput, labelled_fingerprint, read_card
 from .text_classifier import (
@@ -76,6 +77,7 @@ class FinetuneOptions:
     speakers: bool = True  # the utterance itself as `speaker: text` (names from the table, roles for calls)
     freeze_layers: int = 0  # the embeddings and this many lowest transformer layers keep their weights
     accumulate: int = 1  # micro-batches per optimiser step: batch_size / accumulate utterances in memory at once
+    precision: str = "fp32"  # fp32, or bf16 autocast (about 2x faster on CPUs with avx512_bf16, and on recent GPUs)
     workers: int = 1
     use_gpu: bool = False
     seed: int = 0
@@ -117,7 +119,7 @@ def finetune_text(input_uri: str, output_uri: str, options: FinetuneOptions = Fi
     require_shared_storage(address, {"--input": input_uri, "--output": output_uri})
     card = TextEncoderCard(
         base_model=options.base_model or "minilm", labels=labels, context=options.context, future=options.future,
-        speakers=options.speakers, max_length=options.max_length, label_splits=["train"],
+        speakers=options.speakers, max_length=options.max_length, precision=options.precision, label_splits=["train"],
         label_dialogues=sorted(set(train_rows.column("dialogue_id").to_pylist())),
         data_sha256=fingerprint, separator=separator,
         training={k: v for k, v in asdict(options).items() if k not in ("overwrite", "resume", "base_model")} | {"dev_split": dev_split},
@@ -127,7 +129,8 @@ def finetune_text(input_uri: str, output_uri: str, options: FinetuneOptions = Fi
         f"({len(card.label_dialogues)} dialogues), selecting on {dev_split} ({dev_rows.num_rows}); "
         f"{options.epochs} epochs, batch {options.batch_size}" + (f" in {options.accumulate} steps" if options.accumulate > 1 else "")
         + f", lr {options.lr:g}, {card.text_input().describe()}"
-        + (f", lowest {options.freeze_layers} layers frozen" if options.freeze_layers else "") + f", {options.workers} worker(s)"
+        + (f", lowest {options.freeze_layers} layers frozen" if options.freeze_layers else "")
+        + (f", {options.precision}" if options.precision != "fp32" else "") + f", {options.workers} worker(s)"
         + (f"; resuming run {run_name}" if options.resume else ""))
     with ray_session(address):
         trainer = build_trainer(_plan(train_rows, dev_rows, card, options, output_uri, run_name))
@@ -145,6 +148,7 @@ def _check(options: FinetuneOptions) -> None:
             raise ConfigError(f"{flag} must be at least 1 (got {value})")
     if min(options.context, options.future, options.freeze_layers) < 0 or options.lr <= 0:
         raise ConfigError("--context, --future and --freeze-layers must not be negative, and --lr must be positive")
+    check_precision(options.precision)
     if options.batch_size < options.workers * options.accumulate:
         raise ConfigError(f"--batch-size {options.batch_size} is split over {options.workers} worker(s) and "
                           f"{options.accumulate} accumulation step(s): give each at least one utterance")
@@ -187,7 +191,8 @@ def _card_changes(started: TextEncoderCard, now: TextEncoderCard) -> list[str]:
     a, b = asdict(started), asdict(now)
     names = {"data_sha256": "--input's labelled train rows", "label_dialogues": "--input's train dialogues",
              "base_model": "--base-model", "max_length": "--max-length", "context": "--context", "future": "--future",
-             "speakers": "--speakers", "labels": "--input's labels", "separator": "the tokenizer's separator"}
+             "speakers": "--speakers", "labels": "--input's labels", "separator": "the tokenizer's separator",
+             "precision": "--precision"}
     changed = [names.get(key, key) for key in a if key not in ("training", "selection") and a[key] != b[key]]
     ignore = {"max_failures"}
     keys = (set(a["training"]) | set(b["training"])) - ignore
@@ -377,7 +382,8 @@ def _accumulated_step(model, tokenizer, batch: pa.Table, options: FinetuneOption
         tokens, mask = tokenize(tokenizer, micro.column("text").to_pylist(), contexts, options.max_length)
         sync = k == len(parts) - 1 or not hasattr(model, "no_sync")
         with contextlib.nullcontext() if sync else model.no_sync():
-            logits = model(tokens.to(device), mask.to(device))  # (b, C)
+            with autocast(device, options.precision):
+                logits = model(tokens.to(device), mask.to(device)).float()  # (b, C)
             labels = torch.tensor(micro.column("label_id").to_pylist(), dtype=torch.long, device=device)
             loss = torch.nn.functional.cross_entropy(logits, labels) * (len(rows) / batch.num_rows)
             loss.backward()
@@ -411,7 +417,8 @@ def _note_progress(output: str, epoch: int, step: int, steps: int, loss: float) 
 
 def _score_dev(classifier, tokenizer, dev: pa.Table, card: TextEncoderCard, options: FinetuneOptions, device) -> dict[str, float]:
     contexts = dev.column("text_context").to_pylist() if options.has_context else None
-    predicted = predict_classes(classifier, tokenizer, dev.column("text").to_pylist(), contexts, options.max_length, device=device)
+    predicted = predict_classes(classifier, tokenizer, dev.column("text").to_pylist(), contexts, options.max_length, device=device,
+                                precision=options.precision)
     report = classification_report(dev.column("label_id").to_numpy(), predicted.numpy(), card.labels)
     return {k: round(report[k], 6) for k in ("accuracy", "weighted_f1", "macro_f1")}
 

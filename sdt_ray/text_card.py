@@ -58,6 +58,7 @@ class TextEncoderCard:
     separator: str = "|"  # between context turns: the tokenizer's separator token
     future: int = 0  # following turns in each input (after the past ones); older cards have none
     speakers: bool = False  # each utterance read as `speaker: text`; older cards read the text alone
+    precision: str = "fp32"  # fine-tuned (and dev-scored) in fp32 or bf16 autocast; what `extract` computes in by default
 
     def text_input(self) -> TextInput:
         return TextInput(past=self.context, future=self.future, speakers=self.speakers, separator=self.separator)

@@ -16,7 +16,7 @@ import os
 import torch
 from torch import nn
 
-from .features.local_models import load_pretrained
+from .features.local_models import autocast, load_pretrained
 from .features.text import mean_pool, resolve_text_model
 from .text_card import CARD_FILE, TextEncoderCard, TextInput, input_texts, read_card
 
@@ -34,7 +34,7 @@ class UtteranceClassifier(nn.Module):
 
     def forward(self, tokens: dict[str, torch.Tensor], pool_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.encoder(**tokens).last_hidden_state  # (B, T, H)
-        pooled = mean_pool(hidden, pool_mask)  # (B, H)
+        pooled = mean_pool(hidden.float(), pool_mask)  # (B, H), pooled in fp32 under bf16 autocast too
         return self.head(self.dropout(pooled))  # (B, C) logits
 
 
@@ -94,15 +94,16 @@ def load_classifier(folder: str) -> tuple[UtteranceClassifier, object, TextEncod
 
 
 def predict_classes(classifier: UtteranceClassifier, tokenizer, texts: list[str], contexts: list[str] | None,
-                    max_length: int, batch_size: int = 64, device: str | torch.device = "cpu") -> torch.Tensor:
-    """The head's class for each text, (N,) int64: length-sorted batches, inference mode."""
+                    max_length: int, batch_size: int = 64, device: str | torch.device = "cpu", precision: str = "fp32") -> torch.Tensor:
+    """The head's class for each text, (N,) int64: length-sorted batches, inference mode, at
+    `precision` (the one the classifier was fine-tuned in)."""
     from .features.text import tokenize
 
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]) + (len(contexts[i]) if contexts else 0))
     out = torch.empty(len(texts), dtype=torch.long)
     was_training = classifier.training
     classifier.eval()
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(device, precision):
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
             tokens, mask = tokenize(tokenizer, [texts[i] for i in rows], [contexts[i] for i in rows] if contexts else None, max_length)

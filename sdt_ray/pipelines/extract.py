@@ -26,6 +26,7 @@ from .. import fragments, output, storage
 from ..errors import ConfigError, InputError
 from ..features.audio import DEFAULT_FEATURE_SET, AudioFeatureStage, feature_set_dim
 from ..features.speech import resolve_speech_model, speech_model_dim
+from ..features.local_models import check_precision
 from ..features.text import TextFeatureStage, resolve_text_model
 from ..text_card import CARD_METADATA_KEY, TextInput, read_card
 from ..features.visual import DEFAULT_FRAMES, FrameStage, VisualFeatureStage, resolve_visual_model
@@ -49,6 +50,7 @@ class ExtractOptions:
     modalities: tuple[str, ...] = ("text",)
     text_model: str | None = None  # local folder, `minilm`, or an id in the user's own HF cache
     text_max_length: int | None = None  # tokens per input; None: a fine-tuned encoder's own (its card), else 128
+    text_precision: str | None = None  # fp32 or bf16; None: a fine-tuned encoder's own (its card), else fp32
     audio_feature_set: str = DEFAULT_FEATURE_SET
     audio_encoder: str | None = None  # a transformers speech model instead of openSMILE (local folder or cached id)
     visual_model: str | None = None  # local folder, an id in the user's HF cache, or `random-vit`
@@ -171,6 +173,8 @@ def _check_options(options: ExtractOptions) -> None:
     for flag, value in counts.items():
         if value < 1:
             raise ConfigError(f"{flag} must be at least 1 (got {value})")
+    if options.text_precision is not None:
+        check_precision(options.text_precision, "--text-precision")
     if options.cpus_per_actor <= 0 or options.gpus_per_actor < 0 or (options.actors is not None and options.actors < 1):
         raise ConfigError("--cpus-per-actor must be positive, --gpus-per-actor not negative, --actors at least 1")
 
@@ -221,7 +225,7 @@ def _timing_columns(plan: InputPlan) -> tuple[str, ...]:
 def _encoders(options: ExtractOptions) -> dict[str, str]:
     """What made each vector, for the features table's metadata."""
     described = {
-        "text": lambda: _describe_text_model(options.text_model),
+        "text": lambda: _describe_text_model(options.text_model, options.text_precision),
         "audio": lambda: (
             f"{resolve_speech_model(options.audio_encoder)} (mean of last hidden states, {speech_model_dim(options.audio_encoder)})"
             if options.audio_encoder
@@ -232,10 +236,11 @@ def _encoders(options: ExtractOptions) -> dict[str, str]:
     return {m: described[m]() for m in options.modalities}
 
 
-def _describe_text_model(model: str | None) -> str:
+def _describe_text_model(model: str | None, precision: str | None) -> str:
     path = resolve_text_model(model)
     card = read_card(path)
-    return f"{path} ({card.summary()})" if card else path
+    precision = precision or (card.precision if card else "fp32")
+    return (f"{path} ({card.summary()})" if card else path) + (f", computed in {precision}" if precision != "fp32" else "")
 
 
 def _stage_demands(options: ExtractOptions) -> list[tuple[StageDemand, type, dict]]:
@@ -251,7 +256,7 @@ def _stage_demands(options: ExtractOptions) -> list[tuple[StageDemand, type, dic
         frames = {"model": options.visual_model, "frames": options.frames}
         stages.append((StageDemand("frames", cpu, weight=3.0), FrameStage, frames))
     if "text" in options.modalities:
-        text = {"model": options.text_model, "max_length": options.text_max_length}
+        text = {"model": options.text_model, "max_length": options.text_max_length, "precision": options.text_precision}
         stages.append((StageDemand("text", cpu, gpu), TextFeatureStage, text))
     if "visual" in options.modalities:
         stages.append((StageDemand("visual", cpu, gpu), VisualFeatureStage, {"model": options.visual_model}))
