@@ -125,18 +125,20 @@ def bench_model(config: ModelConfig, dialogues: int, utterances: int, repeats: i
     }
 
 
-def bench_text_encoder(texts: list[str], device: str = "cpu") -> dict[str, Any]:
+def bench_text_encoder(texts: list[str], device: str = "cpu", precision: str = "fp32") -> dict[str, Any]:
     from sdt_ray.features.text import TextEncoder
 
-    encoder = TextEncoder(device=device)
+    encoder = TextEncoder(device=device, precision=precision)
     started = time.perf_counter()
     encoder(texts)
     seconds = time.perf_counter() - started
     return {"utterances": len(texts), "seconds": round(seconds, 2), "utt_per_s": round(len(texts) / seconds, 1)}
 
 
-def bench_finetune_step(texts: list[str], batch_size: int = 32, device: str = "cpu") -> dict[str, Any]:
-    """The bundled MiniLM plus a head: optimiser steps on length-sorted batches, in one process."""
+def bench_finetune_step(texts: list[str], batch_size: int = 32, device: str = "cpu", precision: str = "fp32") -> dict[str, Any]:
+    """The bundled MiniLM plus a head: optimiser steps on length-sorted batches, in one process,
+    at `precision` (fp32, or bf16 autocast as `finetune-text --precision bf16` runs them)."""
+    from sdt_ray.features.local_models import autocast
     from sdt_ray.features.text import tokenize
     from sdt_ray.text_classifier import UtteranceClassifier, load_base
 
@@ -148,7 +150,8 @@ def bench_finetune_step(texts: list[str], batch_size: int = 32, device: str = "c
 
     def step(batch: list[str]) -> None:
         tokens, mask = tokenize(tokenizer, batch, None, 128)
-        loss = model(tokens.to(device), mask.to(device)).logsumexp(-1).mean()
+        with autocast(device, precision):
+            loss = model(tokens.to(device), mask.to(device)).float().logsumexp(-1).mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -275,6 +278,8 @@ EXTRACTION_BARS = {  # key under "extraction" -> its bar's label
     "text_encoder": "MiniLM encode\n(1 process)",
     "end_to_end": "extract text+\naudio+video",
     "finetune_step": "MiniLM fine-tune\nsteps (1 process)",
+    "text_encoder_bf16": "MiniLM encode\nbf16",
+    "finetune_step_bf16": "MiniLM fine-tune\nsteps bf16",
     "finetune_job": "finetune-text\n(Ray Train)",
 }
 
@@ -497,6 +502,12 @@ def bench_extraction(args) -> dict[str, Any]:
         texts = import_corpus("meld", DEMO_CORPUS).column("text").to_pylist()[: 200 if args.quick else 1000]
         results["text_encoder"] = bench_text_encoder(texts, args.device)
         results["finetune_step"] = bench_finetune_step(texts[: 256 if args.quick else 640], device=args.device)
+        # The same two in bf16 (--precision bf16, --text-precision bf16), right after: the ratios
+        # are bf16's rate over fp32's on the same texts in the same process.
+        results["text_encoder_bf16"] = bench_text_encoder(texts, args.device, precision="bf16")
+        results["finetune_step_bf16"] = bench_finetune_step(texts[: 256 if args.quick else 640], device=args.device, precision="bf16")
+        results["bf16_ratio"] = {key: round(results[f"{key}_bf16"]["utt_per_s"] / results[key]["utt_per_s"], 3)
+                                 for key in ("text_encoder", "finetune_step")}
     if not (args.quick or args.no_ray):
         alone = bench_opensmile_alone(200)
         # One audio actor, as openSMILE alone runs in one process: the ratio is then the pipeline's

@@ -111,7 +111,7 @@ def evaluate_text(encoder_dir: str, utterances_uri: str, split: str, output_uri:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     contexts = rows.column("text_context").to_pylist() if spec.has_context else None
     predicted = predict_classes(classifier.to(device), tokenizer, rows.column("text").to_pylist(), contexts,
-                                card.max_length, batch_size, device, card.precision)
+                                card.max_length, batch_size, device, card.precision, windowed=spec.window > 0)
     metrics = classification_report(rows.column("label_id").to_numpy(), predicted.numpy(), card.labels)
     leaks = label_leaks(card, {split: rows})
     metrics.update(split=split, encoder=encoder_dir, utterances=utterances_uri, context=card.context, future=card.future,

@@ -44,6 +44,8 @@ from .failpoints import crash_once
 from .features.local_models import autocast, check_precision
 from .features.text import resolve_text_model, tokenize
 from .text_card import CARD_FILE, TextEncoderCard, TextInput, labelled_fingerprint, read_card
+from .windows import Window, epoch_batches, plan_steps, side_cap, specials, turn_ids
+from .windows import batch as window_batch
 from .text_classifier import (
     UtteranceClassifier,
     classifier_rows,
@@ -51,6 +53,7 @@ from .text_classifier import (
     load_base,
     predict_classes,
     save_classifier,
+    window_rows,
 )
 from .metrics import classification_report
 from .schema import labels_from_metadata, validate_utterances
@@ -75,6 +78,7 @@ class FinetuneOptions:
     context: int = 0  # previous turns read with each utterance, as `speaker: text`; 0: none
     future: int = 0  # following turns read with it (offline archives; a live call has none yet)
     speakers: bool = True  # the utterance itself as `speaker: text` (names from the table, roles for calls)
+    windows: bool = False  # dialogue windows (windows.py): every turn of a window learnt in one pass; archives only
     freeze_layers: int = 0  # the embeddings and this many lowest transformer layers keep their weights
     accumulate: int = 1  # micro-batches per optimiser step: batch_size / accumulate utterances in memory at once
     precision: str = "fp32"  # fp32, or bf16 autocast (about 2x faster on CPUs with avx512_bf16, and on recent GPUs)
@@ -90,7 +94,11 @@ class FinetuneOptions:
 
     @property
     def has_context(self) -> bool:
-        return self.context > 0 or self.future > 0
+        return self.context > 0 or self.future > 0 or self.windows
+
+    def text_input(self, separator: str) -> TextInput:
+        window = side_cap(self.max_length) if self.windows else 0
+        return TextInput(past=self.context, future=self.future, speakers=self.speakers, separator=separator, window=window)
 
 
 @dataclass
@@ -115,11 +123,12 @@ def finetune_text(input_uri: str, output_uri: str, options: FinetuneOptions = Fi
     _check_layers(options)
     output_uri = absolute_uri(output_uri)
     _check_output(output_uri, options)
-    train_rows, dev_rows, labels, dev_split, separator, fingerprint = _prepare(input_uri, options, log)
+    train_rows, dev_rows, labels, dev_split, separator, fingerprint, dialogues = _prepare(input_uri, options, log)
     require_shared_storage(address, {"--input": input_uri, "--output": output_uri})
     card = TextEncoderCard(
         base_model=options.base_model or "minilm", labels=labels, context=options.context, future=options.future,
-        speakers=options.speakers, max_length=options.max_length, precision=options.precision, label_splits=["train"],
+        speakers=options.speakers, max_length=options.max_length, precision=options.precision,
+        window=options.text_input(separator).window, label_splits=["train"],
         label_dialogues=sorted(set(train_rows.column("dialogue_id").to_pylist())),
         data_sha256=fingerprint, separator=separator,
         training={k: v for k, v in asdict(options).items() if k not in ("overwrite", "resume", "base_model")} | {"dev_split": dev_split},
@@ -133,7 +142,7 @@ def finetune_text(input_uri: str, output_uri: str, options: FinetuneOptions = Fi
         + (f", {options.precision}" if options.precision != "fp32" else "") + f", {options.workers} worker(s)"
         + (f"; resuming run {run_name}" if options.resume else ""))
     with ray_session(address):
-        trainer = build_trainer(_plan(train_rows, dev_rows, card, options, output_uri, run_name))
+        trainer = build_trainer(_plan(train_rows, dev_rows, dialogues, card, options, output_uri, run_name))
         with JsonlPrinter(storage.join(output_uri, "progress.jsonl"), log, _describe_progress, interval_s=2.0, key="n"), \
              JsonlPrinter(storage.join(output_uri, "metrics.jsonl"), log, _describe_epoch, interval_s=2.0):
             checkpoint = fit(trainer, "fine-tuning")
@@ -149,6 +158,8 @@ def _check(options: FinetuneOptions) -> None:
     if min(options.context, options.future, options.freeze_layers) < 0 or options.lr <= 0:
         raise ConfigError("--context, --future and --freeze-layers must not be negative, and --lr must be positive")
     check_precision(options.precision)
+    if options.windows and (options.context or options.future):
+        raise ConfigError("--windows reads as many turns around each utterance as fit --max-length: drop --context and --future")
     if options.batch_size < options.workers * options.accumulate:
         raise ConfigError(f"--batch-size {options.batch_size} is split over {options.workers} worker(s) and "
                           f"{options.accumulate} accumulation step(s): give each at least one utterance")
@@ -213,9 +224,10 @@ def _check_layers(options: FinetuneOptions) -> None:
                               f"{config.num_hidden_layers} layers")
 
 
-def _prepare(input_uri: str, options: FinetuneOptions, log) -> tuple[pa.Table, pa.Table, list[str], str, str, str]:
+def _prepare(input_uri: str, options: FinetuneOptions, log) -> tuple[pa.Table, pa.Table, list[str], str, str, str, pa.Table | None]:
     """Train and dev rows (labelled, with text), the label order, dev's name, the context
-    separator, and the fingerprint of the labelled train rows (speaker and position included)."""
+    separator, the fingerprint of the labelled train rows (speaker and position included), and
+    with --windows the train dialogues (window_rows)."""
     raw = storage.read_table(input_uri)
     table = validate_utterances(raw, input_uri)
     splits = pc.unique(table.column("split")).to_pylist()
@@ -224,7 +236,7 @@ def _prepare(input_uri: str, options: FinetuneOptions, log) -> tuple[pa.Table, p
     labels = labels_from_metadata(raw.schema) or sorted(
         set(table.filter(pc.equal(table.column("split"), "train")).column("label").drop_null().to_pylist()))
     separator = (_separator(options.base_model) if options.has_context else None) or "|"
-    spec = TextInput(past=options.context, future=options.future, speakers=options.speakers, separator=separator)
+    spec = options.text_input(separator)
     rows, left_out = classifier_rows(table, labels, spec, splits=("train", "dev"))
     if left_out:
         log("left out of fine-tuning and selection: " + ", ".join(f"{n} rows with {why}" for why, n in left_out.items()))
@@ -239,7 +251,8 @@ def _prepare(input_uri: str, options: FinetuneOptions, log) -> tuple[pa.Table, p
         raise InputError(f"{input_uri}: {train.num_rows} labelled train utterances, fewer than one batch of {options.batch_size}")
     seen = table.filter(pc.is_in(table.column("dialogue_id"), value_set=pc.unique(train.column("dialogue_id"))))
     fingerprint = labelled_fingerprint(seen.filter(pc.and_(pc.equal(seen.column("split"), "train"), pc.is_valid(seen.column("label")))))
-    return train, dev, labels, dev_split, separator, fingerprint
+    dialogues = window_rows(seen, labels, spec) if options.windows else None
+    return train, dev, labels, dev_split, separator, fingerprint, dialogues
 
 
 def _separator(base_model: str | None) -> str | None:
@@ -251,14 +264,25 @@ def _separator(base_model: str | None) -> str | None:
     return load_pretrained("text model", base_model, resolve_text_model(base_model), AutoTokenizer).sep_token
 
 
-def _plan(train_rows: pa.Table, dev_rows: pa.Table, card: TextEncoderCard, options: FinetuneOptions, output_uri: str,
-          run_name: str) -> TrainerPlan:
+def _plan(train_rows: pa.Table, dev_rows: pa.Table, dialogues: pa.Table | None, card: TextEncoderCard, options: FinetuneOptions,
+          output_uri: str, run_name: str) -> TrainerPlan:
     columns = ["text", "text_context", "label_id"]
     per_worker = options.batch_size // options.workers
     steps = math.ceil((train_rows.num_rows // options.workers) / per_worker)  # equal split drops the remainder
     loop_config = {"card": card.to_json(), "options": asdict(options), "output": output_uri,
                    "steps_per_epoch": steps, "per_worker_batch": per_worker}
-    datasets = {"train": ray.data.from_arrow(train_rows.select(columns)), "dev": ray.data.from_arrow(dev_rows.select(columns))}
+    train = ray.data.from_arrow(train_rows.select(columns))
+    if dialogues is not None:  # whole dialogues, cut into windows on each worker every epoch
+        from transformers import AutoTokenizer
+
+        from .features.local_models import load_pretrained
+
+        tokenizer = load_pretrained("text model", options.base_model, resolve_text_model(options.base_model), AutoTokenizer)
+        per_step, steps = plan_steps(_tokenized(dialogues, tokenizer, options.max_length), options.max_length,
+                                     options.batch_size, options.workers, options.seed)
+        loop_config.update(steps_per_epoch=steps, windows_per_step=per_step)
+        train = ray.data.from_arrow(dialogues)
+    datasets = {"train": train, "dev": ray.data.from_arrow(dev_rows.select(columns))}
     # train is split into equal row counts, so every rank takes the same number of DDP steps; dev is scored whole by rank 0.
     return TrainerPlan(finetune_loop_per_worker, loop_config, options.workers, options.use_gpu, datasets, datasets_to_split=["train"],
                        run_name=run_name, storage_uri=storage.join(output_uri, "ray"),
@@ -288,10 +312,12 @@ def finetune_loop_per_worker(config: dict[str, Any]) -> None:
                 _set_random_state(latest)
         shard = ray.train.get_dataset_shard("train")
         dev = read_dataset("dev") if rank == 0 else None
+        batches, step = _batches_and_step(model, shard, tokenizer, card, options, config, rank, device)
 
         for epoch in range(state.epoch, options.epochs):
             started = time.time()
-            loss = _train_epoch(model, optimizer, schedule, shard, tokenizer, options, config, epoch, rank, device)
+            model.train()
+            loss = _train_epoch(optimizer, schedule, batches(epoch), step, config, epoch, rank)
             record = {"epoch": epoch, "loss": round(loss, 6), "steps": config["steps_per_epoch"], "workers": options.workers,
                       "seconds": round(time.time() - started, 1),
                       "utterances_per_s": round(config["steps_per_epoch"] * options.batch_size / max(time.time() - started, 1e-9), 1),
@@ -354,13 +380,35 @@ def _optimizer(model, options: FinetuneOptions, steps_per_epoch: int, epochs_don
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _train_epoch(model, optimizer, schedule, shard, tokenizer, options: FinetuneOptions, config, epoch: int, rank: int, device) -> float:
-    model.train()
+def _batches_and_step(model, shard, tokenizer, card: TextEncoderCard, options: FinetuneOptions, config, rank: int, device):
+    """(epoch -> this rank's batches, batch -> its loss after backward): rows in length
+    buckets, or with --windows the shard's dialogues (read once) cut into windows."""
+
+    def seed(epoch: int) -> int:
+        return int(np.random.SeedSequence([options.seed, epoch, rank]).generate_state(1)[0])
+
+    if not card.window:
+        return (lambda epoch: _length_bucketed(shard, config["per_worker_batch"], seed(epoch)),
+                lambda batch: _accumulated_step(model, tokenizer, batch, options, device))
+    dialogues = _tokenized(pa.concat_tables(shard.iter_batches(batch_format="pyarrow")), tokenizer, options.max_length)
+    special = specials(tokenizer)
+    return (lambda epoch: epoch_batches(dialogues, options.max_length, config["windows_per_step"], config["steps_per_epoch"],
+                                        special, np.random.default_rng(seed(epoch))),
+            lambda windows: _window_step(model, windows, options, special.pad, device))
+
+
+def _tokenized(dialogues: pa.Table, tokenizer, max_length: int) -> list[tuple[list[list[int]], list[int]]]:
+    """window_rows' dialogues as (each turn's token ids, label ids)."""
+    turns = dialogues.column("turns").to_pylist()
+    ids = turn_ids(tokenizer, [t for dialogue in turns for t in dialogue], max_length)
+    return [([ids[t] for t in dialogue], labels) for dialogue, labels in zip(turns, dialogues.column("labels").to_pylist())]
+
+
+def _train_epoch(optimizer, schedule, batches, step, config, epoch: int, rank: int) -> float:
     total, steps, last_note = 0.0, 0, time.time()
-    seed = int(np.random.SeedSequence([options.seed, epoch, rank]).generate_state(1)[0])
-    for batch in _length_bucketed(shard, config["per_worker_batch"], seed):
+    for batch in batches:
         optimizer.zero_grad(set_to_none=True)
-        loss = _accumulated_step(model, tokenizer, batch, options, device)
+        loss = step(batch)
         optimizer.step()
         schedule.step()
         total, steps = total + loss, steps + 1
@@ -386,6 +434,27 @@ def _accumulated_step(model, tokenizer, batch: pa.Table, options: FinetuneOption
                 logits = model(tokens.to(device), mask.to(device)).float()  # (b, C)
             labels = torch.tensor(micro.column("label_id").to_pylist(), dtype=torch.long, device=device)
             loss = torch.nn.functional.cross_entropy(logits, labels) * (len(rows) / batch.num_rows)
+            loss.backward()
+        total += float(loss.item())
+    return total
+
+
+def _window_step(model, windows: list[Window], options: FinetuneOptions, pad: int, device) -> float:
+    """Gradients of one step over dialogue windows, every labelled turn of each a target, in
+    `accumulate` micro-batches of windows (each loss weighted by its share of the step's
+    targets, so the sum is their mean loss); DDP averages once, on the last. Returns the loss."""
+    parts = [p for p in np.array_split(np.arange(len(windows)), min(options.accumulate, len(windows))) if len(p)]
+    n_targets = sum(len(w.labels) for w in windows)
+    total = 0.0
+    for k, rows in enumerate(parts):
+        micro = [windows[i] for i in rows]
+        tokens, pool = window_batch([w.sequence for w in micro], [w.spans for w in micro], pad)
+        labels = torch.tensor([label for w in micro for label in w.labels], dtype=torch.long, device=device)
+        sync = k == len(parts) - 1 or not hasattr(model, "no_sync")
+        with contextlib.nullcontext() if sync else model.no_sync():
+            with autocast(device, options.precision):
+                logits = model({k: v.to(device) for k, v in tokens.items()}, pool.to(device)).float()  # (n, C)
+            loss = torch.nn.functional.cross_entropy(logits, labels) * (len(labels) / n_targets)
             loss.backward()
         total += float(loss.item())
     return total
@@ -418,7 +487,7 @@ def _note_progress(output: str, epoch: int, step: int, steps: int, loss: float) 
 def _score_dev(classifier, tokenizer, dev: pa.Table, card: TextEncoderCard, options: FinetuneOptions, device) -> dict[str, float]:
     contexts = dev.column("text_context").to_pylist() if options.has_context else None
     predicted = predict_classes(classifier, tokenizer, dev.column("text").to_pylist(), contexts, options.max_length, device=device,
-                                precision=options.precision)
+                                precision=options.precision, windowed=card.window > 0)
     report = classification_report(dev.column("label_id").to_numpy(), predicted.numpy(), card.labels)
     return {k: round(report[k], 6) for k in ("accuracy", "weighted_f1", "macro_f1")}
 

@@ -226,8 +226,9 @@ def check_servable(checkpoint: str, config, text_model: str | None, max_context:
         raise ConfigError(f"the checkpoint needs text vectors of {config.input_dim('text')} values, "
                           f"but --text-model {text_model or 'minilm'} makes {made}")
     card = read_card(resolve_text_model(text_model))
-    if card is not None and card.future:
-        raise ConfigError(f"--text-model {text_model}: fine-tuned with {card.future} future turns of context; "
+    if card is not None and (card.future or card.window):
+        read = "dialogue windows (the turns after each utterance too)" if card.window else f"{card.future} future turns of context"
+        raise ConfigError(f"--text-model {text_model}: fine-tuned with {read}; "
                           "a live call has no future turns (fine-tune it without future context)")
 
 

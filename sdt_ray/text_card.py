@@ -34,14 +34,24 @@ class TextInput:
     future: int = 0  # following turns (offline archives only: a live call has none yet)
     speakers: bool = False  # the utterance itself as `speaker: text`
     separator: str = "|"  # between context turns: the tokenizer's separator token
+    # Dialogue windows (windows.py): the utterance among its neighbours in dialogue order, as many
+    # as fit the token limit, up to this many on each side; 0: the pair input (past/future) above.
+    window: int = 0
 
     @property
     def has_context(self) -> bool:
-        return self.past > 0 or self.future > 0
+        return self.past > 0 or self.future > 0 or self.window > 0
 
     def describe(self) -> str:
-        turns = f"context {self.past} past + {self.future} future turns" if self.has_context else "no context"
+        if self.window:
+            turns = "dialogue windows (the turns around each utterance in order, as many as fit)"
+        else:
+            turns = f"context {self.past} past + {self.future} future turns" if self.has_context else "no context"
         return turns + (", speaker-named" if self.speakers else "")
+
+    def turn(self, speaker: str | None, text: str | None) -> str:
+        """A neighbouring turn as a window holds it: as the utterance itself is written."""
+        return speaker_text(speaker, text) if self.speakers else (text or "").strip()
 
 
 @dataclass(frozen=True)
@@ -59,9 +69,11 @@ class TextEncoderCard:
     future: int = 0  # following turns in each input (after the past ones); older cards have none
     speakers: bool = False  # each utterance read as `speaker: text`; older cards read the text alone
     precision: str = "fp32"  # fine-tuned (and dev-scored) in fp32 or bf16 autocast; what `extract` computes in by default
+    window: int = 0  # dialogue windows: up to this many turns each side (TextInput.window); 0: none
 
     def text_input(self) -> TextInput:
-        return TextInput(past=self.context, future=self.future, speakers=self.speakers, separator=self.separator)
+        return TextInput(past=self.context, future=self.future, speakers=self.speakers, separator=self.separator,
+                         window=self.window)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
@@ -117,12 +129,13 @@ def context_texts(table: pa.Table, spec: TextInput) -> list[str]:
     texts = table.column("text").to_pylist()
     order = sorted(range(table.num_rows), key=lambda i: (dialogues[i], positions[i]))
     out = [""] * table.num_rows
-    past, future = spec.past, spec.future
+    past, future = (spec.window, spec.window) if spec.window else (spec.past, spec.future)
     start = 0
     for end in range(1, len(order) + 1):  # one dialogue at a time: order[start:end]
         if end < len(order) and dialogues[order[end]] == dialogues[order[start]]:
             continue
-        turns = [speaker_text(speakers[i], texts[i]) for i in order[start:end]]
+        write = spec.turn if spec.window else speaker_text
+        turns = [write(speakers[i], texts[i]) for i in order[start:end]]
         for n, i in enumerate(order[start:end]):
             out[i] = turn_context(turns[max(0, n - past):n], turns[n + 1:n + 1 + future], spec)
         start = end
@@ -133,6 +146,10 @@ def turn_context(before: list[str], after: list[str], spec: TextInput) -> str:
     """One turn's context from the turns before it and after it (each `speaker: text`, in
     dialogue order, at most spec.past and spec.future of them): `past | next | future`,
     nearest first. The live path calls it with the call's last turns and no future."""
+    if spec.window:  # JSON [before, after], nearest first, each side capped at spec.window turns
+        from .windows import encode_context
+
+        return encode_context(list(reversed(before))[: spec.window], after[: spec.window])
     joiner = f" {spec.separator} "
     past = joiner.join(reversed(before[max(0, len(before) - spec.past):] if spec.past > 0 else []))
     future = joiner.join(after[:spec.future]) if spec.future > 0 else ""

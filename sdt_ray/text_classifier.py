@@ -33,9 +33,15 @@ class UtteranceClassifier(nn.Module):
         self.head = nn.Linear(int(encoder.config.hidden_size), n_classes)
 
     def forward(self, tokens: dict[str, torch.Tensor], pool_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.encoder(**tokens).last_hidden_state  # (B, T, H)
-        pooled = mean_pool(hidden.float(), pool_mask)  # (B, H), pooled in fp32 under bf16 autocast too
-        return self.head(self.dropout(pooled))  # (B, C) logits
+        """pool_mask (B, T): one utterance per sequence, logits (B, C); or (N, B, T) for
+        dialogue windows, N utterances pooled from B sequences (windows.batch), logits (N, C)."""
+        hidden = self.encoder(**tokens).last_hidden_state.float()  # (B, T, H), fp32 under bf16 autocast too
+        if pool_mask.dim() == 3:
+            weights = pool_mask.to(hidden.dtype)  # (N, B, T)
+            pooled = torch.einsum("nbt,bth->nh", weights, hidden) / weights.sum((1, 2)).clamp(min=1.0)[:, None]  # (N, H)
+        else:
+            pooled = mean_pool(hidden, pool_mask)  # (B, H)
+        return self.head(self.dropout(pooled))  # (B or N, C) logits
 
 
 def freeze_lower_layers(encoder: torch.nn.Module, n: int) -> None:
@@ -94,7 +100,8 @@ def load_classifier(folder: str) -> tuple[UtteranceClassifier, object, TextEncod
 
 
 def predict_classes(classifier: UtteranceClassifier, tokenizer, texts: list[str], contexts: list[str] | None,
-                    max_length: int, batch_size: int = 64, device: str | torch.device = "cpu", precision: str = "fp32") -> torch.Tensor:
+                    max_length: int, batch_size: int = 64, device: str | torch.device = "cpu", precision: str = "fp32",
+                    windowed: bool = False) -> torch.Tensor:
     """The head's class for each text, (N,) int64: length-sorted batches, inference mode, at
     `precision` (the one the classifier was fine-tuned in)."""
     from .features.text import tokenize
@@ -106,7 +113,8 @@ def predict_classes(classifier: UtteranceClassifier, tokenizer, texts: list[str]
     with torch.inference_mode(), autocast(device, precision):
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
-            tokens, mask = tokenize(tokenizer, [texts[i] for i in rows], [contexts[i] for i in rows] if contexts else None, max_length)
+            tokens, mask = tokenize(tokenizer, [texts[i] for i in rows], [contexts[i] for i in rows] if contexts else None, max_length,
+                                    windowed=windowed)
             logits = classifier(tokens.to(device), mask.to(device))  # (b, C)
             out[rows] = logits.argmax(-1).cpu()
     classifier.train(was_training)
@@ -146,3 +154,23 @@ def classifier_rows(utterances, labels: list[str], spec: TextInput, splits: tupl
     }
     kept = table.filter(pc.and_(labelled, table.column("has_text"))).drop_columns(["has_text"])
     return kept, {k: v for k, v in left_out.items() if v}
+
+
+def window_rows(utterances, labels: list[str], spec: TextInput):
+    """The train dialogues of `utterances` for fine-tuning on dialogue windows, one row each:
+    dialogue_id, turns (every turn in order, written as a window holds it: spec.turn) and
+    labels (label ids; -1 for a turn that is context only: no or unknown label, or no text)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    train = utterances.filter(pc.equal(utterances.column("split"), "train"))
+    train = train.sort_by([("dialogue_id", "ascending"), ("utterance_index", "ascending")])
+    index = {name: i for i, name in enumerate(labels)}
+    rows: dict[str, tuple[list[str], list[int]]] = {}
+    for dialogue, speaker, text, label in zip(*(train.column(c).to_pylist() for c in ("dialogue_id", "speaker", "text", "label"))):
+        turns, ids = rows.setdefault(dialogue, ([], []))
+        turns.append(spec.turn(speaker, text))
+        ids.append(index.get(label, -1) if label is not None and text and text.strip() else -1)
+    return pa.table({"dialogue_id": pa.array(list(rows), pa.string()),
+                     "turns": pa.array([t for t, _ in rows.values()], pa.list_(pa.string())),
+                     "labels": pa.array([i for _, i in rows.values()], pa.list_(pa.int64()))})

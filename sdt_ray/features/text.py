@@ -78,7 +78,8 @@ class TextEncoder:
             for start in range(0, len(todo), self.batch_size):
                 rows = todo[start : start + self.batch_size]
                 tokens, pool_mask = tokenize(
-                    self.tokenizer, [texts[i] for i in rows], [contexts[i] for i in rows] if contexts else None, self.max_length
+                    self.tokenizer, [texts[i] for i in rows], [contexts[i] for i in rows] if contexts else None, self.max_length,
+                    windowed=self.text_input.window > 0,
                 )
                 hidden = self.model(**tokens.to(self.device)).last_hidden_state  # (b, T, D)
                 vectors[rows] = mean_pool(hidden.float(), pool_mask.to(self.device)).cpu().numpy()
@@ -112,22 +113,42 @@ class TextFeatureStage:
         return add_feature_column(batch, "text", vectors, errors)
 
 
-def tokenize(tokenizer, texts: list[str], contexts: list[str] | None, max_length: int):
+def tokenize(tokenizer, texts: list[str], contexts: list[str] | None, max_length: int, windowed: bool = False):
     """Token tensors and the mask that pooling averages over, (b, T) each.
 
     Without contexts the pool covers every token, as a sentence encoder's mean pooling does.
     With contexts each utterance is the first segment and the turns around it the second
     (`utterance [SEP] turns`), and the pool covers the utterance's own tokens: the vector
-    stays the utterance's, informed by its context through attention.
+    stays the utterance's, informed by its context through attention. `windowed`: the
+    contexts are dialogue windows' (windows.encode_context), and each utterance is laid out
+    among its turns in dialogue order (windows.centred).
     """
     import torch
 
+    if windowed:
+        return _window_tokens(tokenizer, texts, contexts or [""] * len(texts), max_length)
     if contexts is None:
         tokens = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
         return tokens, tokens["attention_mask"]
     tokens = tokenizer(texts, contexts, padding=True, truncation="longest_first", max_length=max_length, return_tensors="pt")
     own = [[sid == 0 for sid in tokens.sequence_ids(i)] for i in range(len(texts))]
     return tokens, torch.tensor(own, dtype=torch.long)
+
+
+def _window_tokens(tokenizer, texts: list[str], contexts: list[str], max_length: int):
+    from transformers import BatchEncoding
+
+    from ..windows import batch, centred, decode_context, specials, turn_ids
+
+    around = [decode_context(c) for c in contexts]
+    ids = turn_ids(tokenizer, list(texts) + [t for before, after in around for t in before + after], max_length)
+    sequences, spans = [], []
+    for text, (before, after) in zip(texts, around):
+        sequence, span = centred(ids[text], [ids[t] for t in before], [ids[t] for t in after], max_length, specials(tokenizer))
+        sequences.append(sequence)
+        spans.append([span])
+    tokens, pool = batch(sequences, spans, tokenizer.pad_token_id)
+    return BatchEncoding(tokens), pool.sum(0).long()  # one utterance per sequence: its pool is (b, T)
 
 
 def mean_pool(hidden, mask):

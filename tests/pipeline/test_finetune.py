@@ -150,3 +150,51 @@ def test_a_killed_run_resumes_to_the_uninterrupted_weights(ray_local, tiny_mpnet
     assert not {"run.json", "ray", "progress.jsonl"} & set(os.listdir(out))
     finished = CliRunner().invoke(app, ["finetune-text", "--output", str(out), *map(str, flags), "--resume"])
     assert finished.exit_code != 0 and "it is a finished encoder folder" in finished.output
+
+
+def test_dialogue_windows_are_learnt_and_extracted_alike(ray_local, tiny_mpnet, tmp_path):
+    """--windows on 2 workers, each step in 2 micro-batches: the card records the window; the
+    Ray Data stage's vectors are the encoder's own centred windows; evaluate-text's dev figure is
+    the one fine-tuning selected on (the same layout); serve refuses the encoder (future turns)."""
+    from sdt_ray.config import ModelConfig
+    from sdt_ray.errors import ConfigError
+    from sdt_ray.live import check_servable
+    from sdt_ray.windows import side_cap
+
+    table = import_corpus("meld", DEMO_CORPUS, limit_dialogues=3)
+    utterances = str(tmp_path / "utterances.parquet")
+    storage.write_table(table, utterances)
+    encoder = tmp_path / "encoder"
+    out = invoke("finetune-text", "--input", utterances, "--output", encoder, "--base-model", tiny_mpnet, "--windows",
+                 "--max-length", 48, "--epochs", 1, "--workers", 2, "--batch-size", 8, "--accumulate", 2, "--lr", 1e-3)
+    assert "dialogue windows" in out and "2 worker(s)" in out
+    card = read_card(str(encoder))
+    assert card.window == side_cap(48) == 22 and card.context == card.future == 0 and card.training["windows"]
+    (epoch,) = [json.loads(line) for line in open(encoder / "metrics.jsonl")]
+    assert epoch["steps"] >= 1
+
+    features_uri = str(tmp_path / "features")
+    invoke("extract", "--input", utterances, "--output", features_uri, "--text-model", encoder)
+    features = storage.read_table(features_uri)
+    loaded = TextEncoder(str(encoder))
+    texts, contexts = input_texts(table, card.text_input())
+    direct, _ = loaded(texts, contexts)
+    keys = list(zip(table.column("dialogue_id").to_pylist(), table.column("utterance_index").to_pylist()))
+    got = dict(zip(zip(features.column("dialogue_id").to_pylist(), features.column("utterance_index").to_pylist()),
+                   vectors(features, "text")))
+    assert np.allclose(np.stack([got[k] for k in keys]), direct, atol=1e-5)
+    from sdt_ray.features.text import mean_pool, tokenize
+
+    tokens, pool = tokenize(loaded.tokenizer, texts[:6], contexts[:6], 48, windowed=True)  # centred windows, by hand
+    with torch.inference_mode():
+        by_hand = mean_pool(loaded.model(**tokens).last_hidden_state, pool).numpy()
+    assert np.allclose(by_hand, direct[:6], atol=1e-5)
+    alone, _ = loaded(texts, [""] * len(texts))  # the same utterances without their turns around
+    assert not np.allclose(alone, direct, atol=1e-3)
+
+    invoke("evaluate-text", "--encoder", encoder, "--input", utterances, "--split", "dev", "--output", tmp_path / "ev")
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert metrics["weighted_f1"] == pytest.approx(epoch["dev_weighted_f1"], abs=1e-6)
+    config = ModelConfig(input_dims=(24,), hidden=8, heads=2, n_classes=7)
+    with pytest.raises(ConfigError, match="dialogue windows"):
+        check_servable("ckpt", config, str(encoder))

@@ -238,6 +238,13 @@ def test_freezing_more_layers_than_the_encoder_has_is_one_line_before_ray(tmp_pa
     result = run("finetune-text", "--input", str(tmp_path / "missing.parquet"), "--output", str(tmp_path / "enc"),
                  "--batch-size", "4", "--accumulate", "8")
     assert result.exit_code == 2 and "--batch-size 4 is split over 1 worker(s) and 8 accumulation step(s)" in result.output
+    result = run("finetune-text", "--input", str(tmp_path / "missing.parquet"), "--output", str(tmp_path / "enc"),
+                 "--precision", "fp16")
+    assert result.exit_code == 2 and result.output.startswith("error: --precision 'fp16': choose one of fp32, bf16")
+    result = run("extract", "--input", str(tmp_path / "missing.parquet"), "--output", str(tmp_path / "features"),
+                 "--text-precision", "half")
+    assert result.exit_code == 2 and result.output.startswith("error: --text-precision 'half': choose one of fp32, bf16")
+    assert not (tmp_path / "enc").exists() and not (tmp_path / "features").exists()
 
 
 def test_comma_list_options():

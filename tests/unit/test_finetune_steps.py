@@ -91,3 +91,19 @@ def test_ddp_averages_once_per_step_on_the_last_micro_batch():
     model = Recording(tiny("bert"))
     _accumulated_step(model, WordTokenizer(), batch, FinetuneOptions(accumulate=3), "cpu")
     assert model.calls == [False, False, True]
+
+
+def test_a_bf16_step_multiplies_in_bfloat16_and_keeps_fp32_weights_and_gradients():
+    """--precision bf16: the head's product comes out in bfloat16 (autocast), while the weights
+    and their gradients stay fp32 and point where the fp32 step's do, up to bfloat16's 8 bits."""
+    batch = pa.table({"text": ["a b c", "d", "e f", "g h i j"], "text_context": [""] * 4, "label_id": [0, 1, 2, 1]})
+    grads, dtypes = {}, {}
+    for precision in ("fp32", "bf16"):
+        classifier = tiny("bert")
+        classifier.head.register_forward_hook(lambda module, args, out: dtypes.__setitem__(precision, out.dtype))
+        _accumulated_step(classifier, WordTokenizer(), batch, FinetuneOptions(precision=precision), "cpu")
+        assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in classifier.parameters() if p.grad is not None)
+        grads[precision] = torch.cat([p.grad.flatten() for p in classifier.parameters() if p.grad is not None])
+    assert dtypes == {"fp32": torch.float32, "bf16": torch.bfloat16}
+    assert not torch.equal(grads["bf16"], grads["fp32"])
+    assert torch.nn.functional.cosine_similarity(grads["bf16"], grads["fp32"], dim=0) > 0.99

