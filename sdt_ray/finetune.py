@@ -419,42 +419,41 @@ def _train_epoch(optimizer, schedule, batches, step, config, epoch: int, rank: i
 
 
 def _accumulated_step(model, tokenizer, batch: pa.Table, options: FinetuneOptions, device) -> float:
-    """Gradients of one optimiser step's batch, summed over `accumulate` micro-batches (each
-    loss weighted by its share of the batch, so the sum is the whole batch's mean loss). DDP
-    averages across ranks once, on the last micro-batch. Returns the batch's mean loss."""
+    """Gradients of one optimiser step's batch of rows, in `accumulate` micro-batches (_backward)."""
     parts = np.array_split(np.arange(batch.num_rows), min(options.accumulate, batch.num_rows))
-    total = 0.0
-    for k, rows in enumerate(parts):
+    micro_batches = []
+    for rows in parts:
         micro = batch.take(pa.array(rows))
         contexts = micro.column("text_context").to_pylist() if options.has_context else None
         tokens, mask = tokenize(tokenizer, micro.column("text").to_pylist(), contexts, options.max_length)
-        sync = k == len(parts) - 1 or not hasattr(model, "no_sync")
-        with contextlib.nullcontext() if sync else model.no_sync():
-            with autocast(device, options.precision):
-                logits = model(tokens.to(device), mask.to(device)).float()  # (b, C)
-            labels = torch.tensor(micro.column("label_id").to_pylist(), dtype=torch.long, device=device)
-            loss = torch.nn.functional.cross_entropy(logits, labels) * (len(rows) / batch.num_rows)
-            loss.backward()
-        total += float(loss.item())
-    return total
+        micro_batches.append((tokens, mask, torch.tensor(micro.column("label_id").to_pylist(), dtype=torch.long)))
+    return _backward(model, micro_batches, options.precision, device)
 
 
 def _window_step(model, windows: list[Window], options: FinetuneOptions, pad: int, device) -> float:
     """Gradients of one step over dialogue windows, every labelled turn of each a target, in
-    `accumulate` micro-batches of windows (each loss weighted by its share of the step's
-    targets, so the sum is their mean loss); DDP averages once, on the last. Returns the loss."""
+    `accumulate` micro-batches of windows (_backward)."""
     parts = [p for p in np.array_split(np.arange(len(windows)), min(options.accumulate, len(windows))) if len(p)]
-    n_targets = sum(len(w.labels) for w in windows)
-    total = 0.0
-    for k, rows in enumerate(parts):
+    micro_batches = []
+    for rows in parts:
         micro = [windows[i] for i in rows]
         tokens, pool = window_batch([w.sequence for w in micro], [w.spans for w in micro], pad)
-        labels = torch.tensor([label for w in micro for label in w.labels], dtype=torch.long, device=device)
-        sync = k == len(parts) - 1 or not hasattr(model, "no_sync")
+        micro_batches.append((tokens, pool, torch.tensor([label for w in micro for label in w.labels], dtype=torch.long)))
+    return _backward(model, micro_batches, options.precision, device)
+
+
+def _backward(model, micro_batches: list[tuple[Any, torch.Tensor, torch.Tensor]], precision: str, device) -> float:
+    """Sums the gradients of (tokens, pool, labels) micro-batches, each loss weighted by its
+    share of the step's utterances, so that the sum is the whole step's mean loss. DDP averages
+    across ranks once, on the last micro-batch. Returns the step's mean loss."""
+    n_total = sum(len(labels) for _, _, labels in micro_batches)
+    total = 0.0
+    for k, (tokens, pool, labels) in enumerate(micro_batches):
+        sync = k == len(micro_batches) - 1 or not hasattr(model, "no_sync")
         with contextlib.nullcontext() if sync else model.no_sync():
-            with autocast(device, options.precision):
-                logits = model({k: v.to(device) for k, v in tokens.items()}, pool.to(device)).float()  # (n, C)
-            loss = torch.nn.functional.cross_entropy(logits, labels) * (len(labels) / n_targets)
+            with autocast(device, precision):
+                logits = model({name: t.to(device) for name, t in tokens.items()}, pool.to(device)).float()  # (n, C)
+            loss = torch.nn.functional.cross_entropy(logits, labels.to(device)) * (len(labels) / n_total)
             loss.backward()
         total += float(loss.item())
     return total

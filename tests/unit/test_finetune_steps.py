@@ -107,3 +107,21 @@ def test_a_bf16_step_multiplies_in_bfloat16_and_keeps_fp32_weights_and_gradients
     assert dtypes == {"fp32": torch.float32, "bf16": torch.bfloat16}
     assert not torch.equal(grads["bf16"], grads["fp32"])
     assert torch.nn.functional.cosine_similarity(grads["bf16"], grads["fp32"], dim=0) > 0.99
+
+
+def test_a_window_step_in_micro_batches_gives_the_whole_steps_gradient():
+    """Three dialogue windows holding 2, 1 and 3 labelled turns: split into 1, 2 or 3 groups of
+    windows, the step's loss and gradient are the same (each group weighted by its targets)."""
+    from sdt_ray.finetune import _window_step
+    from sdt_ray.windows import Window
+
+    windows = [Window([30, 5, 31, 6, 6, 31], [(1, 2), (3, 5)], [0, 2]), Window([30, 7, 31], [(1, 2)], [1]),
+               Window([30, 8, 31, 9, 31, 10, 11, 31], [(1, 2), (3, 4), (5, 7)], [2, 1, 0])]
+    grads, losses = [], []
+    for accumulate in (1, 2, 3):
+        classifier = tiny("bert")
+        losses.append(_window_step(classifier, windows, FinetuneOptions(accumulate=accumulate), pad=0, device="cpu"))
+        grads.append(torch.cat([p.grad.flatten() for p in classifier.parameters() if p.grad is not None]))
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5) and losses[2] == pytest.approx(losses[0], rel=1e-5)
+    assert torch.allclose(grads[1], grads[0], atol=1e-6) and torch.allclose(grads[2], grads[0], atol=1e-6)
+    assert grads[0].abs().sum() > 0
