@@ -130,11 +130,11 @@ def context_texts(table: pa.Table, spec: TextInput) -> list[str]:
     order = sorted(range(table.num_rows), key=lambda i: (dialogues[i], positions[i]))
     out = [""] * table.num_rows
     past, future = (spec.window, spec.window) if spec.window else (spec.past, spec.future)
+    write = spec.turn if spec.window else speaker_text  # a window writes its turns as the utterance is written
     start = 0
     for end in range(1, len(order) + 1):  # one dialogue at a time: order[start:end]
         if end < len(order) and dialogues[order[end]] == dialogues[order[start]]:
             continue
-        write = spec.turn if spec.window else speaker_text
         turns = [write(speakers[i], texts[i]) for i in order[start:end]]
         for n, i in enumerate(order[start:end]):
             out[i] = turn_context(turns[max(0, n - past):n], turns[n + 1:n + 1 + future], spec)

@@ -142,9 +142,9 @@ def _window_tokens(tokenizer, texts: list[str], contexts: list[str], max_length:
 
     around = [decode_context(c) for c in contexts]
     ids = turn_ids(tokenizer, list(texts) + [t for before, after in around for t in before + after], max_length)
-    sequences, spans = [], []
+    sequences, spans, special = [], [], specials(tokenizer)
     for text, (before, after) in zip(texts, around):
-        sequence, span = centred(ids[text], [ids[t] for t in before], [ids[t] for t in after], max_length, specials(tokenizer))
+        sequence, span = centred(ids[text], [ids[t] for t in before], [ids[t] for t in after], max_length, special)
         sequences.append(sequence)
         spans.append([span])
     tokens, pool = batch(sequences, spans, tokenizer.pad_token_id)
