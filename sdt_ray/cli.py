@@ -344,7 +344,7 @@ def finetune_text(
                                   "table's speaker names; roles for calls imported with --roles)."),
     windows: bool = typer.Option(False, "--windows", help="Read each utterance among the turns around it in dialogue order, "
                                  "as many as fit --max-length, and learn from every turn of a window in one pass (MELD: about "
-                                 "16 tokens per utterance, against 46 for --context 1 --future 1). For archives: serve refuses it."),
+                                 "15 tokens per utterance, against 46 for --context 1 --future 1). For archives: serve refuses it."),
     freeze_layers: int = typer.Option(0, help="Keep the embeddings and this many lowest transformer layers as they are; "
                                       "only the layers above and the head learn (MPNet, 8 of 12: a step about 4x faster on CPU)."),
     accumulate: int = typer.Option(1, help="Split each step's batch into this many micro-batches, summing their gradients: "

@@ -2,7 +2,7 @@
 order, `[CLS] turn [SEP] turn [SEP] ... [SEP]`, and pools each utterance's own tokens.
 
 Fine-tuning cuts every dialogue into windows of consecutive turns that fit `max_length` tokens
-and learns from every labelled turn of a window in one pass: on MELD, about 16 tokens per
+and learns from every labelled turn of a window in one pass: on MELD, about 15 tokens per
 utterance where `--context 1 --future 1` reads 46 for one (a pair per utterance), while each
 utterance sees every turn the window holds. `extract` builds, for each utterance, the window
 centred on it (nearest turns first, past before future, until the next one would not fit) in
