@@ -271,8 +271,9 @@ def _plan(train_rows: pa.Table, dev_rows: pa.Table, dialogues: pa.Table | None, 
     steps = math.ceil((train_rows.num_rows // options.workers) / per_worker)  # equal split drops the remainder
     loop_config = {"card": card.to_json(), "options": asdict(options), "output": output_uri,
                    "steps_per_epoch": steps, "per_worker_batch": per_worker}
-    train = ray.data.from_arrow(train_rows.select(columns))
-    if dialogues is not None:  # whole dialogues, cut into windows on each worker every epoch
+    if dialogues is None:
+        train = ray.data.from_arrow(train_rows.select(columns))
+    else:  # whole dialogues, cut into windows on each worker every epoch
         from transformers import AutoTokenizer
 
         from .features.local_models import load_pretrained
