@@ -39,6 +39,12 @@ def text_model_dim(model: str | None) -> int:
     return hidden_size("text model", model, resolve_text_model(model))
 
 
+def text_precision(given: str | None, card) -> str:
+    """fp32 or bf16: as given, else as the encoder was fine-tuned (dev selected its epoch in that
+    precision, so extraction keeps it), else fp32."""
+    return check_precision(given or (card.precision if card else "fp32"), "--text-precision")
+
+
 class TextEncoder:
     """Loads tokenizer and model once; __call__ maps texts to (N, D) float32.
 
@@ -60,8 +66,7 @@ class TextEncoder:
         self.text_input = card.text_input() if card else TextInput()  # the input the encoder was fine-tuned on
         # tokens per input: as given, else as fine-tuned (truncation is part of the input), else 128
         self.max_length = max_length or (card.max_length if card else DEFAULT_MAX_LENGTH)
-        # fp32 or bf16: as given, else as fine-tuned (dev selected the epoch in that precision), else fp32
-        self.precision = check_precision(precision or (card.precision if card else "fp32"), "--text-precision")
+        self.precision = text_precision(precision, card)
 
     def __call__(self, texts: list[str | None], contexts: list[str] | None = None) -> tuple[np.ndarray, list[str | None]]:
         """Returns (vectors (N, D) float32 with NaN rows for errors, per-row error or None).

@@ -27,7 +27,7 @@ from ..errors import ConfigError, InputError
 from ..features.audio import DEFAULT_FEATURE_SET, AudioFeatureStage, feature_set_dim
 from ..features.speech import resolve_speech_model, speech_model_dim
 from ..features.local_models import check_precision
-from ..features.text import TextFeatureStage, resolve_text_model
+from ..features.text import TextFeatureStage, resolve_text_model, text_precision
 from ..text_card import CARD_METADATA_KEY, TextInput, read_card
 from ..features.visual import DEFAULT_FRAMES, FrameStage, VisualFeatureStage, resolve_visual_model
 from ..pools import PoolSize, StageDemand
@@ -239,7 +239,7 @@ def _encoders(options: ExtractOptions) -> dict[str, str]:
 def _describe_text_model(model: str | None, precision: str | None) -> str:
     path = resolve_text_model(model)
     card = read_card(path)
-    precision = precision or (card.precision if card else "fp32")
+    precision = text_precision(precision, card)
     return (f"{path} ({card.summary()})" if card else path) + (f", computed in {precision}" if precision != "fp32" else "")
 
 
