@@ -121,6 +121,15 @@ def predict_classes(classifier: UtteranceClassifier, tokenizer, texts: list[str]
     return out
 
 
+def _label_id(index: dict[str, int], label: str | None) -> int:
+    """The label's id, or -1 for no label or one outside the encoder's classes."""
+    return index.get(label, -1) if label is not None else -1
+
+
+def _has_text(text: str | None) -> bool:
+    return bool(text and text.strip())
+
+
 def classifier_rows(utterances, labels: list[str], spec: TextInput, splits: tuple[str, ...] | None = None):
     """The rows of `splits` (default: all) a classifier trains or is scored on: labelled, with
     text. Returns (table with dialogue_id, split, text (the utterance as the encoder reads it,
@@ -133,9 +142,8 @@ def classifier_rows(utterances, labels: list[str], spec: TextInput, splits: tupl
     targets, contexts = input_texts(utterances, spec)
     contexts = contexts or [""] * utterances.num_rows
     index = {name: i for i, name in enumerate(labels)}
-    label_ids = [index.get(v, -1) if v is not None else -1 for v in utterances.column("label").to_pylist()]
-    texts = utterances.column("text").to_pylist()
-    has_text = [bool(t and t.strip()) for t in texts]
+    label_ids = [_label_id(index, v) for v in utterances.column("label").to_pylist()]
+    has_text = [_has_text(t) for t in utterances.column("text").to_pylist()]
     table = pa.table({
         "dialogue_id": utterances.column("dialogue_id"),
         "split": utterances.column("split"),
@@ -170,7 +178,7 @@ def window_rows(utterances, labels: list[str], spec: TextInput):
     for dialogue, speaker, text, label in zip(*(train.column(c).to_pylist() for c in ("dialogue_id", "speaker", "text", "label"))):
         turns, ids = rows.setdefault(dialogue, ([], []))
         turns.append(spec.turn(speaker, text))
-        ids.append(index.get(label, -1) if label is not None and text and text.strip() else -1)
+        ids.append(_label_id(index, label) if _has_text(text) else -1)  # classifier_rows' targets
     return pa.table({"dialogue_id": pa.array(list(rows), pa.string()),
                      "turns": pa.array([t for t, _ in rows.values()], pa.list_(pa.string())),
                      "labels": pa.array([i for _, i in rows.values()], pa.list_(pa.int64()))})
