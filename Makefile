@@ -86,7 +86,7 @@ meld-text: setup
 # bf16 (as good on MELD dev, twice as fast as fp32; FT_ARGS="--precision fp32" on a CPU without
 # avx512_bf16): about 1.8 hours on 2 cores.
 # docs/results.md has the times. Every utterance is read as `speaker: text`. Later flags win, so
-# FT_ARGS override the defaults (FT_ARGS=--no-speakers, FT_ARGS="--context 2", or
+# FT_ARGS override the defaults (FT_ARGS=--no-speakers, FT_ARGS="--context 3", or
 # FT_ARGS="--future 0" for a servable encoder). Run again after a killed fine-tuning (its
 # unfinished encoder folder holds run.json), the target resumes it from the last finished epoch;
 # `rm -r $(FT_OUT)/encoder` starts over.
