@@ -351,6 +351,10 @@ def finetune_text(
                                    "the same step in less memory."),
     precision: str = typer.Option("fp32", help="fp32, or bf16 autocast (matrix products in bfloat16): a step about 2x faster "
                                   "on CPUs with avx512_bf16 and on recent GPUs. The card records it, and extract computes in it."),
+    contrastive: float = typer.Option(0.0, help="λ in [0, 1): learn from (1-λ)·cross-entropy + λ·supervised contrastive "
+                                      "loss on the pooled utterance vectors (Gunel et al. 2021), each batch's utterances of one "
+                                      "emotion pulled together; 0: cross-entropy alone."),
+    contrastive_temperature: float = typer.Option(0.3, help="Temperature of the --contrastive term (cosine similarities / τ)."),
     workers: int = typer.Option(1, help="Ray Train workers (DDP ranks). On a CPU machine one worker using every core is fastest."),
     gpu: bool = typer.Option(False, "--gpu", help="One GPU per worker."),
     seed: int = typer.Option(0, help="Seed for the head, shuffling and dropout (and for carving dev when there is none)."),
@@ -373,8 +377,9 @@ def finetune_text(
 
     options = FinetuneOptions(base_model=base_model, epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length,
                               context=context, future=future, speakers=speakers, windows=windows, freeze_layers=freeze_layers,
-                              accumulate=accumulate, precision=precision, workers=workers, use_gpu=gpu, seed=seed, max_failures=max_failures, overwrite=overwrite,
-                              resume=resume)
+                              accumulate=accumulate, precision=precision, contrastive=contrastive,
+                              contrastive_temperature=contrastive_temperature, workers=workers, use_gpu=gpu, seed=seed,
+                              max_failures=max_failures, overwrite=overwrite, resume=resume)
     _log(run_finetune(input, output, options, address=address, log=_log).describe())
 
 

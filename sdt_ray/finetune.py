@@ -55,6 +55,7 @@ from .text_classifier import (
     save_classifier,
     window_rows,
 )
+from .losses import supervised_contrastive
 from .metrics import classification_report
 from .schema import labels_from_metadata, validate_utterances
 from .session import ray_session, require_shared_storage
@@ -82,6 +83,8 @@ class FinetuneOptions:
     freeze_layers: int = 0  # the embeddings and this many lowest transformer layers keep their weights
     accumulate: int = 1  # micro-batches per optimiser step: batch_size / accumulate utterances in memory at once
     precision: str = "fp32"  # fp32, or bf16 autocast (about 2x faster on CPUs with avx512_bf16, and on recent GPUs)
+    contrastive: float = 0.0  # λ in (1-λ)·CE + λ·SCL (losses.supervised_contrastive on the pooled vectors); 0: CE alone
+    contrastive_temperature: float = 0.3  # τ of that term
     workers: int = 1
     use_gpu: bool = False
     seed: int = 0
@@ -158,6 +161,9 @@ def _check(options: FinetuneOptions) -> None:
     if min(options.context, options.future, options.freeze_layers) < 0 or options.lr <= 0:
         raise ConfigError("--context, --future and --freeze-layers must not be negative, and --lr must be positive")
     check_precision(options.precision)
+    if not 0.0 <= options.contrastive < 1.0 or options.contrastive_temperature <= 0:
+        raise ConfigError(f"--contrastive must be in [0, 1) (got {options.contrastive}): at 1 the head would learn nothing; "
+                          f"--contrastive-temperature must be positive (got {options.contrastive_temperature})")
     if options.windows and (options.context or options.future):
         raise ConfigError("--windows reads as many turns around each utterance as fit --max-length: drop --context and --future")
     if options.batch_size < options.workers * options.accumulate:
@@ -207,7 +213,9 @@ def _card_changes(started: TextEncoderCard, now: TextEncoderCard) -> list[str]:
     changed = [names.get(key, key) for key in a if key not in ("training", "selection") and a[key] != b[key]]
     ignore = {"max_failures"}
     keys = (set(a["training"]) | set(b["training"])) - ignore
-    changed += sorted(f"--{k.replace('_', '-')}" for k in keys if a["training"].get(k) != b["training"].get(k))
+    defaults = asdict(FinetuneOptions())  # an option newer than the run's card had its default then
+    changed += sorted(f"--{k.replace('_', '-')}" for k in keys
+                      if a["training"].get(k, defaults.get(k)) != b["training"].get(k, defaults.get(k)))
     return list(dict.fromkeys(changed))  # --context and the like are in both places
 
 
@@ -428,7 +436,7 @@ def _accumulated_step(model, tokenizer, batch: pa.Table, options: FinetuneOption
         contexts = micro.column("text_context").to_pylist() if options.has_context else None
         tokens, mask = tokenize(tokenizer, micro.column("text").to_pylist(), contexts, options.max_length)
         micro_batches.append((tokens, mask, torch.tensor(micro.column("label_id").to_pylist(), dtype=torch.long)))
-    return _backward(model, micro_batches, options.precision, device)
+    return _backward(model, micro_batches, options, device)
 
 
 def _window_step(model, windows: list[Window], options: FinetuneOptions, pad: int, device) -> float:
@@ -440,24 +448,34 @@ def _window_step(model, windows: list[Window], options: FinetuneOptions, pad: in
         micro = [windows[i] for i in rows]
         tokens, pool = window_batch([w.sequence for w in micro], [w.spans for w in micro], pad)
         micro_batches.append((tokens, pool, torch.tensor([label for w in micro for label in w.labels], dtype=torch.long)))
-    return _backward(model, micro_batches, options.precision, device)
+    return _backward(model, micro_batches, options, device)
 
 
-def _backward(model, micro_batches: list[tuple[Any, torch.Tensor, torch.Tensor]], precision: str, device) -> float:
+def _backward(model, micro_batches: list[tuple[Any, torch.Tensor, torch.Tensor]], options: FinetuneOptions, device) -> float:
     """Sums the gradients of (tokens, pool, labels) micro-batches, each loss weighted by its
     share of the step's utterances, so that the sum is the whole step's mean loss. DDP averages
-    across ranks once, on the last micro-batch. Returns the step's mean loss."""
+    across ranks once, on the last micro-batch. Returns the step's mean loss. With --contrastive,
+    a micro-batch's rows are each other's positives and negatives (one worker's, not the step's)."""
     n_total = sum(len(labels) for _, _, labels in micro_batches)
     total = 0.0
     for k, (tokens, pool, labels) in enumerate(micro_batches):
         sync = k == len(micro_batches) - 1 or not hasattr(model, "no_sync")
         with contextlib.nullcontext() if sync else model.no_sync():
-            with autocast(device, precision):
-                logits = model({name: t.to(device) for name, t in tokens.items()}, pool.to(device)).float()  # (n, C)
-            loss = torch.nn.functional.cross_entropy(logits, labels.to(device)) * (len(labels) / n_total)
+            with autocast(device, options.precision):
+                output = model({name: t.to(device) for name, t in tokens.items()}, pool.to(device))
+            loss = _loss(output, labels.to(device), options) * (len(labels) / n_total)
             loss.backward()
         total += float(loss.item())
     return total
+
+
+def _loss(output, labels: torch.Tensor, options: FinetuneOptions) -> torch.Tensor:
+    """CE on the head's logits; with --contrastive λ, (1-λ)·CE + λ·SCL on the pooled vectors."""
+    ce = torch.nn.functional.cross_entropy(output.logits.float(), labels)  # logits (n, C)
+    if not options.contrastive:
+        return ce
+    scl = supervised_contrastive(output.pooled, labels, options.contrastive_temperature)  # pooled (n, H)
+    return (1.0 - options.contrastive) * ce + options.contrastive * scl
 
 
 def _length_bucketed(shard, batch_size: int, seed: int, pool_batches: int = 32):

@@ -5,6 +5,8 @@
 Every term averages over real, labelled utterances only; a student's terms also
 leave out the utterances that lack its modality. There is no T² factor on the KL
 term, as in the reference.
+
+`supervised_contrastive` is `finetune-text --contrastive`'s term, not SDT's.
 """
 
 from __future__ import annotations
@@ -103,3 +105,29 @@ class SelfDistillationLoss(nn.Module):
             kl = kl + masked_kl(teacher, student, has_m, self.temperature)
         total = self.gamma_fused * fused_ce + self.gamma_students * student_ce + self.gamma_kl * kl
         return LossParts(total=total, fused_ce=fused_ce, student_ce=student_ce, distillation_kl=kl)
+
+
+def supervised_contrastive(features: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Supervised contrastive loss (Khosla et al. 2020, L_out; Gunel et al. 2021 add it to a
+    fine-tuning CE). z the L2-normalised rows, P(i) the other rows of i's class:
+
+        L = mean over i with P(i) non-empty of  -1/|P(i)| Σ_{p∈P(i)} log( exp(z_i·z_p/τ) / Σ_{a≠i} exp(z_i·z_a/τ) )
+
+    It pulls an utterance's vector towards those of its class in the batch and away from the
+    others: the vectors `extract` hands SDT, rather than only the head's logits, learn the classes.
+    0, with a zero gradient, when no row shares its class with another.
+
+    features (N, H), labels (N,) class ids.
+    """
+    n = features.shape[0]
+    itself = torch.eye(n, dtype=torch.bool, device=features.device)  # (N, N)
+    positives = (labels[:, None] == labels[None, :]) & ~itself  # (N, N)
+    n_positives = positives.sum(dim=1)  # (N,)
+    anchors = n_positives > 0  # (N,)
+    if not bool(anchors.any()):  # also N = 1, whose only logit would be -inf below
+        return features.sum() * 0.0
+    z = F.normalize(features.float(), dim=-1)  # (N, H)
+    similarity = (z @ z.T / temperature).masked_fill(itself, float("-inf"))  # (N, N)
+    log_p = similarity - torch.logsumexp(similarity, dim=1, keepdim=True)  # (N, N), -inf on the diagonal
+    per_anchor = -log_p.masked_fill(~positives, 0.0).sum(dim=1) / n_positives.clamp(min=1)  # (N,)
+    return per_anchor[anchors].mean()

@@ -12,6 +12,7 @@ An encoder folder, as `finetune-text` writes it:
 from __future__ import annotations
 
 import os
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -23,6 +24,11 @@ from .text_card import CARD_FILE, TextEncoderCard, TextInput, input_texts, read_
 HEAD_FILE = "sdt_ray_text_head.safetensors"
 
 
+class UtteranceOutput(NamedTuple):
+    logits: torch.Tensor  # (B or N, C)
+    pooled: torch.Tensor  # (B or N, H) fp32, the utterance vectors `extract` writes (before dropout)
+
+
 class UtteranceClassifier(nn.Module):
     def __init__(self, encoder: nn.Module, n_classes: int, dropout: float = 0.1):
         super().__init__()
@@ -32,7 +38,7 @@ class UtteranceClassifier(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(int(encoder.config.hidden_size), n_classes)
 
-    def forward(self, tokens: dict[str, torch.Tensor], pool_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: dict[str, torch.Tensor], pool_mask: torch.Tensor) -> UtteranceOutput:
         """pool_mask (B, T): one utterance per sequence, logits (B, C); or (N, B, T) for
         dialogue windows, N utterances pooled from B sequences (windows.batch), logits (N, C)."""
         hidden = self.encoder(**tokens).last_hidden_state.float()  # (B, T, H), fp32 under bf16 autocast too
@@ -41,7 +47,7 @@ class UtteranceClassifier(nn.Module):
             pooled = torch.einsum("nbt,bth->nh", weights, hidden) / weights.sum((1, 2)).clamp(min=1.0)[:, None]  # (N, H)
         else:
             pooled = mean_pool(hidden, pool_mask)  # (B, H)
-        return self.head(self.dropout(pooled))  # (B or N, C) logits
+        return UtteranceOutput(logits=self.head(self.dropout(pooled)), pooled=pooled)  # (B or N, C), (B or N, H)
 
 
 def freeze_lower_layers(encoder: torch.nn.Module, n: int) -> None:
@@ -115,7 +121,7 @@ def predict_classes(classifier: UtteranceClassifier, tokenizer, texts: list[str]
             rows = order[start : start + batch_size]
             tokens, mask = tokenize(tokenizer, [texts[i] for i in rows], [contexts[i] for i in rows] if contexts else None, max_length,
                                     windowed=windowed)
-            logits = classifier(tokens.to(device), mask.to(device))  # (b, C)
+            logits = classifier(tokens.to(device), mask.to(device)).logits  # (b, C)
             out[rows] = logits.argmax(-1).cpu()
     classifier.train(was_training)
     return out

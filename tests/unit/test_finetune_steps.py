@@ -42,7 +42,7 @@ def test_frozen_layers_get_no_gradient_and_the_layers_above_do(kind):
     classifier = tiny(kind)
     freeze_lower_layers(classifier.encoder, 2)
     tokens = WordTokenizer()(["a b c", "d e"])
-    classifier(tokens, tokens["attention_mask"]).sum().backward()
+    classifier(tokens, tokens["attention_mask"]).logits.sum().backward()
     learning = {n for n, p in classifier.encoder.named_parameters() if p.requires_grad}
     assert learning and all(n.startswith("encoder.layer.2.") for n in learning)
     assert all(p.grad is not None for n, p in classifier.encoder.named_parameters() if n in learning)
@@ -125,3 +125,31 @@ def test_a_window_step_in_micro_batches_gives_the_whole_steps_gradient():
     assert losses[1] == pytest.approx(losses[0], rel=1e-5) and losses[2] == pytest.approx(losses[0], rel=1e-5)
     assert torch.allclose(grads[1], grads[0], atol=1e-6) and torch.allclose(grads[2], grads[0], atol=1e-6)
     assert grads[0].abs().sum() > 0
+
+
+def test_a_contrastive_step_mixes_cross_entropy_and_the_contrastive_term():
+    """--contrastive λ: the step's loss is (1-λ)·CE + λ·SCL, SCL on the pooled vectors (by hand
+    from the same classifier's output); λ = 0 is CE alone."""
+    from sdt_ray.features.text import tokenize
+    from sdt_ray.losses import supervised_contrastive
+
+    batch = pa.table({"text": ["a b c", "d", "e f", "g h i j"], "text_context": [""] * 4, "label_id": [0, 1, 0, 1]})
+    labels = torch.tensor([0, 1, 0, 1])
+    tokens, mask = tokenize(WordTokenizer(), batch.column("text").to_pylist(), None, 16)
+    with torch.no_grad():
+        output = tiny("bert")(tokens, mask)
+    ce = float(torch.nn.functional.cross_entropy(output.logits, labels))
+    scl = float(supervised_contrastive(output.pooled, labels, 0.3))
+    assert scl > 0
+    for weight, expected in ((0.0, ce), (0.4, 0.6 * ce + 0.4 * scl)):
+        loss = _accumulated_step(tiny("bert"), WordTokenizer(), batch, FinetuneOptions(contrastive=weight), "cpu")
+        assert loss == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("options", [FinetuneOptions(contrastive=1.0), FinetuneOptions(contrastive=-0.1),
+                                     FinetuneOptions(contrastive=0.5, contrastive_temperature=0.0)])
+def test_a_contrastive_weight_outside_its_range_is_refused(options):
+    from sdt_ray.finetune import _check
+
+    with pytest.raises(ConfigError, match="--contrastive"):
+        _check(options)

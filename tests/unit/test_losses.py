@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 from sdt_ray.losses import SelfDistillationLoss, masked_kl
@@ -84,3 +85,38 @@ def test_a_student_skips_utterances_without_its_modality():
     # KL over the same two: (ln2 - ln3/2) and (3/4 ln3 - ln2).
     assert math.isclose(parts.distillation_kl.item(), (LN3 / 4) / 2, rel_tol=1e-6)
     assert math.isclose(parts.fused_ce.item(), (5 * LN2 - LN3) / 3, rel_tol=1e-6)  # the teacher still sees all
+
+
+def test_supervised_contrastive_matches_hand_computed_value():
+    """Rows 0 and 1 point the same way (class 0), row 2 at right angles (class 1, alone, so no
+    anchor). Anchor 0: cos to its positive 1, to the negative 0, so at τ
+    -log(e^(1/τ) / (e^(1/τ) + e^0)) = log(1 + e^(-1/τ)); anchor 1 the same. Lengths do not matter."""
+    from sdt_ray.losses import supervised_contrastive
+
+    features = torch.tensor([[2.0, 0.0], [3.0, 0.0], [0.0, 5.0]])
+    labels = torch.tensor([0, 0, 1])
+    assert float(supervised_contrastive(features, labels, 1.0)) == pytest.approx(math.log(1 + math.exp(-1.0)), rel=1e-6)
+    assert float(supervised_contrastive(features, labels, 0.5)) == pytest.approx(math.log(1 + math.exp(-2.0)), rel=1e-6)
+
+
+def test_supervised_contrastive_averages_over_positives_and_anchors():
+    """4 rows, classes [0, 0, 0, 1], unit vectors at 0°, 90°, 180° and 90°, τ = 1. Anchor 0 (cos 0
+    to rows 1 and 3, -1 to row 2): denominator e^0 + e^-1 + e^0; its positives 1 and 2 give
+    -(1/2)(log(1/d) + log(e^-1/d)) = log d + 1/2. Anchor 1 (cos 0, 0, 1 to rows 0, 2, 3): positives 0
+    and 2, d = 2 + e: log d. Anchor 2 mirrors anchor 0. Row 3 has no positive."""
+    from sdt_ray.losses import supervised_contrastive
+
+    features = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, 1.0]])
+    d0, d1 = 2 + math.exp(-1.0), 2 + math.e
+    expected = ((math.log(d0) + 0.5) * 2 + math.log(d1)) / 3
+    assert float(supervised_contrastive(features, torch.tensor([0, 0, 0, 1]), 1.0)) == pytest.approx(expected, rel=1e-6)
+
+
+def test_supervised_contrastive_without_pairs_is_zero_with_a_finite_gradient():
+    from sdt_ray.losses import supervised_contrastive
+
+    for n in (1, 3):
+        features = torch.randn(n, 4, requires_grad=True)
+        loss = supervised_contrastive(features, torch.arange(n), 0.3)
+        loss.backward()
+        assert loss.item() == 0.0 and torch.equal(features.grad, torch.zeros(n, 4))

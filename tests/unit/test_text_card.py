@@ -186,7 +186,7 @@ def test_the_classifier_freezes_the_unused_pooler():
     encoder = BertModel(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16))
     classifier = UtteranceClassifier(encoder, n_classes=3)
     tokens = {"input_ids": torch.tensor([[2, 5, 7, 3]]), "attention_mask": torch.ones(1, 4, dtype=torch.long)}
-    logits = classifier(tokens, torch.tensor([[0, 1, 1, 0]]))
+    logits = classifier(tokens, torch.tensor([[0, 1, 1, 0]])).logits
     assert logits.shape == (1, 3)
     logits.sum().backward()
     assert all(p.grad is None for p in encoder.pooler.parameters())

@@ -126,8 +126,10 @@ def test_the_classifier_pools_several_utterances_of_one_sequence():
                                    intermediate_size=16, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
     classifier = UtteranceClassifier(encoder, n_classes=3, dropout=0.0).eval()
     tokens, pool = batch([[100, 5, 6, 101, 8, 101]], [[(1, 3), (4, 5)]], pad=0)
-    logits = classifier(tokens, pool)
+    output = classifier(tokens, pool)
+    logits = output.logits
     hidden = encoder(**tokens).last_hidden_state[0]  # (T, H)
     by_hand = torch.stack([hidden[1:3].mean(0), hidden[4]])  # each utterance's own tokens
     assert logits.shape == (2, 3)
     assert torch.allclose(logits, classifier.head(by_hand), atol=1e-6)
+    assert torch.allclose(output.pooled, by_hand, atol=1e-6)
