@@ -142,7 +142,9 @@ def finetune_text(input_uri: str, output_uri: str, options: FinetuneOptions = Fi
         f"{options.epochs} epochs, batch {options.batch_size}" + (f" in {options.accumulate} steps" if options.accumulate > 1 else "")
         + f", lr {options.lr:g}, {card.text_input().describe()}"
         + (f", lowest {options.freeze_layers} layers frozen" if options.freeze_layers else "")
-        + (f", {options.precision}" if options.precision != "fp32" else "") + f", {options.workers} worker(s)"
+        + (f", {options.precision}" if options.precision != "fp32" else "")
+        + (f", loss {1 - options.contrastive:g}·CE + {options.contrastive:g}·contrastive (τ {options.contrastive_temperature:g})"
+           if options.contrastive else "") + f", {options.workers} worker(s)"
         + (f"; resuming run {run_name}" if options.resume else ""))
     with ray_session(address):
         trainer = build_trainer(_plan(train_rows, dev_rows, dialogues, card, options, output_uri, run_name))
