@@ -153,3 +153,20 @@ def test_a_contrastive_weight_outside_its_range_is_refused(options):
 
     with pytest.raises(ConfigError, match="--contrastive"):
         _check(options)
+
+
+def test_resuming_a_run_from_before_contrastive_counts_its_default_as_unchanged():
+    """A card written before --contrastive existed has no such key: resuming it without the flag
+    changes nothing, with it the flag is named."""
+    from dataclasses import asdict
+
+    from sdt_ray.finetune import _card_changes
+    from sdt_ray.text_card import TextEncoderCard
+
+    def card(**training) -> TextEncoderCard:
+        return TextEncoderCard(base_model="mpnet", labels=["a", "b"], context=2, max_length=160, label_splits=["train"],
+                               label_dialogues=["d0"], data_sha256="x", training=training)
+
+    old = {k: v for k, v in asdict(FinetuneOptions(epochs=5)).items() if not k.startswith("contrastive")}
+    assert _card_changes(card(**old), card(**asdict(FinetuneOptions(epochs=5)))) == []
+    assert _card_changes(card(**old), card(**asdict(FinetuneOptions(epochs=5, contrastive=0.5)))) == ["--contrastive"]
