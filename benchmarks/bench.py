@@ -151,7 +151,7 @@ def bench_finetune_step(texts: list[str], batch_size: int = 32, device: str = "c
     def step(batch: list[str]) -> None:
         tokens, mask = tokenize(tokenizer, batch, None, 128)
         with autocast(device, precision):
-            loss = model(tokens.to(device), mask.to(device)).float().logsumexp(-1).mean()
+            loss = model(tokens.to(device), mask.to(device)).logits.float().logsumexp(-1).mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
