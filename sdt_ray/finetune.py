@@ -163,9 +163,10 @@ def _check(options: FinetuneOptions) -> None:
     if min(options.context, options.future, options.freeze_layers) < 0 or options.lr <= 0:
         raise ConfigError("--context, --future and --freeze-layers must not be negative, and --lr must be positive")
     check_precision(options.precision)
-    if not 0.0 <= options.contrastive < 1.0 or options.contrastive_temperature <= 0:
-        raise ConfigError(f"--contrastive must be in [0, 1) (got {options.contrastive}): at 1 the head would learn nothing; "
-                          f"--contrastive-temperature must be positive (got {options.contrastive_temperature})")
+    if not 0.0 <= options.contrastive < 1.0:
+        raise ConfigError(f"--contrastive must be in [0, 1) (got {options.contrastive}): at 1 the head would learn nothing")
+    if options.contrastive_temperature <= 0:
+        raise ConfigError(f"--contrastive-temperature must be positive (got {options.contrastive_temperature})")
     if options.windows and (options.context or options.future):
         raise ConfigError("--windows reads as many turns around each utterance as fit --max-length: drop --context and --future")
     if options.batch_size < options.workers * options.accumulate:

@@ -40,7 +40,8 @@ class UtteranceClassifier(nn.Module):
 
     def forward(self, tokens: dict[str, torch.Tensor], pool_mask: torch.Tensor) -> UtteranceOutput:
         """pool_mask (B, T): one utterance per sequence, logits (B, C); or (N, B, T) for
-        dialogue windows, N utterances pooled from B sequences (windows.batch), logits (N, C)."""
+        dialogue windows, N utterances pooled from B sequences (windows.batch), logits (N, C).
+        The pooled vectors come back beside the logits (finetune-text's --contrastive reads them)."""
         hidden = self.encoder(**tokens).last_hidden_state.float()  # (B, T, H), fp32 under bf16 autocast too
         if pool_mask.dim() == 3:
             weights = pool_mask.to(hidden.dtype)  # (N, B, T)

@@ -146,12 +146,13 @@ def test_a_contrastive_step_mixes_cross_entropy_and_the_contrastive_term():
         assert loss == pytest.approx(expected, rel=1e-5)
 
 
-@pytest.mark.parametrize("options", [FinetuneOptions(contrastive=1.0), FinetuneOptions(contrastive=-0.1),
-                                     FinetuneOptions(contrastive=0.5, contrastive_temperature=0.0)])
-def test_a_contrastive_weight_outside_its_range_is_refused(options):
+@pytest.mark.parametrize("options, flag", [(FinetuneOptions(contrastive=1.0), "--contrastive must"),
+                                           (FinetuneOptions(contrastive=-0.1), "--contrastive must"),
+                                           (FinetuneOptions(contrastive=0.5, contrastive_temperature=0.0), "--contrastive-temperature must")])
+def test_a_contrastive_weight_outside_its_range_is_refused(options, flag):
     from sdt_ray.finetune import _check
 
-    with pytest.raises(ConfigError, match="--contrastive"):
+    with pytest.raises(ConfigError, match=flag):
         _check(options)
 
 
