@@ -355,6 +355,8 @@ def finetune_text(
                                       "loss on the pooled utterance vectors (Gunel et al. 2021), each batch's utterances of one "
                                       "emotion pulled together; 0: cross-entropy alone."),
     contrastive_temperature: float = typer.Option(0.3, help="Temperature of the --contrastive term (cosine similarities / τ)."),
+    layer_lr_decay: float = typer.Option(1.0, help="Layer-wise lr decay d in (0, 1]: the top layer and the head learn at "
+                                         "--lr, each layer below at d times the one above (the embeddings lowest); 1: one lr."),
     workers: int = typer.Option(1, help="Ray Train workers (DDP ranks). On a CPU machine one worker using every core is fastest."),
     gpu: bool = typer.Option(False, "--gpu", help="One GPU per worker."),
     seed: int = typer.Option(0, help="Seed for the head, shuffling and dropout (and for carving dev when there is none)."),
@@ -378,7 +380,7 @@ def finetune_text(
     options = FinetuneOptions(base_model=base_model, epochs=epochs, lr=lr, batch_size=batch_size, max_length=max_length,
                               context=context, future=future, speakers=speakers, windows=windows, freeze_layers=freeze_layers,
                               accumulate=accumulate, precision=precision, contrastive=contrastive,
-                              contrastive_temperature=contrastive_temperature, workers=workers, use_gpu=gpu, seed=seed,
+                              contrastive_temperature=contrastive_temperature, layer_lr_decay=layer_lr_decay, workers=workers, use_gpu=gpu, seed=seed,
                               max_failures=max_failures, overwrite=overwrite, resume=resume)
     _log(run_finetune(input, output, options, address=address, log=_log).describe())
 

@@ -24,6 +24,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -85,6 +86,7 @@ class FinetuneOptions:
     precision: str = "fp32"  # fp32, or bf16 autocast (about 2x faster on CPUs with avx512_bf16, and on recent GPUs)
     contrastive: float = 0.0  # λ in (1-λ)·CE + λ·SCL (losses.supervised_contrastive on the pooled vectors); 0: CE alone
     contrastive_temperature: float = 0.3  # τ of that term
+    layer_lr_decay: float = 1.0  # layer k of L learns at lr·d^(L-1-k), the embeddings at lr·d^L, the head at lr; 1: one lr
     workers: int = 1
     use_gpu: bool = False
     seed: int = 0
@@ -142,6 +144,7 @@ def finetune_text(input_uri: str, output_uri: str, options: FinetuneOptions = Fi
         f"{options.epochs} epochs, batch {options.batch_size}" + (f" in {options.accumulate} steps" if options.accumulate > 1 else "")
         + f", lr {options.lr:g}, {card.text_input().describe()}"
         + (f", lowest {options.freeze_layers} layers frozen" if options.freeze_layers else "")
+        + (f", lr x{options.layer_lr_decay:g} per layer down" if options.layer_lr_decay < 1 else "")
         + (f", {options.precision}" if options.precision != "fp32" else "")
         + (f", loss {1 - options.contrastive:g}·CE + {options.contrastive:g}·contrastive (τ {options.contrastive_temperature:g})"
            if options.contrastive else "") + f", {options.workers} worker(s)"
@@ -165,6 +168,9 @@ def _check(options: FinetuneOptions) -> None:
     check_precision(options.precision)
     if not 0.0 <= options.contrastive < 1.0:
         raise ConfigError(f"--contrastive must be in [0, 1) (got {options.contrastive}): at 1 the head would learn nothing")
+    if not 0.0 < options.layer_lr_decay <= 1.0:
+        raise ConfigError(f"--layer-lr-decay must be in (0, 1] (got {options.layer_lr_decay}): "
+                          "a layer learns at most as fast as the one above it")
     if options.contrastive_temperature <= 0:
         raise ConfigError(f"--contrastive-temperature must be positive (got {options.contrastive_temperature})")
     if options.windows and (options.context or options.future):
@@ -376,12 +382,14 @@ def _save_best(best_dir: str, classifier: UtteranceClassifier, tokenizer, card: 
 
 
 def _optimizer(model, options: FinetuneOptions, steps_per_epoch: int, epochs_done: int):
-    """AdamW without decay on biases and norms; linear warm-up (10% of steps), then linear decay to 0."""
-    learning = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    decay = [p for n, p in learning if p.ndim > 1]
-    no_decay = [p for n, p in learning if p.ndim <= 1]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": options.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=options.lr)
+    """AdamW without decay on biases and norms, each parameter at its layer's lr (layer_lr_scales);
+    linear warm-up (10% of steps), then linear decay to 0."""
+    groups: dict[tuple[float, bool], list[torch.nn.Parameter]] = {}
+    for name, scale, parameter in layer_lr_scales(model, options.layer_lr_decay):
+        groups.setdefault((scale, parameter.ndim > 1), []).append(parameter)
+    optimizer = torch.optim.AdamW([{"params": params, "lr": options.lr * scale,
+                                    "weight_decay": options.weight_decay if decays else 0.0}
+                                   for (scale, decays), params in groups.items()], lr=options.lr)
     total = steps_per_epoch * options.epochs
     warmup = max(1, int(0.1 * total))
 
@@ -390,6 +398,27 @@ def _optimizer(model, options: FinetuneOptions, steps_per_epoch: int, epochs_don
         return (step + 1) / warmup if step < warmup else max(0.0, (total - step) / max(1, total - warmup))
 
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def layer_lr_scales(model, decay: float) -> list[tuple[str, float, torch.nn.Parameter]]:
+    """(name, lr scale, parameter) of each learning parameter. Layer-wise lr decay (Howard & Ruder
+    2018; Clark et al. 2020): of L layers, layer k scales by decay^(L-1-k), so the top layer learns at
+    the full lr; the embeddings and other encoder-wide parts by decay^L; the head by 1."""
+    layer = re.compile(r"(?:^|\.)encoder\.layer\.(\d+)\.")
+    names = [n for n, _ in model.named_parameters()]
+    depth = 1 + max((int(m.group(1)) for n in names if (m := layer.search(n))), default=-1)  # L, frozen layers too
+    scales = []
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        if match := layer.search(name):
+            scale = decay ** (depth - 1 - int(match.group(1)))
+        elif re.search(r"(?:^|\.)head\.", name):
+            scale = 1.0
+        else:
+            scale = decay ** depth
+        scales.append((name, scale, parameter))
+    return scales
 
 
 def _batches_and_step(model, shard, tokenizer, card: TextEncoderCard, options: FinetuneOptions, config, rank: int, device):

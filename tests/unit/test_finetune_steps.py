@@ -171,3 +171,34 @@ def test_resuming_a_run_from_before_contrastive_counts_its_default_as_unchanged(
     old = {k: v for k, v in asdict(FinetuneOptions(epochs=5)).items() if not k.startswith("contrastive")}
     assert _card_changes(card(**old), card(**asdict(FinetuneOptions(epochs=5)))) == []
     assert _card_changes(card(**old), card(**asdict(FinetuneOptions(epochs=5, contrastive=0.5)))) == ["--contrastive"]
+
+
+def test_layer_lr_decay_scales_each_layer_by_its_depth_below_the_top():
+    """3 layers, d 0.5: layer 2 and the head at lr, layer 1 at lr/2, layer 0 at lr/4, the
+    embeddings and MPNet's shared position bias at lr/8; frozen parameters are in no group."""
+    from sdt_ray.finetune import _optimizer, layer_lr_scales
+
+    classifier = tiny("mpnet")
+    scales = {name: scale for name, scale, _ in layer_lr_scales(classifier, 0.5)}
+    assert scales["head.weight"] == scales["encoder.encoder.layer.2.attention.attn.q.weight"] == 1.0
+    assert scales["encoder.encoder.layer.1.output.dense.weight"] == 0.5
+    assert scales["encoder.encoder.layer.0.output.LayerNorm.bias"] == 0.25
+    assert scales["encoder.embeddings.word_embeddings.weight"] == scales["encoder.encoder.relative_attention_bias.weight"] == 0.125
+    freeze_lower_layers(classifier.encoder, 1)
+    optimizer, schedule = _optimizer(classifier, FinetuneOptions(lr=1e-3, epochs=1, layer_lr_decay=0.5), 100, 0)
+    size = {}  # parameters per peak lr; layer 0 and the embeddings are frozen, so in no group
+    for group in optimizer.param_groups:
+        size[round(group["initial_lr"], 9)] = size.get(round(group["initial_lr"], 9), 0) + sum(p.numel() for p in group["params"])
+    layer = sum(p.numel() for n, p in classifier.named_parameters() if n.startswith("encoder.encoder.layer.2."))
+    assert size == {1e-3: layer + 3 * 8 + 3, 5e-4: layer}  # layer 2 and the head (3, 8) + (3,); layer 1
+    optimizer.step()
+    schedule.step()  # warm-up step 2 of 10: every group at 0.2 of its own peak
+    assert sorted(round(g["lr"], 9) for g in optimizer.param_groups) == [1e-4, 1e-4, 2e-4, 2e-4]
+
+
+@pytest.mark.parametrize("decay", [0.0, 1.5])
+def test_a_layer_lr_decay_outside_its_range_is_refused(decay):
+    from sdt_ray.finetune import _check
+
+    with pytest.raises(ConfigError, match="--layer-lr-decay must be in"):
+        _check(FinetuneOptions(layer_lr_decay=decay))
