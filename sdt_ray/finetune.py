@@ -385,11 +385,14 @@ def _optimizer(model, options: FinetuneOptions, steps_per_epoch: int, epochs_don
     """AdamW without decay on biases and norms, each parameter at its layer's lr (layer_lr_scales);
     linear warm-up (10% of steps), then linear decay to 0."""
     groups: dict[tuple[float, bool], list[torch.nn.Parameter]] = {}
-    for name, scale, parameter in layer_lr_scales(model, options.layer_lr_decay):
+    for _, scale, parameter in layer_lr_scales(model, options.layer_lr_decay):
         groups.setdefault((scale, parameter.ndim > 1), []).append(parameter)
+    # fastest first, decayed before not: at d = 1 the two groups of runs from before --layer-lr-decay,
+    # in their order, so that --resume loads their optimiser state
+    ordered = sorted(groups.items(), key=lambda item: (-item[0][0], not item[0][1]))
     optimizer = torch.optim.AdamW([{"params": params, "lr": options.lr * scale,
                                     "weight_decay": options.weight_decay if decays else 0.0}
-                                   for (scale, decays), params in groups.items()], lr=options.lr)
+                                   for (scale, decays), params in ordered], lr=options.lr)
     total = steps_per_epoch * options.epochs
     warmup = max(1, int(0.1 * total))
 

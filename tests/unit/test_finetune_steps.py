@@ -202,3 +202,17 @@ def test_a_layer_lr_decay_outside_its_range_is_refused(decay):
 
     with pytest.raises(ConfigError, match="--layer-lr-decay must be in"):
         _check(FinetuneOptions(layer_lr_decay=decay))
+
+
+def test_without_layer_lr_decay_the_optimiser_keeps_its_two_groups_in_their_old_order():
+    """d = 1: the matrices (weight decay) then the biases and norms, as runs from before the flag
+    saved them, so that resuming one loads its optimiser state."""
+    from sdt_ray.finetune import _optimizer
+
+    classifier = tiny("mpnet")
+    freeze_lower_layers(classifier.encoder, 1)
+    optimizer, _ = _optimizer(classifier, FinetuneOptions(lr=1e-3), 10, 0)
+    learning = [p for p in classifier.parameters() if p.requires_grad]
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [0.01, 0.0]
+    assert [[id(p) for p in g["params"]] for g in optimizer.param_groups] == \
+        [[id(p) for p in learning if p.ndim > 1], [id(p) for p in learning if p.ndim <= 1]]
