@@ -96,7 +96,7 @@ TEXT_MODEL ?= minilm
 FT_OUT     ?= runs/$(FT_CORPUS)-$(TEXT_MODEL)-finetuned
 FT_DEFAULTS_minilm :=
 FT_DEFAULTS_mpnet  := --freeze-layers 8 --context 1 --max-length 96 --epochs 5
-FT_DEFAULTS_meld_mpnet := $(FT_DEFAULTS_mpnet) --context 2 --future 1 --max-length 160 --precision bf16
+FT_DEFAULTS_meld_mpnet := $(FT_DEFAULTS_mpnet) --context 2 --future 1 --max-length 160 --precision bf16 --freeze-layers 6 --layer-lr-decay 0.8
 # A corpus's own defaults for that encoder where dev chose some; else the encoder's.
 FT_DEFAULTS = $(or $(FT_DEFAULTS_$(FT_CORPUS)_$(TEXT_MODEL)),$(FT_DEFAULTS_$(TEXT_MODEL)))
 FT_ARGS    ?=
