@@ -408,8 +408,8 @@ def layer_lr_scales(model, decay: float) -> list[tuple[str, float, torch.nn.Para
     2018; Clark et al. 2020): of L layers, layer k scales by decay^(L-1-k), so the top layer learns at
     the full lr; the embeddings and other encoder-wide parts by decay^L; the head by 1."""
     layer = re.compile(r"(?:^|\.)encoder\.layer\.(\d+)\.")
-    names = [n for n, _ in model.named_parameters()]
-    depth = 1 + max((int(m.group(1)) for n in names if (m := layer.search(n))), default=-1)  # L, frozen layers too
+    depth = 1 + max((int(m.group(1)) for n, _ in model.named_parameters() if (m := layer.search(n))),
+                    default=-1)  # L, frozen layers too
     scales = []
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
