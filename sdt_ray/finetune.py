@@ -51,6 +51,7 @@ from .text_classifier import (
     UtteranceClassifier,
     classifier_rows,
     freeze_lower_layers,
+    layer_index,
     load_base,
     predict_classes,
     save_classifier,
@@ -407,15 +408,14 @@ def layer_lr_scales(model, decay: float) -> list[tuple[str, float, torch.nn.Para
     """(name, lr scale, parameter) of each learning parameter. Layer-wise lr decay (Howard & Ruder
     2018; Clark et al. 2020): of L layers, layer k scales by decay^(L-1-k), so the top layer learns at
     the full lr; the embeddings and other encoder-wide parts by decay^L; the head by 1."""
-    layer = re.compile(r"(?:^|\.)encoder\.layer\.(\d+)\.")
-    depth = 1 + max((int(m.group(1)) for n, _ in model.named_parameters() if (m := layer.search(n))),
+    depth = 1 + max((k for n, _ in model.named_parameters() if (k := layer_index(n)) is not None),
                     default=-1)  # L, frozen layers too
     scales = []
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
-        if match := layer.search(name):
-            scale = decay ** (depth - 1 - int(match.group(1)))
+        if (index := layer_index(name)) is not None:
+            scale = decay ** (depth - 1 - index)
         elif re.search(r"(?:^|\.)head\.", name):
             scale = 1.0
         else:

@@ -12,6 +12,7 @@ An encoder folder, as `finetune-text` writes it:
 from __future__ import annotations
 
 import os
+import re
 from typing import NamedTuple
 
 import torch
@@ -66,10 +67,20 @@ def freeze_lower_layers(encoder: torch.nn.Module, n: int) -> None:
     layers = len(encoder.encoder.layer)
     if n > layers:
         raise ConfigError(f"--freeze-layers {n}: the encoder has {layers} layers")
-    trainable = tuple(f"encoder.layer.{k}." for k in range(n, layers))
     for name, parameter in encoder.named_parameters():
-        if not name.startswith(trainable):
+        index = layer_index(name)
+        if index is None or index < n:
             parameter.requires_grad_(False)
+
+
+_LAYER_NAME = re.compile(r"(?:^|\.)encoder\.layer\.(\d+)\.")
+
+
+def layer_index(parameter_name: str) -> int | None:
+    """K of a parameter inside transformer layer K (`encoder.layer.K.` in BERT, RoBERTa and
+    MPNet, whether named from the encoder or from a classifier holding it); None elsewhere."""
+    match = _LAYER_NAME.search(parameter_name)
+    return int(match.group(1)) if match else None
 
 
 def load_base(model: str | None):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sdt_ray.errors import ConfigError
-from sdt_ray.text_classifier import UtteranceClassifier, freeze_lower_layers
+from sdt_ray.text_classifier import UtteranceClassifier, freeze_lower_layers, layer_index
 from sdt_ray.finetune import FinetuneOptions, _accumulated_step
 
 
@@ -52,6 +52,15 @@ def test_frozen_layers_get_no_gradient_and_the_layers_above_do(kind):
         assert not classifier.encoder.encoder.relative_attention_bias.weight.requires_grad
     with pytest.raises(ConfigError, match="has 3 layers"):
         freeze_lower_layers(tiny(kind).encoder, 4)
+
+
+def test_layer_index_reads_the_layer_from_encoder_and_classifier_names():
+    assert layer_index("encoder.layer.0.attention.self.query.weight") == 0
+    assert layer_index("encoder.encoder.layer.11.output.dense.bias") == 11  # as the classifier names it
+    assert layer_index("encoder.relative_attention_bias.weight") is None  # MPNet's, shared by all layers
+    assert layer_index("embeddings.word_embeddings.weight") is None
+    assert layer_index("head.weight") is None
+    assert layer_index("decoder.layer.3.weight") is None and layer_index("xencoder.layer.3.w") is None
 
 
 def test_accumulated_micro_batches_give_the_whole_batch_gradient():
