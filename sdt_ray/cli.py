@@ -303,8 +303,12 @@ def train(
         "utterance's), so the model scores any subset: e.g. 0.3 for calls without video or turns without text. Default: 0."
     ),
     calibrate: Optional[bool] = typer.Option(
-        None, "--calibrate/--no-calibrate", help="After selection, fit one temperature on dev by NLL and store it in "
+        None, "--calibrate/--no-calibrate", help="After selection, fit one temperature on dev and store it in "
         "best/, so that predict's confidence and prob_* are calibrated. Default: the recipe's (on)."
+    ),
+    calibrate_by: Optional[str] = typer.Option(
+        None, help="What the temperature minimises on dev: ece (the confidence users read matches accuracy) or nll "
+        "(Guo et al.'s fit). Default: the recipe's (ece)."
     ),
     resume: bool = typer.Option(False, help="Continue the run already in OUTPUT from its latest checkpoint."),
     address: Optional[str] = typer.Option(None, help=ADDRESS_HELP),
@@ -320,7 +324,7 @@ def train(
     recipe = RecipeConfig.load(config).with_train(
         workers=workers, epochs=epochs, seed=seed, patience=patience, lr=lr, batch_size=batch_size, ema_decay=ema_decay,
         placement=placement, max_failures=max_failures, modality_dropout=modality_dropout, calibrate=calibrate,
-        use_gpu=gpu or None,
+        calibrate_by=calibrate_by, use_gpu=gpu or None,
     )
     _log(run_train(features, output, recipe, resume=resume, address=address, log=_log, verbose=verbose).describe())
 

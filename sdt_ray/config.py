@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from .calibration import FITS
 from .errors import ConfigError
 
 MODALITIES = ("text", "audio", "visual")  # canonical order, used everywhere
@@ -139,9 +140,10 @@ class TrainConfig:
     # an utterance's), so the model learns to score any subset: text-only transcripts, calls
     # without video, turns without a transcript.
     modality_dropout: float = 0.0
-    # After selection, one temperature is fitted on the selection split by NLL and stored in
+    # After selection, one temperature is fitted on the selection split and stored in
     # best/config.json: predict's confidence and prob_* are then calibrated (calibration.py).
     calibrate: bool = True
+    calibrate_by: str = "ece"  # the T of lowest ECE there, or "nll": of lowest NLL (calibration.FITS)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "placement", str(self.placement).upper())  # `--placement spread` reads as SPREAD
@@ -149,6 +151,8 @@ class TrainConfig:
             raise ConfigError(f"placement {self.placement!r}: choose from {list(PLACEMENTS)}")
         if not 0.0 <= self.modality_dropout < 1.0:
             raise ConfigError(f"modality_dropout {self.modality_dropout}: a probability in [0, 1)")
+        if self.calibrate_by not in FITS:
+            raise ConfigError(f"calibrate_by {self.calibrate_by!r}: choose from {list(FITS)}")
 
 
 @dataclass(frozen=True)

@@ -77,13 +77,21 @@ def evaluate(
         without=list(without),
         selected_on=loaded.meta.get("recipe", {}).get("train", {}).get("select_on", "dev"),
         warnings=leaks,
-        calibration={**calibration, "fitted_on": (loaded.calibration or {}).get("fitted_on")},
+        calibration={**calibration, **fitted(loaded.calibration)},
     )
     if metrics["selected_on"] == "test":  # the paper's protocol: say so wherever its figures go
         metrics["selection"] = TEST_SELECTED
     title = f"{split}: acc {metrics['accuracy']:.3f}, weighted F1 {metrics['weighted_f1']:.3f}"
     _write(metrics, output_uri, title + (f" ({TEST_SELECTED})" if "selection" in metrics else ""), reliability_of=split)
     return Evaluation(metrics, exclusions, output_uri)
+
+
+def fitted(calibration: dict[str, Any] | None) -> dict[str, Any]:
+    """Where and how a checkpoint's temperature was fitted; None for an uncalibrated checkpoint.
+    Checkpoints from before `fitted_by` was recorded were all fitted by NLL."""
+    if not calibration:
+        return {"fitted_on": None, "fitted_by": None}
+    return {"fitted_on": calibration.get("fitted_on"), "fitted_by": calibration.get("fitted_by", "nll")}
 
 
 def calibration_figures(predictions: Predictions, temperature: float) -> dict[str, Any]:

@@ -86,10 +86,10 @@ def train(
         trainer = build_trainer(_plan(data, recipe, run_dir, run_name))
         with JsonlPrinter(storage.join(run_dir, "metrics.jsonl"), log, describe=format_epoch):
             checkpoint = fit(trainer, "training")
-    exported = _export_best(checkpoint, run_dir, data if recipe.train.calibrate else None)
+    exported = _export_best(checkpoint, run_dir, data if recipe.train.calibrate else None, recipe.train.calibrate_by)
     if exported.calibration:
         c = exported.calibration
-        log(f"calibration on {c['fitted_on']} ({c['n_utterances']} utterances): temperature {c['temperature']:.3f}, "
+        log(f"calibration on {c['fitted_on']} ({c['n_utterances']} utterances, lowest {c['fitted_by'].upper()}): temperature {c['temperature']:.3f}, "
             f"ECE {c['ece_before']:.4f} -> {c['ece_after']:.4f}, NLL {c['nll_before']:.4f} -> {c['nll_after']:.4f}")
     return dataclasses.replace(exported, selected_on=recipe.train.select_on, seconds=time.time() - started)
 
@@ -293,7 +293,7 @@ def _announce(data: TrainingData, recipe: RecipeConfig, log: Callable[[str], Non
     )
 
 
-def _export_best(checkpoint: ray.train.Checkpoint, run_dir: str, calibrate_on: TrainingData | None) -> TrainResult:
+def _export_best(checkpoint: ray.train.Checkpoint, run_dir: str, calibrate_on: TrainingData | None, by: str) -> TrainResult:
     """best/ out of Ray's latest checkpoint into RUN_DIR/best, calibrated on the way when asked
     (on a copy: Ray's checkpoint stays as it was, so --resume starts from the same state)."""
     best_uri = storage.join(run_dir, BEST_DIR)
@@ -301,20 +301,20 @@ def _export_best(checkpoint: ray.train.Checkpoint, run_dir: str, calibrate_on: T
     with final_state(checkpoint) as (state, directory), tempfile.TemporaryDirectory() as tmp:
         best_dir = shutil.copytree(os.path.join(directory, BEST_DIR), os.path.join(tmp, BEST_DIR))
         if calibrate_on is not None:
-            calibration = _calibrate(best_dir, calibrate_on)
+            calibration = _calibrate(best_dir, calibrate_on, by)
         storage.upload_dir(best_dir, best_uri)
     return TrainResult(run_dir, best_uri, state.best_epoch, state.best, state.epoch, state.history, calibration)
 
 
-def _calibrate(best_dir: str, data: TrainingData) -> dict[str, Any] | None:
-    """Fit the temperature on the selection split's labelled utterances (the split that chose
-    the epoch, never test unless the parity protocol selects on test) and write it into best/."""
+def _calibrate(best_dir: str, data: TrainingData, by: str) -> dict[str, Any] | None:
+    """Fit the temperature (by lowest ECE or NLL) on the selection split's labelled utterances (the
+    split that chose the epoch, never test unless the parity protocol selects on test) and write it into best/."""
     loaded = load_checkpoint(best_dir)
     dialogues = to_dialogues(data.selection, loaded.config)
     logits, labels = predict(loaded.model, batches(dialogues, 16, loaded.config.max_speakers)).labelled_logits()
     if len(labels) == 0:  # nothing to fit on: the checkpoint stays at T = 1
         return None
-    calibration = calibrate(logits, labels, data.selection_split).to_dict()
+    calibration = calibrate(logits, labels, data.selection_split, by).to_dict()
     write_calibration(best_dir, calibration)
     return calibration
 

@@ -78,11 +78,11 @@ def test_evaluate_writes_metrics_and_plot(trained, features_path, tmp_path):
 
 
 def test_best_is_calibrated_on_dev_and_evaluate_reports_it(trained, features_path, tmp_path):
-    """The temperature in best/ is the one that minimises dev NLL of best/'s own logits, found
-    here again from scratch; evaluate reports ECE at T = 1 and at it, with the diagram."""
+    """The temperature in best/ is the one that minimises dev ECE of best/'s own logits (train's
+    default fit), found here again from scratch; evaluate reports ECE at T = 1 and at it, with the diagram."""
     import numpy as np
 
-    from sdt_ray.calibration import fit_temperature
+    from sdt_ray.calibration import fit_temperature_ece
     from sdt_ray.collate import batches
     from sdt_ray.dialogues import dialogue_rows, select_split, to_dialogues
     from sdt_ray.engine import predict
@@ -94,12 +94,14 @@ def test_best_is_calibrated_on_dev_and_evaluate_reports_it(trained, features_pat
     dev = select_split(storage.read_table(features_path), "dev", features_path)
     dialogues = to_dialogues(dialogue_rows(dev, loaded.config, loaded.labels, features_path), loaded.config)
     scored = predict(loaded.model, batches(dialogues, 4, loaded.config.max_speakers))
-    assert loaded.temperature == pytest.approx(fit_temperature(scored.logits, scored.labels), rel=1e-4)
+    assert loaded.temperature == pytest.approx(fit_temperature_ece(scored.logits, scored.labels), rel=1e-4)
+    assert loaded.calibration["fitted_by"] == "ece"
     assert loaded.calibration["n_utterances"] == len(scored.labels)
 
     ev = evaluate(str(run_dir / "best"), features_path, "test", str(tmp_path / "eval"))
     calibration = json.loads((tmp_path / "eval" / "metrics.json").read_text())["calibration"]
     assert calibration["temperature"] == loaded.temperature and calibration["fitted_on"] == "dev"
+    assert calibration["fitted_by"] == "ece"
     assert {"ece_before", "ece_after", "nll_before", "nll_after"} <= set(calibration)
     assert sum(calibration["reliability_after"]["count"]) == ev.metrics["n_utterances"]
     assert (tmp_path / "eval" / "reliability.png").read_bytes()[:4] == b"\x89PNG"

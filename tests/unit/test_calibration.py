@@ -5,7 +5,16 @@ import math
 import numpy as np
 import pytest
 
-from sdt_ray.calibration import calibrate, expected_calibration_error, fit_temperature, nll, reliability, softmax
+from sdt_ray.calibration import (
+    ECE_GRID_STEP,
+    calibrate,
+    expected_calibration_error,
+    fit_temperature,
+    fit_temperature_ece,
+    nll,
+    reliability,
+    softmax,
+)
 
 
 def two_class(margin: float, right: int, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -28,6 +37,28 @@ def test_the_fitted_temperature_makes_the_confidence_the_accuracy():
 def test_an_underconfident_model_gets_a_temperature_below_one():
     logits, labels = two_class(0.5, 95, 100)  # sigmoid(0.5) = 0.62 but 95% are right: T = 0.5 / ln 19
     assert fit_temperature(logits, labels) == pytest.approx(0.5 / math.log(19.0), rel=1e-4)
+
+
+def test_the_ece_fit_makes_the_confidence_the_accuracy():
+    # Logits (ln 9, 0): confidence sigmoid(ln 9 / T), 0.9 at T = 1; 75% are right. All utterances
+    # share one bin, so ECE = |0.75 - confidence| is 0 where ln 9 / T = ln 3: T = 2.
+    logits, labels = two_class(math.log(9.0), 75, 100)
+    temperature = fit_temperature_ece(logits, labels)
+    assert abs(math.log(temperature / 2.0)) <= ECE_GRID_STEP / 2  # the grid point nearest 2
+    assert expected_calibration_error(softmax(logits, temperature), labels) < 1e-3
+
+
+def test_where_the_top_label_is_calibrated_the_ece_fit_keeps_one_and_nll_does_not():
+    # p = (0.8, 0.19, 0.01) and 80% right: the confidence is the accuracy at T = 1 (ECE 0). The
+    # 20% wrong are all labelled the 0.01 class, so NLL gains by flattening: it wants T > 1.
+    logits = np.tile(np.log([0.8, 0.19, 0.01]), (100, 1))
+    labels = np.array([0] * 80 + [2] * 20)
+    assert fit_temperature_ece(logits, labels) == 1.0
+    assert fit_temperature(logits, labels) > 1.2
+    assert calibrate(logits, labels, "dev").temperature == 1.0
+    assert calibrate(logits, labels, "dev", by="nll").temperature > 1.2
+    with pytest.raises(ValueError, match="calibrate by 'mse'"):
+        calibrate(logits, labels, "dev", by="mse")
 
 
 def test_nll_by_hand():
@@ -55,7 +86,9 @@ def test_calibrate_reports_both_sides_and_moves_no_argmax():
     labels = rng.integers(0, 3, 300)
     logits = rng.normal(size=(300, 3)) + 6.0 * np.eye(3)[labels] * (rng.random(300) < 0.6)[:, None]  # 60% very sure and right
     logits *= 3.0  # over-confident
-    result = calibrate(logits, labels, "dev")
-    assert result.temperature > 1.0 and result.fitted_on == "dev" and result.n_utterances == 300
-    assert result.nll_after < result.nll_before and result.ece_after < result.ece_before
-    assert (softmax(logits, result.temperature).argmax(1) == logits.argmax(1)).all()
+    for by in ("ece", "nll"):
+        result = calibrate(logits, labels, "dev", by=by)
+        assert result.temperature > 1.0 and result.fitted_on == "dev" and result.n_utterances == 300
+        assert result.fitted_by == by
+        assert result.nll_after < result.nll_before and result.ece_after < result.ece_before
+        assert (softmax(logits, result.temperature).argmax(1) == logits.argmax(1)).all()
