@@ -194,14 +194,12 @@ def load_recipe(path: str | Path) -> RecipeConfig:
     if extra:
         raise ConfigError(f"{path}: unknown top-level keys {sorted(extra)}")
     model, loss = _one_temperature(dict(data.get("model") or {}), dict(data.get("loss") or {}), path)
-    try:
-        return RecipeConfig(
-            name=data.get("name", Path(path).stem),
-            model=ModelConfig(**_strict_fields(ModelConfig, model, path)),
-            loss=LossConfig(**_strict_fields(LossConfig, loss, path)),
-            train=TrainConfig(**_strict_fields(TrainConfig, data.get("train") or {}, path)),
-        )
-    except (TypeError, ValueError) as exc:
+    model, loss = _strict_fields(ModelConfig, model, path), _strict_fields(LossConfig, loss, path)
+    train = _strict_fields(TrainConfig, data.get("train") or {}, path)
+    try:  # the configs' own checks (a placement, a probability) know no file: the error names it here
+        return RecipeConfig(name=data.get("name", Path(path).stem), model=ModelConfig(**model), loss=LossConfig(**loss),
+                            train=TrainConfig(**train))
+    except (TypeError, ValueError, ConfigError) as exc:
         raise ConfigError(f"{path}: {exc}") from None
 
 

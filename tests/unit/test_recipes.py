@@ -105,7 +105,8 @@ def test_recipe_numbers_in_yaml_1_1_exponent_form_load_as_floats(tmp_path):
 
 @pytest.mark.parametrize("body, named", [("train:\n  lr: fast\n", "TrainConfig.lr: 'fast' is not a number"),
                                          ("train:\n  epochs: 2.5\n", "TrainConfig.epochs: 2.5 is not a whole number"),
-                                         ("loss:\n  class_weights: [1, x]\n", r"LossConfig.class_weights\[1\]: 'x' is not a number")])
+                                         ("loss:\n  class_weights: [1, x]\n", r"LossConfig.class_weights\[1\]: 'x' is not a number"),
+                                         ("train:\n  calibrate_by: mse\n", r"calibrate_by 'mse': choose from \['ece', 'nll'\]")])
 def test_recipe_value_of_the_wrong_type_is_one_error_line(tmp_path, body, named):
     path = tmp_path / "r.yaml"
     path.write_text(body)
