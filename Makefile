@@ -84,7 +84,7 @@ meld-text: setup
 # 1.3 hours on 2 idle cores). On MELD, mpnet reads two past turns and one following turn (chosen
 # on MELD dev), so that encoder is for archives (`serve` refuses future context), and computes in
 # bf16 (as good on MELD dev, twice as fast as fp32; FT_ARGS="--precision fp32" on a CPU without
-# avx512_bf16); with 6 frozen layers and layer-wise lr decay 0.8 (chosen on MELD dev): about 1 hour on 2 idle cores.
+# avx512_bf16); with 4 frozen layers and layer-wise lr decay 0.8 (chosen on MELD dev): about 1.2 hours on 2 idle cores.
 # docs/results.md has the times. Every utterance is read as `speaker: text`. Later flags win, so
 # FT_ARGS override the defaults (FT_ARGS=--no-speakers, FT_ARGS="--context 3", or
 # FT_ARGS="--future 0" for a servable encoder). Run again after a killed fine-tuning (its
@@ -96,7 +96,7 @@ TEXT_MODEL ?= minilm
 FT_OUT     ?= runs/$(FT_CORPUS)-$(TEXT_MODEL)-finetuned
 FT_DEFAULTS_minilm :=
 FT_DEFAULTS_mpnet  := --freeze-layers 8 --context 1 --max-length 96 --epochs 5
-FT_DEFAULTS_meld_mpnet := $(FT_DEFAULTS_mpnet) --context 2 --future 1 --max-length 160 --precision bf16 --freeze-layers 6 --layer-lr-decay 0.8
+FT_DEFAULTS_meld_mpnet := $(FT_DEFAULTS_mpnet) --context 2 --future 1 --max-length 160 --precision bf16 --freeze-layers 4 --layer-lr-decay 0.8
 # A corpus's own defaults for that encoder where dev chose some; else the encoder's.
 FT_DEFAULTS = $(or $(FT_DEFAULTS_$(FT_CORPUS)_$(TEXT_MODEL)),$(FT_DEFAULTS_$(TEXT_MODEL)))
 FT_ARGS    ?=
