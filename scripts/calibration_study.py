@@ -22,9 +22,7 @@ import numpy as np
 from sdt_ray import storage
 from sdt_ray.calibration import expected_calibration_error, fit_temperature, fit_temperature_ece, softmax
 from sdt_ray.checkpoint import load_checkpoint
-from sdt_ray.collate import batches
-from sdt_ray.dialogues import dialogue_rows, select_split, to_dialogues, usable_rows
-from sdt_ray.engine import predict
+from sdt_ray.evaluate import score_split
 from sdt_ray.schema import IGNORE_LABEL
 
 FITS = {"none": lambda logits, labels: 1.0, "nll": fit_temperature, "ece": fit_temperature_ece}
@@ -33,10 +31,7 @@ FOLDS = 5
 
 def dev_logits(checkpoint: str, features: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(N, C) fused logits, (N,) labels and (N,) dialogue ids of the labelled dev utterances."""
-    loaded = load_checkpoint(checkpoint)
-    table, _ = usable_rows(select_split(storage.read_table(features), "dev", features), loaded.config.modalities)
-    dialogues = to_dialogues(dialogue_rows(table, loaded.config, loaded.labels, features), loaded.config)
-    scored = predict(loaded.model, batches(dialogues, 16, loaded.config.max_speakers))
+    scored, _ = score_split(load_checkpoint(checkpoint), storage.read_table(features), "dev", features)
     keep = scored.labels != IGNORE_LABEL
     return scored.logits[keep], scored.labels[keep], np.asarray(scored.dialogue_ids)[keep]
 

@@ -13,10 +13,11 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from . import storage
-from .checkpoint import load_checkpoint
+from .checkpoint import LoadedModel, load_checkpoint
 from .collate import batches
 from .dialogues import Exclusions, dialogue_rows, select_split, to_dialogues, usable_rows
 from .calibration import ECE_BINS, scaling_figures
@@ -62,9 +63,7 @@ def evaluate(
     leaks = label_leaks(card_from_metadata(table.schema), {split: table.filter(pc.equal(table.column("split"), split))})
     table = table.drop_columns([feature_column(m) for m in without if feature_column(m) in table.column_names])
     validate_features(table, features_uri, expected_dims=dict(zip(config.modalities, config.input_dims)), absent_ok=True)
-    table, exclusions = usable_rows(select_split(table, split, features_uri), config.modalities)
-    dialogues = to_dialogues(dialogue_rows(table, config, loaded.labels, features_uri), config)
-    predictions = predict(loaded.model, batches(dialogues, batch_size, config.max_speakers))
+    predictions, exclusions = score_split(loaded, table, split, features_uri, batch_size)
     metrics = classification_report(*predictions.labelled(), loaded.labels)
     calibration = calibration_figures(predictions, loaded.temperature)
     metrics.update(
@@ -84,6 +83,15 @@ def evaluate(
     title = f"{split}: acc {metrics['accuracy']:.3f}, weighted F1 {metrics['weighted_f1']:.3f}"
     _write(metrics, output_uri, title + (f" ({TEST_SELECTED})" if "selection" in metrics else ""), reliability_of=split)
     return Evaluation(metrics, exclusions, output_uri)
+
+
+def score_split(loaded: LoadedModel, table: pa.Table, split: str, features_uri: str,
+                batch_size: int = 16) -> tuple[Predictions, Exclusions]:
+    """The checkpoint's predictions for one split of a features table, and what it left out."""
+    config = loaded.config
+    table, exclusions = usable_rows(select_split(table, split, features_uri), config.modalities)
+    dialogues = to_dialogues(dialogue_rows(table, config, loaded.labels, features_uri), config)
+    return predict(loaded.model, batches(dialogues, batch_size, config.max_speakers)), exclusions
 
 
 def fitted(calibration: dict[str, Any] | None) -> dict[str, Any]:
