@@ -22,7 +22,6 @@ import numpy as np
 ECE_BINS = 15
 T_RANGE = (0.05, 20.0)  # search interval for T; a T at either end says the logits are degenerate
 ECE_GRID_STEP = 0.002  # in log T: neighbouring candidates of the ECE fit differ by 0.2%
-FITS = ("ece", "nll")  # how T is chosen: lowest ECE, or lowest NLL
 
 
 @dataclass(frozen=True)
@@ -93,6 +92,9 @@ def fit_temperature_ece(logits: np.ndarray, labels: np.ndarray, bins: int = ECE_
     return math.exp(log_ts[int(np.argmin(eces))])  # argmin: the first, so the nearest 1, of equal ECEs
 
 
+FITS = {"ece": fit_temperature_ece, "nll": fit_temperature}  # how T is chosen: lowest ECE, or lowest NLL
+
+
 def _bins(confidence: np.ndarray, right: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per equal-width bin of (N,) top-label confidence: (utterances, summed confidence, right
     predictions), (bins,) each. Bin k holds (k/bins, (k+1)/bins], and 0 joins bin 0."""
@@ -141,7 +143,7 @@ def scaling_figures(logits: np.ndarray, labels: np.ndarray, temperature: float, 
 def calibrate(logits: np.ndarray, labels: np.ndarray, fitted_on: str, by: str = "ece") -> Calibration:
     """Fit T on labelled (N, C) logits, by lowest ECE or NLL (one of FITS), and say what it changed."""
     if by not in FITS:
-        raise ValueError(f"calibrate by {by!r}: one of {FITS}")
-    temperature = fit_temperature_ece(logits, labels) if by == "ece" else fit_temperature(logits, labels)
+        raise ValueError(f"calibrate by {by!r}: one of {tuple(FITS)}")
+    temperature = FITS[by](logits, labels)
     return Calibration(temperature=round(temperature, 6), fitted_on=fitted_on, fitted_by=by, n_utterances=int(len(labels)),
                        **scaling_figures(logits, labels, temperature))
